@@ -1,0 +1,83 @@
+"""The `darkroom` command: each subcommand is registered by the part of the package it belongs to.
+
+Exit codes: 0 success, 2 bad input (a message, never a traceback), 1 a failure of the work itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from darkroom.platform.errors import UserError
+
+# Each module has `register(subparsers)`, which adds its subcommands with `handler=fn(args) -> int`.
+COMMAND_MODULES = [
+    "darkroom.jobs.commands",
+    "darkroom.evals.commands",
+    "darkroom.serve.commands",
+    "darkroom.platform.commands",
+    "darkroom.platform.zoo",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own exit code is already 2
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="darkroom", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:  # a real missing dependency, not an absent part
+                raise
+            continue
+        if hasattr(module, "register"):
+            module.register(subparsers)
+    return parser
+
+
+def format_validation_error(err) -> str:
+    """A pydantic ValidationError as one line per problem: field path, message, bad value."""
+    lines = []
+    for problem in err.errors():
+        path = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"  {path}: {message} (got {problem.get('input')!r:.80})")
+    return f"{err.error_count()} problem(s):\n" + "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValidationError as err:
+        print(f"error: {format_validation_error(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a failure of the work itself
+        if os.environ.get("DARKROOM_DEBUG"):
+            traceback.print_exc()
+        print(f"failed: {type(err).__name__}: {err}", file=sys.stderr)
+        print("(set DARKROOM_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

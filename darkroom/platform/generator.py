@@ -1,0 +1,312 @@
+"""The Generator: the one actor class of the platform, used by batch jobs and by Ray Serve.
+
+A batch of request rows in, one image row per request out (the Parquet columns of
+`records.IMAGE_SCHEMA`, plus `error`, which is null unless that row could not be generated).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+import darkroom
+from darkroom.platform.calls import CALLS, Request, Settings
+from darkroom.platform.errors import UserError
+from darkroom.platform.models import LoadedModel, ModelSpec, load_model, resolve_device
+from darkroom.platform.records import IMAGE_COLUMNS, encode_png, sha256, to_uint8
+from darkroom.platform.runtime import RuntimeSpec, apply_options, configure_threads
+from darkroom.platform.samplers import SAMPLERS, SamplerSpec, build_scheduler, scheduler_config_json
+
+OUTPUT_COLUMNS = [*IMAGE_COLUMNS, "error"]
+IDENTITY_DEFAULTS = {"job_id": "", "run_id": "", "row_id": "", "prompt_id": "", "sample_idx": 0}
+
+
+class RowError(Exception):
+    """This row cannot be generated; the reason goes into its `error` column."""
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+class Generator:
+    """Loads a pipeline once; each call turns request rows into image rows.
+
+    Request columns: `seed` (required), `prompt`, `negative_prompt`, `class_label` (id or name),
+    `control_image` (encoded image bytes), `width`, `height`, `steps`, `guidance_scale`, `eta`,
+    `sampler`, `sampler_overrides` (JSON), and identity columns passed through (`job_id`,
+    `run_id`, `row_id`, `prompt_id`, `sample_idx`). Missing settings take the defaults given here.
+    """
+
+    def __init__(
+        self,
+        model: ModelSpec | Mapping[str, Any],
+        sampler: SamplerSpec | Mapping[str, Any] | None = None,
+        runtime: RuntimeSpec | Mapping[str, Any] | None = None,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.spec = ModelSpec.model_validate(model)
+        self.sampler = SamplerSpec.model_validate(sampler or {})
+        self.runtime = RuntimeSpec.model_validate(runtime or {})
+        self.device = resolve_device(self.runtime.device)
+        configure_threads(self.runtime, self.device)
+        self.loaded: LoadedModel = load_model(self.spec, self.device)
+        self.pipe = self.loaded.pipe
+        self.family = self.loaded.family
+        apply_options(self.pipe, self.runtime)
+        self.base_scheduler_config = dict(self.pipe.scheduler.config)
+        self.vae_factor = int(getattr(self.pipe, "vae_scale_factor", 8))
+        self.native_size = self._native_size()
+        self.defaults = {"steps": 25, "guidance_scale": 5.0, "eta": 0.0, **(defaults or {})}
+        self._schedulers: dict[str, tuple[Any, str]] = {}
+        self._provenance = {
+            "model": self.spec.label,
+            "model_family": self.family.name,
+            "model_revision": self.loaded.revision,
+            "runtime_options": self.runtime.recorded(),
+            "device": torch.cuda.get_device_name() if self.device.startswith("cuda") else "cpu",
+            "darkroom_version": darkroom.__version__,
+            "diffusers_version": _version("diffusers"),
+            "torch_version": torch.__version__,
+        }
+
+    # -- public entry points -------------------------------------------------------------------
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Ray Data entry point: a batch of columns in, a batch of columns out."""
+        names = list(batch)
+        count = len(batch[names[0]]) if names else 0
+        rows = [{name: _plain(batch[name][i]) for name in names} for i in range(count)]
+        out = self.generate(rows)
+        return {col: _column([row[col] for row in out], col) for col in OUTPUT_COLUMNS}
+
+    def generate(self, rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Image rows for request rows, in the same order; failed rows carry `error`."""
+        results: list[dict[str, Any] | None] = [None] * len(rows)
+        groups: dict[Settings, list[tuple[int, Request, dict]]] = {}
+        for index, row in enumerate(rows):
+            try:
+                settings, request = self._prepare(row)
+            except (RowError, UserError) as err:
+                results[index] = self._error_row(row, str(err))
+                continue
+            groups.setdefault(settings, []).append((index, request, dict(row)))
+        for settings, members in groups.items():
+            for index, out in self._run_splitting(settings, members):
+                results[index] = out
+        return results  # type: ignore[return-value]
+
+    # -- one row -> settings + request ---------------------------------------------------------
+
+    def _prepare(self, row: Mapping[str, Any]) -> tuple[Settings, Request]:
+        value = lambda key: None if _missing(row.get(key)) else row.get(key)  # noqa: E731
+        if value("seed") is None:
+            raise RowError("`seed` is missing")
+        sampler = value("sampler") or self.sampler.name
+        overrides = value("sampler_overrides")
+        if sampler not in SAMPLERS:
+            raise RowError(f"unknown sampler `{sampler}`")
+        if overrides is None:
+            overrides = self.sampler.overrides if sampler == self.sampler.name else {}
+        elif isinstance(overrides, str):
+            overrides = json.loads(overrides or "{}")
+        width, height = self._size(value("width"), value("height"))
+        steps = int(value("steps") or self.defaults["steps"])
+        if steps < 1:
+            raise RowError(f"`steps` must be at least 1, got {steps}")
+        settings = Settings(
+            sampler=sampler,
+            sampler_overrides=json.dumps(overrides, sort_keys=True),
+            steps=steps,
+            guidance_scale=float(_first(value("guidance_scale"), self.defaults["guidance_scale"])),
+            eta=float(_first(value("eta"), self.defaults["eta"])),
+            width=width,
+            height=height,
+        )
+        request = Request(
+            prompt=str(value("prompt") or ""),
+            negative_prompt=str(value("negative_prompt") or ""),
+            class_label=self._class_label(value("class_label"), value("prompt")),
+            control_image=self._control_image(value("control_image"), width, height),
+            seed=int(value("seed")),
+        )
+        return settings, request
+
+    def _native_size(self) -> int:
+        net = getattr(self.pipe, "unet", None) or self.pipe.transformer
+        return int(net.config.sample_size) * self.vae_factor
+
+    def _size(self, width: Any, height: Any) -> tuple[int, int]:
+        width = int(width or self.native_size)
+        height = int(height or self.native_size)
+        if self.family.name == "dit":
+            if (width, height) != (self.native_size, self.native_size):
+                raise RowError(
+                    f"DiT makes {self.native_size}x{self.native_size} images only; "
+                    f"got width {width}, height {height}: leave them unset or use that size"
+                )
+            return width, height
+        for name, side in (("width", width), ("height", height)):
+            if side <= 0 or side % self.vae_factor:
+                raise RowError(
+                    f"`{name}` must be a positive multiple of {self.vae_factor} (the VAE factor of "
+                    f"{self.spec.label}), got {side}"
+                )
+        return width, height
+
+    def _class_label(self, label: Any, prompt: Any) -> int | None:
+        if self.family.conditioning != "class":
+            return None
+        if label is None:
+            hint = f" (got prompt {str(prompt)[:40]!r})" if prompt else ""
+            raise RowError(
+                f"{self.spec.label} is class-conditional: give `class_label` as an id or a "
+                f"name{hint}"
+            )
+        if isinstance(label, str) and not label.strip().lstrip("-").isdigit():
+            names = self.pipe.labels  # DiTPipeline: name -> id
+            if label not in names:
+                from darkroom.platform.errors import did_you_mean
+
+                raise RowError(f"unknown class name {label!r};{did_you_mean(label, names)}")
+            return int(names[label])
+        label = int(label)
+        classes = int(self.pipe.transformer.config.num_embeds_ada_norm)
+        if not 0 <= label < classes:
+            raise RowError(f"`class_label` must be in 0..{classes - 1}, got {label}")
+        return label
+
+    def _control_image(self, data: Any, width: int, height: int) -> Image.Image | None:
+        if self.family.conditioning != "text+control":
+            return None
+        if data is None:
+            raise RowError(
+                f"{self.spec.label} is a ControlNet model: the row needs `control_image`"
+            )
+        try:
+            image = Image.open(io.BytesIO(data)).convert("RGB")
+        except Exception as err:
+            raise RowError(f"`control_image` is not a readable image: {err}") from err
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+        control = self.spec.control
+        if control.preprocessor == "canny":
+            import cv2
+
+            edges = cv2.Canny(np.asarray(image), control.low_threshold, control.high_threshold)
+            image = Image.fromarray(np.stack([edges] * 3, axis=-1))
+        return image
+
+    # -- groups -> images ----------------------------------------------------------------------
+
+    def _scheduler(self, settings: Settings) -> tuple[Any, str]:
+        key = f"{settings.sampler}|{settings.sampler_overrides}"
+        if key not in self._schedulers:
+            overrides = json.loads(settings.sampler_overrides)
+            spec = SamplerSpec(name=settings.sampler, overrides=overrides)
+            scheduler = build_scheduler(spec, self.base_scheduler_config)
+            self._schedulers[key] = (scheduler, scheduler_config_json(scheduler))
+        return self._schedulers[key]
+
+    def _run_splitting(self, settings: Settings, members: list) -> list[tuple[int, dict]]:
+        """Run a group; on CUDA out-of-memory, halve it and retry down to single rows."""
+        try:
+            return self._run(settings, members)
+        except torch.cuda.OutOfMemoryError as err:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(members) == 1:
+                index, _, row = members[0]
+                reason = (
+                    f"out of GPU memory even alone at {settings.width}x{settings.height}: "
+                    f"use a smaller size or enable vae_tiling / cpu_offload ({err})"
+                )
+                return [(index, self._error_row(row, reason))]
+            half = len(members) // 2
+            return self._run_splitting(settings, members[:half]) + self._run_splitting(
+                settings, members[half:]
+            )
+
+    def _run(self, settings: Settings, members: list) -> list[tuple[int, dict]]:
+        scheduler, scheduler_json = self._scheduler(settings)
+        self.pipe.scheduler = scheduler
+        requests = [request for _, request, _ in members]
+        # CPU generators: the same seed gives the same noise on any device
+        generators = [torch.Generator("cpu").manual_seed(r.seed) for r in requests]
+        started = time.perf_counter()
+        with torch.inference_mode():
+            images = CALLS[self.family.name](
+                self.pipe, self.loaded.refiner, settings, requests, generators, self.spec
+            )
+        seconds = (time.perf_counter() - started) / len(members)
+        created = dt.datetime.now(dt.timezone.utc)
+        out = []
+        for (index, request, row), image in zip(members, images, strict=True):
+            png = encode_png(to_uint8(np.asarray(image)))
+            out.append((index, {
+                **{k: row.get(k, default) for k, default in IDENTITY_DEFAULTS.items()},
+                **self._provenance,
+                "seed": request.seed,
+                "prompt": request.prompt,
+                "negative_prompt": request.negative_prompt,
+                "class_label": request.class_label,
+                "control_image_sha256": sha256(row["control_image"])
+                if request.control_image is not None else None,
+                "width": settings.width,
+                "height": settings.height,
+                "sampler": settings.sampler,
+                "sampler_config": scheduler_json,
+                "steps": settings.steps,
+                "guidance_scale": settings.guidance_scale,
+                "eta": settings.eta,
+                "image": png,
+                "image_sha256": sha256(png),
+                "batch_size": len(members),
+                "gen_seconds": seconds,
+                "created_at": created,
+                "error": None,
+            }))
+        return out
+
+    def _error_row(self, row: Mapping[str, Any], reason: str) -> dict[str, Any]:
+        out = {col: None for col in OUTPUT_COLUMNS}
+        out.update({k: row.get(k, default) for k, default in IDENTITY_DEFAULTS.items()})
+        out.update(self._provenance)
+        seed = row.get("seed")
+        out.update({
+            "seed": None if _missing(seed) else int(seed),
+            "prompt": row.get("prompt"),
+            "sampler": row.get("sampler") or self.sampler.name,
+            "created_at": dt.datetime.now(dt.timezone.utc),
+            "error": reason,
+        })
+        return out
+
+
+def _first(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python values."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _column(values: list[Any], name: str) -> np.ndarray:
+    if name == "created_at":
+        return np.array([np.datetime64(v.replace(tzinfo=None), "us") for v in values])
+    return np.array(values, dtype=object)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)

@@ -1,0 +1,114 @@
+"""Runtime options: where a pipeline runs and what speed-ups are applied to it once it is loaded.
+
+Each option is a small function in a registry, applied in order after loading; the chosen options
+are recorded with every image (`runtime_options`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from darkroom.platform.errors import UserError
+
+
+class RuntimeSpec(BaseModel):
+    """Device, threads and the speed options of one Generator."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch threads on CPU; default 1 per actor"
+    )
+    attention: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="sdpa: torch scaled_dot_product_attention (diffusers' default)"
+    )
+    channels_last: bool = Field(False, description="channels_last memory format for UNet and VAE")
+    fuse_qkv: bool = Field(False, description="fuse attention Q/K/V projections into one matmul")
+    torch_compile: Literal["default", "reduce-overhead", "max-autotune"] | None = Field(
+        None, description="torch.compile mode for the denoiser; compiled once per actor"
+    )
+    vae_slicing: bool = Field(False, description="decode one image at a time (less memory)")
+    vae_tiling: bool = Field(False, description="decode in tiles (large images, less memory)")
+    attention_slicing: bool = Field(False, description="attention in slices (less memory)")
+    cpu_offload: bool = Field(False, description="model CPU offload (GPU only; much less memory)")
+
+    def recorded(self) -> str:
+        """The options as a JSON string for the `runtime_options` column."""
+        return json.dumps(self.model_dump(exclude={"device"}), sort_keys=True)
+
+
+def denoiser(pipe: Any) -> torch.nn.Module:
+    """The network called at every step: a UNet or a transformer."""
+    return getattr(pipe, "unet", None) or pipe.transformer
+
+
+def _eager_attention(pipe: Any, spec: RuntimeSpec) -> None:
+    from diffusers.models.attention_processor import AttnProcessor
+
+    for module in (denoiser(pipe), getattr(pipe, "vae", None), getattr(pipe, "controlnet", None)):
+        if module is not None and hasattr(module, "set_attn_processor"):
+            module.set_attn_processor(AttnProcessor())
+
+
+def _channels_last(pipe: Any, spec: RuntimeSpec) -> None:
+    for module in (denoiser(pipe), getattr(pipe, "vae", None), getattr(pipe, "controlnet", None)):
+        if module is not None:
+            module.to(memory_format=torch.channels_last)
+
+
+def _fuse_qkv(pipe: Any, spec: RuntimeSpec) -> None:
+    if not hasattr(pipe, "fuse_qkv_projections"):
+        raise UserError(f"`fuse_qkv` is not supported by {type(pipe).__name__}; set it to false")
+    pipe.fuse_qkv_projections()
+
+
+def _compile(pipe: Any, spec: RuntimeSpec) -> None:
+    # dynamic=False with fixed shape buckets: each (batch, size) compiles once and is reused
+    net = denoiser(pipe)
+    net.compile(mode=spec.torch_compile, dynamic=False)
+
+
+def _needs_cuda(option: str, action: Callable[[Any], None]) -> Callable[[Any, RuntimeSpec], None]:
+    def apply(pipe: Any, spec: RuntimeSpec) -> None:
+        if pipe.device.type != "cuda":
+            raise UserError(f"`{option}` needs a CUDA GPU; set it to false on CPU")
+        action(pipe)
+
+    return apply
+
+
+# option name -> (is it on?, how to apply it); applied in this order
+OPTIONS: dict[str, tuple[Callable[[RuntimeSpec], bool], Callable[[Any, RuntimeSpec], None]]] = {
+    "attention": (lambda s: s.attention == "eager", _eager_attention),
+    "fuse_qkv": (lambda s: s.fuse_qkv, _fuse_qkv),
+    "channels_last": (lambda s: s.channels_last, _channels_last),
+    "vae_slicing": (lambda s: s.vae_slicing, lambda p, s: p.vae.enable_slicing()),
+    "vae_tiling": (lambda s: s.vae_tiling, lambda p, s: p.vae.enable_tiling()),
+    "attention_slicing": (lambda s: s.attention_slicing, lambda p, s: p.enable_attention_slicing()),
+    "cpu_offload": (
+        lambda s: s.cpu_offload,
+        _needs_cuda("cpu_offload", lambda p: p.enable_model_cpu_offload()),
+    ),
+    "torch_compile": (lambda s: s.torch_compile is not None, _compile),
+}
+
+
+def configure_threads(spec: RuntimeSpec, device: str) -> None:
+    if device == "cpu":
+        torch.set_num_threads(spec.torch_threads or 1)
+
+
+def apply_options(pipe: Any, spec: RuntimeSpec) -> list[str]:
+    """Apply every enabled option to a loaded pipeline; returns the names applied."""
+    applied = []
+    for name, (enabled, apply) in OPTIONS.items():
+        if enabled(spec):
+            apply(pipe, spec)
+            applied.append(name)
+    return applied

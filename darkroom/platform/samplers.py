@@ -1,0 +1,122 @@
+"""Sampler names -> diffusers scheduler classes with their overrides.
+
+Schedulers are not wrapped: a sampler is a scheduler class and a few config overrides, swapped in
+with ``cls.from_config(pipe.scheduler.config, **overrides)`` (diffusers' ``_compatibles``).
+DDPM: Ho et al. 2020; DDIM: Song et al. 2021; DPM-Solver++: Lu et al. 2022; Karras sigmas:
+Karras et al. 2022; Euler ancestral: Karras et al. 2022 / k-diffusion; UniPC: Zhao et al. 2023.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import diffusers
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from darkroom.platform.errors import UserError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Sampler:
+    scheduler: str  # a diffusers scheduler class name
+    overrides: dict[str, Any] = field(default_factory=dict)
+    stochastic: bool = False  # draws fresh noise at every step
+    uses_eta: bool = False  # accepts `eta` in its step (DDIM)
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "ddpm": Sampler("DDPMScheduler", stochastic=True),
+    "ddim": Sampler("DDIMScheduler", uses_eta=True),
+    "pndm": Sampler("PNDMScheduler", {"skip_prk_steps": True}),
+    "lms": Sampler("LMSDiscreteScheduler"),
+    "euler": Sampler("EulerDiscreteScheduler"),
+    "euler_a": Sampler("EulerAncestralDiscreteScheduler", stochastic=True),
+    "heun": Sampler("HeunDiscreteScheduler"),
+    "dpm2": Sampler("KDPM2DiscreteScheduler"),
+    "dpm2_a": Sampler("KDPM2AncestralDiscreteScheduler", stochastic=True),
+    "dpmpp_2m": Sampler(
+        "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}
+    ),
+    "dpmpp_2m_karras": Sampler(
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
+    "dpmpp_2m_sde": Sampler(
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+        stochastic=True,
+    ),
+    "dpmpp_2m_sde_karras": Sampler(
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+        stochastic=True,
+    ),
+    "dpmpp_2s": Sampler("DPMSolverSinglestepScheduler", {"solver_order": 2}),
+    "deis": Sampler("DEISMultistepScheduler"),
+    "unipc": Sampler("UniPCMultistepScheduler"),
+}
+
+
+def scheduler_class(name: str) -> type:
+    return getattr(diffusers, SAMPLERS[name].scheduler)
+
+
+def allowed_overrides(name: str) -> set[str]:
+    """Config keys the sampler's scheduler accepts (its ``__init__`` parameters)."""
+    params = inspect.signature(scheduler_class(name).__init__).parameters
+    return {p for p in params if p not in ("self", "kwargs")}
+
+
+class SamplerSpec(BaseModel):
+    """A sampler by registry name, with optional scheduler config overrides."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("ddim", description="registry name, e.g. ddim, dpmpp_2m, euler_a")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="scheduler config keys, e.g. {timestep_spacing: trailing}"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in SAMPLERS:
+            raise ValueError(f"unknown sampler `{name}`;{did_you_mean(name, SAMPLERS)}")
+        return name
+
+    @model_validator(mode="after")
+    def _overrides_fit(self) -> SamplerSpec:
+        allowed = allowed_overrides(self.name)
+        for key in self.overrides:
+            if key not in allowed:
+                raise ValueError(
+                    f"`{key}` is not a config key of {SAMPLERS[self.name].scheduler} "
+                    f"(sampler `{self.name}`);{did_you_mean(key, allowed)}"
+                )
+        return self
+
+    @property
+    def key(self) -> str:
+        """A stable string naming this sampler and its overrides."""
+        return json.dumps({"name": self.name, "overrides": self.overrides}, sort_keys=True)
+
+
+def build_scheduler(spec: SamplerSpec, base_config: dict[str, Any]) -> Any:
+    """A scheduler of the sampler's class, configured from the pipeline's own scheduler config."""
+    entry = SAMPLERS[spec.name]
+    try:
+        return scheduler_class(spec.name).from_config(
+            base_config, **{**entry.overrides, **spec.overrides}
+        )
+    except (TypeError, ValueError, NotImplementedError) as err:
+        raise UserError(f"sampler `{spec.name}` with overrides {spec.overrides}: {err}") from err
+
+
+def scheduler_config_json(scheduler: Any) -> str:
+    """The resolved scheduler config, recorded with every image."""
+    config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+    config["_class_name"] = type(scheduler).__name__
+    return json.dumps(config, sort_keys=True, default=str)

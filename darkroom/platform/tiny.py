@@ -1,0 +1,255 @@
+"""Random-init tiny pipelines of every family, built fully offline.
+
+They are what tests and smoke runs use: real diffusers pipelines with real components, small enough
+to run a 4-step call in well under a second on one CPU core. Their images are noise; their code path
+is the real one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
+
+TEXT_HIDDEN = 32
+TINY_FORMAT = "1"  # bump when a builder changes, so cached folders are rebuilt
+
+
+def byte_symbols() -> list[str]:
+    """GPT-2's byte-level alphabet: one printable unicode symbol for each of the 256 bytes."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    symbols, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            symbols[byte] = chr(byte)
+        else:
+            symbols[byte] = chr(256 + extra)
+            extra += 1
+    return list(symbols.values())
+
+
+def byte_level_clip_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+    """A CLIP tokenizer whose vocabulary is the 256 byte-level symbols, built with no files.
+
+    Each symbol appears twice (alone and with the end-of-word marker `</w>`), there are no merges,
+    and `model_max_length` is 77 as in CLIP (the default is ~1e30 and pipelines pad to it).
+    """
+    symbols = byte_symbols()
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({s + "</w>": i + len(symbols) for i, s in enumerate(symbols)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], pad_token=pad_token, model_max_length=77)
+
+
+def _text_config(tokenizer: CLIPTokenizer, **extra) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
+def tiny_vae():
+    """Four blocks, so the scale factor is 8 as in SD (64 px image <-> 4x8x8 latent)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+
+
+def tiny_unet(**extra):
+    from diffusers import UNet2DConditionModel
+
+    settings = dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_HIDDEN,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    return UNet2DConditionModel(**{**settings, **extra})
+
+
+def sd_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def build_sd():
+    from diffusers import StableDiffusionPipeline
+
+    tokenizer = byte_level_clip_tokenizer()
+    return StableDiffusionPipeline(
+        vae=tiny_vae(),
+        text_encoder=CLIPTextModel(_text_config(tokenizer)),
+        tokenizer=tokenizer,
+        unet=tiny_unet(),
+        scheduler=sd_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_sdxl():
+    from diffusers import StableDiffusionXLPipeline
+
+    tokenizer = byte_level_clip_tokenizer()
+    tokenizer_2 = byte_level_clip_tokenizer(pad_token="!")
+    time_embed_dim = 8
+    unet = tiny_unet(
+        cross_attention_dim=2 * TEXT_HIDDEN,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        # six micro-conditioning numbers (sizes and crop) plus the pooled text embedding
+        projection_class_embeddings_input_dim=6 * time_embed_dim + TEXT_HIDDEN,
+        transformer_layers_per_block=1,
+    )
+    return StableDiffusionXLPipeline(
+        vae=tiny_vae(),
+        text_encoder=CLIPTextModel(_text_config(tokenizer)),
+        text_encoder_2=CLIPTextModelWithProjection(
+            _text_config(tokenizer_2, projection_dim=TEXT_HIDDEN)
+        ),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=sd_scheduler(),
+    )
+
+
+TINY_DIT_LABELS = {
+    i: name
+    for i, name in enumerate(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    )
+}
+
+
+def build_dit():
+    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=8,  # learned variance, as in DiT-XL/2
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=1000,  # DiTPipeline uses class 1000 as the null class
+    )
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
+    pipe = DiTPipeline(transformer=transformer, vae=tiny_vae(), scheduler=scheduler,
+                       id2label=TINY_DIT_LABELS)
+    pipe.register_to_config(id2label=TINY_DIT_LABELS)  # otherwise it is not saved
+    return pipe
+
+
+def build_controlnet():
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    sd = build_sd()
+    controlnet = ControlNetModel.from_unet(
+        sd.unet, conditioning_embedding_out_channels=(8, 8, 8, 8)
+    )
+    return StableDiffusionControlNetPipeline(
+        **{k: v for k, v in sd.components.items() if k != "image_encoder"},
+        controlnet=controlnet,
+    )
+
+
+TINY_BUILDERS: dict[str, Callable] = {
+    "sd": build_sd,
+    "sdxl": build_sdxl,
+    "dit": build_dit,
+    "controlnet": build_controlnet,
+}
+
+
+def build_tiny(family: str, seed: int = 0):
+    """A random-init tiny pipeline of `family`; the same seed gives the same weights."""
+    from darkroom.platform.errors import UserError, did_you_mean
+
+    if family not in TINY_BUILDERS:
+        raise UserError(f"unknown tiny family `{family}`;{did_you_mean(family, TINY_BUILDERS)}")
+    torch.manual_seed(seed)
+    return TINY_BUILDERS[family]()
+
+
+def save_tiny(family: str, out: str | Path, seed: int = 0) -> Path:
+    """Build a tiny pipeline and save it as a standard diffusers folder (safetensors)."""
+    from darkroom.platform.models import quiet_libraries
+
+    quiet_libraries()
+    out = Path(out)
+    build_tiny(family, seed).save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DARKROOM_CACHE", Path.home() / ".cache" / "darkroom"))
+
+
+def tiny_folder(family: str) -> Path:
+    """The cached folder of `tiny:<family>`, built on first use.
+
+    Built in a temporary folder and renamed into place, so concurrent actors never read half a
+    pipeline; whoever renames second finds the folder there and throws its copy away.
+    """
+    folder = cache_root() / "tiny" / f"{family}-v{TINY_FORMAT}"
+    if (folder / "model_index.json").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{family}-", dir=folder.parent))
+    try:
+        save_tiny(family, staging)
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not (folder / "model_index.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
