@@ -1,0 +1,1 @@
+"""YAML batch jobs: spec, prompt sources, sweep plans, the Ray Data pipeline, submit."""
