@@ -22,7 +22,7 @@ from transformers import (
 )
 
 TEXT_HIDDEN = 32
-TINY_FORMAT = "1"  # bump when a builder changes, so cached folders are rebuilt
+TINY_FORMAT = "3"  # bump when a builder changes, so cached folders are rebuilt
 
 
 def byte_symbols() -> list[str]:
@@ -194,6 +194,12 @@ def build_controlnet():
     controlnet = ControlNetModel.from_unet(
         sd.unet, conditioning_embedding_out_channels=(8, 8, 8, 8)
     )
+    # ControlNet starts from zero convolutions (Zhang et al. 2023), under which the control image
+    # has no effect at all; random ones let tests see the control image change the output.
+    zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                  controlnet.controlnet_cond_embedding.conv_out]
+    for zero_conv in zero_convs:
+        torch.nn.init.normal_(zero_conv.weight, std=0.05)
     return StableDiffusionControlNetPipeline(
         **{k: v for k, v in sd.components.items() if k != "image_encoder"},
         controlnet=controlnet,

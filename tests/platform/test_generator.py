@@ -1,0 +1,177 @@
+"""The Generator on every tiny family and sampler: shapes, reproducibility, errors, OOM split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from darkroom.platform import calls
+from darkroom.platform.generator import OUTPUT_COLUMNS, Generator
+from darkroom.platform.records import decode_png, encode_png
+from darkroom.platform.samplers import SAMPLERS
+
+FAMILIES = ["sd", "sdxl", "dit", "controlnet"]
+RNG = np.random.default_rng(0)
+CONTROL = encode_png(RNG.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def generators() -> dict[str, Generator]:
+    return {f: Generator({"model": f"tiny:{f}"}, defaults={"steps": 2}) for f in FAMILIES}
+
+
+def request(i: int, **extra) -> dict:
+    row = {
+        "row_id": f"r{i}", "prompt_id": f"p{i}", "sample_idx": 0, "seed": 1000 + i,
+        "prompt": ["a red fox", "a lighthouse at dusk", "two cats", "a bowl of soup"][i % 4],
+        "class_label": i % 10, "control_image": CONTROL,
+    }
+    row.update(extra)
+    return row
+
+
+def pixels(row: dict) -> np.ndarray:
+    assert row["error"] is None, row["error"]
+    return decode_png(row["image"]).astype(int)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_sampler_runs_on_every_family(generators, family):
+    gen = generators[family]
+    rows = [request(i, sampler=name) for i, name in enumerate(SAMPLERS)]
+    out = gen.generate(rows)
+    assert [r["row_id"] for r in out] == [r["row_id"] for r in rows]
+    for row, name in zip(out, SAMPLERS, strict=True):
+        image = pixels(row)
+        assert image.shape == (64, 64, 3)
+        assert image.std() > 0  # not a blank image
+        assert row["sampler"] == name
+        assert SAMPLERS[name].scheduler in row["sampler_config"]
+        assert row["steps"] == 2 and row["model_family"] == family
+        assert set(OUTPUT_COLUMNS) <= set(row)
+
+
+@pytest.mark.parametrize("family", ["sd", "dit", "sdxl"])
+@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp_2m_sde"])
+def test_row_image_does_not_depend_on_batch_mates(generators, family, sampler):
+    gen = generators[family]
+    target = request(0, sampler=sampler, prompt="a red fox", class_label=3, seed=42)
+    alone = gen.generate([target])[0]
+    mates = [request(i, sampler=sampler, seed=7 * i) for i in range(1, 8)]
+    in_batch = gen.generate(mates[:3] + [target] + mates[3:])
+    assert in_batch[3]["batch_size"] == 8
+    assert np.abs(pixels(alone) - pixels(in_batch[3])).max() <= 1
+    # and the seed matters: another seed gives another image
+    other = gen.generate([{**target, "seed": 43}])[0]
+    assert np.abs(pixels(alone) - pixels(other)).max() > 10
+
+
+def test_numpy_batch_entry_point(generators):
+    batch = {
+        "seed": np.array([1, 2, 3]),
+        "prompt": np.array(["a", "b", "c"], dtype=object),
+        "row_id": np.array(["x", "y", "z"], dtype=object),
+        "steps": np.array([2, 2, 2]),
+    }
+    out = generators["sd"](batch)
+    assert set(out) == set(OUTPUT_COLUMNS)
+    assert list(out["row_id"]) == ["x", "y", "z"]
+    assert all(len(png) > 100 for png in out["image"])
+
+
+def test_rows_group_by_settings(generators):
+    rows = [request(0, steps=2), request(1, steps=3), request(2, steps=2)]
+    out = generators["sd"].generate(rows)
+    assert [r["batch_size"] for r in out] == [2, 1, 2]
+    assert [r["steps"] for r in out] == [2, 3, 2]
+
+
+def test_dit_labels_by_name_and_bad_labels(generators):
+    gen = generators["dit"]
+    by_name, by_id = gen.generate([request(0, class_label="three"), request(0, class_label=3)])
+    assert by_name["class_label"] == 3
+    assert np.array_equal(pixels(by_name), pixels(by_id))
+    bad_name, prompt_only, out_of_range = gen.generate([
+        request(0, class_label="thre"),
+        request(1, class_label=None, prompt="a red fox"),
+        request(2, class_label=5000),
+    ])
+    assert "did you mean `three`" in bad_name["error"]
+    assert "class-conditional" in prompt_only["error"] and "a red fox" in prompt_only["error"]
+    assert "class_label" in out_of_range["error"]
+    dit_size = gen.generate([request(0, width=128, height=128)])[0]
+    assert "64x64" in dit_size["error"]
+
+
+def test_bad_sizes_are_row_errors(generators):
+    good, bad = generators["sd"].generate([request(0, width=64, height=96),
+                                           request(1, width=100, height=64)])
+    assert pixels(good).shape == (96, 64, 3)
+    assert bad["image"] is None
+    assert "`width` must be a positive multiple of 8" in bad["error"] and "100" in bad["error"]
+
+
+def test_controlnet_needs_a_readable_control_image(generators):
+    gen = generators["controlnet"]
+    missing, unreadable, fine = gen.generate([
+        request(0, control_image=None), request(1, control_image=b"not an image"), request(2),
+    ])
+    assert "needs `control_image`" in missing["error"]
+    assert "not a readable image" in unreadable["error"]
+    assert fine["control_image_sha256"] and fine["error"] is None
+
+
+def test_canny_preprocessor_changes_the_conditioning():
+    plain = Generator({"model": "tiny:controlnet"}, defaults={"steps": 2})
+    canny = Generator({"model": "tiny:controlnet", "control": {"preprocessor": "canny"}},
+                      defaults={"steps": 2})
+    control = canny._control_image(CONTROL, 64, 64)
+    assert set(np.unique(np.asarray(control))) <= {0, 255}  # an edge map
+    row = request(0)
+    assert np.abs(pixels(plain.generate([row])[0]) - pixels(canny.generate([row])[0])).max() > 0
+
+
+def test_sdxl_refiner_hand_off(tmp_path):
+    from darkroom.platform.tiny import save_tiny
+
+    base = Generator({"model": "tiny:sdxl"}, defaults={"steps": 4})
+    # the same weights as refiner: the hand-off continues the base's trajectory exactly
+    same = Generator({"model": "tiny:sdxl", "refiner": "tiny:sdxl", "refiner_switch": 0.5},
+                     defaults={"steps": 4})
+    other_weights = save_tiny("sdxl", tmp_path / "refiner", seed=1)
+    other = Generator({"model": "tiny:sdxl", "refiner": str(other_weights), "refiner_switch": 0.5},
+                      defaults={"steps": 4})
+    plain = pixels(base.generate([request(0)])[0])
+    assert np.abs(pixels(same.generate([request(0)])[0]) - plain).max() <= 1
+    assert np.abs(pixels(other.generate([request(0)])[0]) - plain).max() > 10
+
+
+def test_oom_splits_the_batch_in_halves(generators, monkeypatch):
+    gen = generators["sd"]
+    rows = [request(i) for i in range(4)]
+    expected = [pixels(r) for r in gen.generate(rows)]
+    real_call, calls_seen = calls.CALLS["sd"], []
+
+    def oom_once_for_big_batches(pipe, refiner, settings, requests, *args):
+        calls_seen.append(len(requests))
+        if len(requests) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_call(pipe, refiner, settings, requests, *args)
+
+    monkeypatch.setitem(calls.CALLS, "sd", oom_once_for_big_batches)
+    out = gen.generate(rows)
+    assert calls_seen == [4, 2, 2]
+    assert [r["batch_size"] for r in out] == [2, 2, 2, 2]
+    for got, want in zip(out, expected, strict=True):
+        assert np.abs(pixels(got) - want).max() <= 1
+
+
+def test_oom_on_a_single_row_fails_that_row(generators, monkeypatch):
+    def always_oom(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setitem(calls.CALLS, "sd", always_oom)
+    out = generators["sd"].generate([request(0), request(1)])
+    assert all("out of GPU memory even alone" in r["error"] for r in out)
+    assert all(r["image"] is None for r in out)
