@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import darkroom
+from darkroom.platform.autobatch import BatchSizeMemory, chunks
 from darkroom.platform.calls import CALLS, Request, Settings
 from darkroom.platform.errors import UserError
 from darkroom.platform.models import LoadedModel, ModelSpec, load_model, resolve_device
@@ -68,6 +69,7 @@ class Generator:
         self.native_size = self._native_size()
         self.defaults = {"steps": 25, "guidance_scale": 5.0, "eta": 0.0, **(defaults or {})}
         self._schedulers: dict[str, tuple[Any, str]] = {}
+        self._batch_memory = BatchSizeMemory()
         self._provenance = {
             "model": self.spec.label,
             "model_family": self.family.name,
@@ -101,8 +103,9 @@ class Generator:
                 continue
             groups.setdefault(settings, []).append((index, request, dict(row)))
         for settings, members in groups.items():
-            for index, out in self._run_splitting(settings, members):
-                results[index] = out
+            for chunk in chunks(members, self._batch_limit(settings)):
+                for index, out in self._run_splitting(settings, chunk):
+                    results[index] = out
         return results  # type: ignore[return-value]
 
     # -- one row -> settings + request ---------------------------------------------------------
@@ -216,6 +219,15 @@ class Generator:
             self._schedulers[key] = (scheduler, scheduler_config_json(scheduler))
         return self._schedulers[key]
 
+    def _batch_key(self, settings: Settings) -> str:
+        return "|".join([self._provenance["device"], self.spec.label, self.loaded.revision,
+                         self.runtime.recorded(), f"{settings.width}x{settings.height}"])
+
+    def _batch_limit(self, settings: Settings) -> int | None:
+        if self.runtime.batch_size == "auto":
+            return self._batch_memory.get(self._batch_key(settings))
+        return self.runtime.batch_size
+
     def _run_splitting(self, settings: Settings, members: list) -> list[tuple[int, dict]]:
         """Run a group; on CUDA out-of-memory, halve it and retry down to single rows."""
         try:
@@ -223,6 +235,8 @@ class Generator:
         except torch.cuda.OutOfMemoryError as err:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            if self.runtime.batch_size == "auto" and len(members) > 1:
+                self._batch_memory.remember(self._batch_key(settings), len(members) // 2)
             if len(members) == 1:
                 index, _, row = members[0]
                 reason = (

@@ -25,6 +25,10 @@ class RuntimeSpec(BaseModel):
     torch_threads: int | None = Field(
         None, ge=1, description="torch threads on CPU; default 1 per actor"
     )
+    batch_size: int | Literal["auto"] | None = Field(
+        None, description="most rows per pipeline call; auto: halve on GPU out-of-memory and "
+        "remember the size that fits; none: as many as a batch brings",
+    )
     attention: Literal["sdpa", "eager"] = Field(
         "sdpa", description="sdpa: torch scaled_dot_product_attention (diffusers' default)"
     )
@@ -40,7 +44,7 @@ class RuntimeSpec(BaseModel):
 
     def recorded(self) -> str:
         """The options as a JSON string for the `runtime_options` column."""
-        return json.dumps(self.model_dump(exclude={"device"}), sort_keys=True)
+        return json.dumps(self.model_dump(exclude={"device", "batch_size"}), sort_keys=True)
 
 
 def denoiser(pipe: Any) -> torch.nn.Module:

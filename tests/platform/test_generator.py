@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -175,3 +177,45 @@ def test_oom_on_a_single_row_fails_that_row(generators, monkeypatch):
     out = generators["sd"].generate([request(0), request(1)])
     assert all("out of GPU memory even alone" in r["error"] for r in out)
     assert all(r["image"] is None for r in out)
+
+
+def test_auto_batch_size_learns_and_remembers_what_fits(monkeypatch, tmp_path):
+    import functools
+
+    from darkroom.platform import generator as generator_module
+    from darkroom.platform.autobatch import BatchSizeMemory
+
+    memory_file = tmp_path / "batch_sizes.json"
+    monkeypatch.setattr(generator_module, "BatchSizeMemory",
+                        functools.partial(BatchSizeMemory, memory_file))
+    gen = Generator({"model": "tiny:sd"}, runtime={"batch_size": "auto"}, defaults={"steps": 2})
+    real_call, calls_seen = calls.CALLS["sd"], []
+
+    def fits_two(pipe, refiner, settings, requests, *args):
+        calls_seen.append(len(requests))
+        if len(requests) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real_call(pipe, refiner, settings, requests, *args)
+
+    monkeypatch.setitem(calls.CALLS, "sd", fits_two)
+    rows = [request(i) for i in range(8)]
+    assert all(r["error"] is None for r in gen.generate(rows))
+    assert calls_seen[:3] == [8, 4, 2]
+    calls_seen.clear()
+    gen.generate(rows)  # the learned size is used from the start
+    assert calls_seen == [2, 2, 2, 2]
+    calls_seen.clear()
+    fresh = Generator({"model": "tiny:sd"}, runtime={"batch_size": "auto"}, defaults={"steps": 2})
+    fresh.generate(rows[:4])  # and remembered across processes (a file in the cache)
+    assert calls_seen == [2, 2]
+    assert list(json.loads(memory_file.read_text()).values()) == [2]
+    other_size = [request(i, width=32, height=32) for i in range(3)]
+    calls_seen.clear()
+    fresh.generate(other_size)  # per image size: nothing known yet for 32x32
+    assert calls_seen[0] == 3
+
+
+def test_fixed_batch_size_caps_rows_per_call():
+    gen = Generator({"model": "tiny:sd"}, runtime={"batch_size": 3}, defaults={"steps": 2})
+    out = gen.generate([request(i) for i in range(7)])
+    assert [r["batch_size"] for r in out] == [3, 3, 3, 3, 3, 3, 1]
