@@ -80,6 +80,15 @@ class Generator:
             "diffusers_version": _version("diffusers"),
             "torch_version": torch.__version__,
         }
+        if self.runtime.torch_compile:
+            self.warm_up()
+
+    def warm_up(self) -> None:
+        """One small call so compilation (or lazy init) happens now, not on the first request."""
+        row = {"seed": 0, "prompt": "warm-up", "class_label": 0, "steps": 2}
+        if self.family.conditioning == "text+control":
+            row["control_image"] = encode_png(np.zeros((8, 8, 3), np.uint8))
+        self.generate([row])
 
     # -- public entry points -------------------------------------------------------------------
 
@@ -253,6 +262,10 @@ class Generator:
         scheduler, scheduler_json = self._scheduler(settings)
         self.pipe.scheduler = scheduler
         requests = [request for _, request, _ in members]
+        if self.runtime.torch_compile:
+            # pad to a power of two so a compiled denoiser sees a few fixed shapes, not one per
+            # batch size; padding rows have their own generators and are dropped afterwards
+            requests += [requests[-1]] * (_bucket(len(requests)) - len(requests))
         # CPU generators: the same seed gives the same noise on any device
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in requests]
         started = time.perf_counter()
@@ -260,6 +273,7 @@ class Generator:
             images = CALLS[self.family.name](
                 self.pipe, self.loaded.refiner, settings, requests, generators, self.spec
             )
+        images = images[: len(members)]
         seconds = (time.perf_counter() - started) / len(members)
         created = dt.datetime.now(dt.timezone.utc)
         out = []
@@ -303,6 +317,10 @@ class Generator:
             "error": reason,
         })
         return out
+
+
+def _bucket(count: int) -> int:
+    return 1 << (count - 1).bit_length()
 
 
 def _first(value: Any, default: Any) -> Any:

@@ -149,3 +149,14 @@ def test_runtime_options_that_cannot_apply_are_rejected():
         Generator({"model": "tiny:dit"}, runtime={"fuse_qkv": True})
     with pytest.raises(ValidationError, match="torch_compile"):
         RuntimeSpec(torch_compile="fastest")
+
+
+def test_torch_compile_wraps_the_denoiser_and_padding_keeps_rows():
+    from darkroom.platform.generator import _bucket
+    from darkroom.platform.runtime import apply_options, denoiser
+    from darkroom.platform.tiny import build_tiny
+
+    pipe = build_tiny("dit")
+    assert apply_options(pipe, RuntimeSpec(torch_compile="max-autotune")) == ["torch_compile"]
+    assert denoiser(pipe)._compiled_call_impl is not None  # compiled lazily on first call
+    assert [_bucket(n) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 16]
