@@ -1,0 +1,115 @@
+"""`darkroom run | validate | schema | submit | status | logs`: batch jobs from the command line.
+
+Importing this module is cheap (the CLI builds every subcommand at start-up); Ray, torch and
+the pipeline are imported by the handlers that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+ADDRESS_HELP = "Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS " \
+               "or $RAY_ADDRESS)"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser("run", help="run a job file on local Ray (or $RAY_ADDRESS)")
+    _job_arguments(run)
+    run.add_argument("--dry-run", action="store_true", help="print the plan, generate nothing")
+    run.add_argument("--no-eval", action="store_true", help="skip the job's eval: section")
+    run.set_defaults(handler=_run)
+
+    validate = subparsers.add_parser("validate", help="check a job file (no Ray, no models)")
+    _job_arguments(validate)
+    validate.set_defaults(handler=_validate)
+
+    schema = subparsers.add_parser("schema", help="print the JSON Schema of job files")
+    schema.set_defaults(handler=_schema)
+
+    submit = subparsers.add_parser("submit", help="send a job file to a Ray cluster (Jobs API)")
+    _job_arguments(submit)
+    submit.add_argument("--address", help=ADDRESS_HELP)
+    submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment variable for the job on the cluster (repeatable)")
+    submit.add_argument("--ship-package", action="store_true",
+                        help="upload this checkout's darkroom package with the job (for clusters "
+                             "whose image lacks it or has an older one)")
+    submit.add_argument("--wait", action="store_true",
+                        help="follow the job's logs until it ends; exit with its outcome")
+    submit.set_defaults(handler=_submit)
+
+    status = subparsers.add_parser("status", help="status of a submitted job")
+    status.add_argument("job_id")
+    status.add_argument("--address", help=ADDRESS_HELP)
+    status.set_defaults(handler=_status)
+
+    logs = subparsers.add_parser("logs", help="logs of a submitted job")
+    logs.add_argument("job_id")
+    logs.add_argument("--address", help=ADDRESS_HELP)
+    logs.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
+    logs.set_defaults(handler=_logs)
+
+
+def _job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="job file (YAML)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="override a field, e.g. sweep.steps=[2,4] prompts.limit=8")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from darkroom.jobs.pipeline import run_job
+    from darkroom.jobs.spec import load
+
+    spec = load(args.job, args.overrides)
+    run_job(spec, dry_run=args.dry_run, evaluate=not args.no_eval)
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from darkroom.jobs.plan import describe, expand
+    from darkroom.jobs.prompts import load_prompts
+    from darkroom.jobs.spec import load
+
+    spec = load(args.job, args.overrides)
+    print(f"{args.job}: ok")
+    print(describe(spec, expand(spec), len(load_prompts(spec.prompts))))
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from darkroom.jobs.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from darkroom.jobs.submit import follow, submit
+
+    job_id, client = submit(args.job, args.overrides, args.address, env=args.env,
+                            ship_package=args.ship_package)
+    print(f"submitted {job_id}")
+    if not args.wait:
+        print(f"follow it with: darkroom logs {job_id} --follow --address {client.address}")
+        return 0
+    return follow(client, job_id)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from darkroom.jobs.submit import client_for
+
+    client = client_for(args.address)
+    info = client.get_job_info(args.job_id)
+    print(f"{args.job_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from darkroom.jobs.submit import client_for, follow
+
+    client = client_for(args.address)
+    if args.follow:
+        return follow(client, args.job_id)
+    print(client.get_job_logs(args.job_id), end="")
+    return 0

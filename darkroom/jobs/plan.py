@@ -1,0 +1,164 @@
+"""The sweep grid -> runs, and runs x prompts -> request rows.
+
+A run id is a short hash of the run's resolved settings, so the same settings always land in the
+same folder and a rerun finds its earlier rows. Each row carries its own identity (`row_id`,
+`prompt_id`, `sample_idx`) and a seed derived from the job seed and both ids, so nothing depends on
+the order in which Ray processes rows, and the same prompt gets the same noise in every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from darkroom.jobs.prompts import Prompt
+from darkroom.jobs.spec import JobSpec
+from darkroom.platform.models import ModelSpec
+from darkroom.platform.samplers import SAMPLERS, SamplerSpec
+
+
+@dataclass(frozen=True)
+class Run:
+    """One point of the sweep: one model with one sampler, step count, guidance and eta."""
+
+    run_id: str
+    model: ModelSpec
+    sampler: SamplerSpec
+    steps: int
+    guidance_scale: float
+    eta: float
+    width: int | None
+    height: int | None
+
+
+def _settings(spec: JobSpec, model: ModelSpec, sampler: SamplerSpec, steps: int,
+              guidance: float, eta: float) -> dict[str, Any]:
+    """Everything that decides a run's images (not its speed): hashed into the run id."""
+    return {
+        "model": model.model_dump(mode="json"),
+        "sampler": sampler.model_dump(mode="json"),
+        "steps": steps,
+        "guidance_scale": guidance,
+        "eta": eta,
+        "width": spec.generation.width,
+        "height": spec.generation.height,
+        "negative_prompt": spec.generation.negative_prompt,
+        "seed": spec.seed,
+    }
+
+
+def run_id_of(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def expand(spec: JobSpec) -> list[Run]:
+    """Every combination of models x samplers x steps x guidance (x eta where a sampler uses it)."""
+    runs: dict[str, Run] = {}
+    sweep = spec.sweep
+    for model, sampler, steps, guidance in itertools.product(
+        spec.models, sweep.sampler, sweep.steps, sweep.guidance_scale
+    ):
+        # eta only changes samplers that take it; the others get one run at eta 0
+        etas = sweep.eta if SAMPLERS[sampler.name].uses_eta else [0.0]
+        for eta in etas:
+            settings = _settings(spec, model, sampler, steps, guidance, eta)
+            run_id = run_id_of(settings)
+            runs.setdefault(run_id, Run(run_id, model, sampler, steps, guidance, eta,
+                                        spec.generation.width, spec.generation.height))
+    return list(runs.values())
+
+
+def run_info(spec: JobSpec, run: Run, prompt_count: int) -> dict[str, Any]:
+    """What run.json holds: the run's resolved settings (read back for MLflow params)."""
+    return {
+        "run_id": run.run_id,
+        "job": spec.name,
+        "model": run.model.model_dump(mode="json"),
+        "model_label": run.model.label,
+        "sampler": run.sampler.model_dump(mode="json"),
+        "steps": run.steps,
+        "guidance_scale": run.guidance_scale,
+        "eta": run.eta,
+        "width": run.width,
+        "height": run.height,
+        "seed": spec.seed,
+        "images_per_prompt": spec.prompts.images_per_prompt,
+        "prompt_count": prompt_count,
+    }
+
+
+def row_seed(job_seed: int, prompt_id: str, sample_idx: int) -> int:
+    """A 32-bit seed from the job seed and the row's identity (stable across runs and machines)."""
+    digest = hashlib.sha256(f"{job_seed}/{prompt_id}/{sample_idx}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def row_id_of(run_id: str, prompt_id: str, sample_idx: int) -> str:
+    return f"{run_id}/{prompt_id}/{sample_idx}"
+
+
+def request_rows(spec: JobSpec, run: Run, prompts: list[Prompt],
+                 skip: set[str] = frozenset()) -> list[dict[str, Any]]:
+    """The Generator request rows of one run, leaving out row ids in `skip` (already done)."""
+    common = {
+        "job_id": spec.name,
+        "run_id": run.run_id,
+        "sampler": run.sampler.name,
+        "sampler_overrides": json.dumps(run.sampler.overrides, sort_keys=True),
+        "steps": run.steps,
+        "guidance_scale": run.guidance_scale,
+        "eta": run.eta,
+        "width": run.width,
+        "height": run.height,
+    }
+    rows = []
+    control_cache: dict[str, bytes] = {}
+    for prompt in prompts:
+        for sample_idx in range(spec.prompts.images_per_prompt):
+            row_id = row_id_of(run.run_id, prompt.prompt_id, sample_idx)
+            if row_id in skip:
+                continue
+            row = {
+                **common,
+                "row_id": row_id,
+                "prompt_id": prompt.prompt_id,
+                "sample_idx": sample_idx,
+                "seed": row_seed(spec.seed, prompt.prompt_id, sample_idx),
+                "prompt": prompt.prompt,
+                "negative_prompt": spec.generation.negative_prompt
+                if prompt.negative_prompt is None else prompt.negative_prompt,
+                "class_label": None if prompt.class_label is None else str(prompt.class_label),
+            }
+            if prompt.control_image:
+                if prompt.control_image not in control_cache:
+                    control_cache[prompt.control_image] = Path(prompt.control_image).read_bytes()
+                row["control_image"] = control_cache[prompt.control_image]
+            rows.append(row)
+    return rows
+
+
+def describe(spec: JobSpec, runs: list[Run], prompt_count: int) -> str:
+    """The plan as a table: what `darkroom run --dry-run` prints."""
+    per_run = prompt_count * spec.prompts.images_per_prompt
+    lines = [
+        f"job `{spec.name}`: {len(runs)} run(s) x {prompt_count} prompt(s) x "
+        f"{spec.prompts.images_per_prompt} image(s) = {per_run * len(runs)} images",
+        f"{'run':<14}{'model':<20}{'sampler':<22}{'steps':>6}{'guidance':>9}{'eta':>6}"
+        f"{'images':>8}{'denoiser calls':>16}",
+    ]
+    total_calls = 0
+    for run in runs:
+        # classifier-free guidance runs the denoiser on a doubled batch
+        calls = per_run * run.steps * (2 if run.guidance_scale > 1 else 1)
+        total_calls += calls
+        lines.append(
+            f"{run.run_id:<14}{run.model.label[:19]:<20}{run.sampler.name[:21]:<22}"
+            f"{run.steps:>6}{run.guidance_scale:>9g}{run.eta:>6g}{per_run:>8}{calls:>16}"
+        )
+    lines.append(f"estimated work: {total_calls} denoiser evaluations (image x step, x2 with "
+                 f"guidance > 1), {len(spec.models)} model load(s)")
+    return "\n".join(lines)

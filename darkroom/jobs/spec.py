@@ -1,0 +1,446 @@
+"""The job file: a frozen pydantic `JobSpec`, its YAML loader and `key=value` overrides.
+
+`load(path, overrides)` reports every problem of a job file at once, each with its field path, the
+bad value and the fix; nothing is loaded or started before it succeeds. Prompt sources and model
+names are checked here too (files exist, are readable and not empty), so `darkroom validate` catches
+what would otherwise fail an hour into a run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, get_args
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from darkroom.evals.spec import EvalSpec, TrackingSpec
+from darkroom.platform.errors import UserError, did_you_mean
+from darkroom.platform.models import ModelSpec
+from darkroom.platform.runtime import RuntimeSpec
+from darkroom.platform.samplers import SamplerSpec
+
+_NO_VALUE = object()
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class Problem:
+    """One thing wrong with a job file: where, what, and the value found there."""
+
+    def __init__(self, path: str, message: str, value: Any = _NO_VALUE) -> None:
+        self.path, self.message, self.value = path or "(top level)", message, value
+
+    def __str__(self) -> str:
+        got = "" if self.value is _NO_VALUE else f" (got {self.value!r:.80})"
+        return f"{self.path}: {self.message}{got}"
+
+
+class JobSpecError(UserError):
+    """A job file with problems; `problems` lists every one of them."""
+
+    def __init__(self, source: str, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s):\n{lines}")
+
+
+# -- sections ---------------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ColumnMap(_Section):
+    """Which columns of a .jsonl/.csv/.parquet prompt file hold what."""
+
+    prompt: str = Field("prompt", description="column with the prompt text")
+    negative_prompt: str | None = Field(None, description="column with a per-row negative prompt")
+    id: str | None = Field(None, description="column with a stable prompt id; default: row number")
+    class_label: str | None = Field(None, description="column with a class id or name (DiT)")
+
+
+class PromptSource(_Section):
+    """Where prompts come from: exactly one of list, file, classes, control_images."""
+
+    list_: list[str] | None = Field(None, alias="list", description="inline prompts")
+    file: str | None = Field(
+        None, description=".txt (one per line), .jsonl, .csv or .parquet; relative to the job file"
+    )
+    columns: ColumnMap = Field(default_factory=ColumnMap, description="column mapping of `file`")
+    classes: list[int | str] | None = Field(None, description="class ids or names (DiT)")
+    control_images: str | None = Field(
+        None, description="folder of control/input images (ControlNet); relative to the job file"
+    )
+    control_prompt: str = Field("", description="the prompt used with every control image")
+    images_per_prompt: int = Field(1, ge=1, description="images generated for each prompt")
+    limit: int | None = Field(None, ge=1, description="use only the first N prompts (smoke runs)")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PromptSource:
+        given = [k for k in ("list", "file", "classes", "control_images") if self.source(k)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one prompt source: list, file, classes or control_images; "
+                f"got {', '.join(given) or 'none'}"
+            )
+        return self
+
+    def source(self, kind: str) -> Any:
+        return self.list_ if kind == "list" else getattr(self, kind)
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("list", "file", "classes", "control_images") if self.source(k))
+
+
+def _sampler_entry(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+SamplerEntry = Annotated[
+    SamplerSpec, BeforeValidator(_sampler_entry, json_schema_input_type=str | SamplerSpec)
+]
+
+
+def _unique(values: list, field: str) -> list:
+    seen = [v.model_dump(exclude_defaults=True) if isinstance(v, BaseModel) else v for v in values]
+    for i, v in enumerate(seen):
+        if v in seen[:i]:
+            shown = v.get("name", v) if isinstance(v, dict) and len(v) == 1 else v
+            raise ValueError(f"`{field}` lists {shown!r} twice (entries {seen.index(v)} and {i}); "
+                             "remove one")
+    return values
+
+
+class SweepSpec(_Section):
+    """The grid: every combination of these is one run (eta only for samplers that use it)."""
+
+    sampler: list[SamplerEntry] = Field(
+        default_factory=lambda: [SamplerSpec(name="ddim")], min_length=1,
+        description="sampler names, or {name, overrides}",
+    )
+    steps: list[Annotated[int, Field(ge=1)]] = Field([25], min_length=1)
+    guidance_scale: list[Annotated[float, Field(ge=0)]] = Field([5.0], min_length=1)
+    eta: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        [0.0], min_length=1, description="DDIM eta (Song et al. 2021); ignored by other samplers"
+    )
+
+    @field_validator("sampler", "steps", "guidance_scale", "eta")
+    @classmethod
+    def _no_repeats(cls, values: list, info) -> list:
+        return _unique(values, f"sweep.{info.field_name}")
+
+
+class GenerationSpec(_Section):
+    width: int | None = Field(None, gt=0, description="default: the model's native size")
+    height: int | None = Field(None, gt=0, description="default: the model's native size")
+    batch_size: int = Field(4, ge=1, description="rows per Generator call")
+    negative_prompt: str = Field("", description="for rows whose source gives none")
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, side: int | None, info) -> int | None:
+        if side is not None and side % 8:
+            low = side - side % 8
+            raise ValueError(
+                f"`{info.field_name}` must be divisible by 8, got {side}; use {low or 8} or "
+                f"{low + 8}"
+            )
+        return side
+
+
+class Actors(_Section):
+    min: int = Field(1, ge=1, description="actors started at once")
+    max: int = Field(1, ge=1, description="actors the pool may grow to")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Actors:
+        if self.min > self.max:
+            raise ValueError(f"`min` ({self.min}) must not exceed `max` ({self.max})")
+        return self
+
+
+class ComputeSpec(_Section):
+    """The actor pool, and how much of a crash Ray repairs before the job fails."""
+
+    actors: Actors = Field(default_factory=Actors)
+    gpus_per_actor: float = Field(0, ge=0, description="GPUs per actor (fractions share a GPU)")
+    cpus_per_actor: float = Field(1, gt=0, description="CPUs per actor")
+    max_restarts: int = Field(
+        3, ge=-1, description="times Ray restarts a crashed actor (-1: forever)"
+    )
+    max_task_retries: int = Field(
+        3, ge=-1, description="times Ray retries a batch lost with its actor (-1: forever)"
+    )
+    checkpoint_rows: int = Field(
+        256, ge=1, description="rows per Parquet file; a crash loses at most this many"
+    )
+    checkpoint_seconds: float = Field(
+        30, gt=0, description="write what is buffered at least this often"
+    )
+
+
+class JobSpec(_Section):
+    """One YAML job file: prompts x models x sweep -> images in Parquet, optionally scored."""
+
+    name: str = Field(description="experiment name in MLflow; folder name under output")
+    seed: int = Field(0, ge=0, description="job seed; each row's seed derives from it")
+    output: str = Field("outputs", description="rows land in OUTPUT/<name>/<run_id>/")
+    prompts: PromptSource
+    models: list[ModelSpec] = Field(min_length=1)
+    sweep: SweepSpec = Field(default_factory=SweepSpec)
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    error_budget: int | float = Field(
+        0, description="failed rows allowed: a count (5) or a fraction of all rows (0.01)"
+    )
+    eval: EvalSpec | None = Field(None, description="metrics computed after generation")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        if not re.match(NAME_PATTERN, name):
+            raise ValueError(
+                "`name` names a folder: use letters, digits, '.', '_' and '-', starting with a "
+                "letter or digit"
+            )
+        return name
+
+    @field_validator("models")
+    @classmethod
+    def _unique_labels(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        labels = [m.label for m in models]
+        for i, label in enumerate(labels):
+            if label in labels[:i]:
+                raise ValueError(
+                    f"two models are labelled `{label}` (entries {labels.index(label)} and {i}); "
+                    "give each a distinct `name`"
+                )
+        return models
+
+    @field_validator("error_budget")
+    @classmethod
+    def _budget(cls, budget: int | float) -> int | float:
+        if isinstance(budget, float) and not 0 <= budget <= 1:
+            raise ValueError(
+                "a fractional `error_budget` must be in [0, 1]; write a whole number for a count "
+                "of rows"
+            )
+        if isinstance(budget, int) and budget < 0:
+            raise ValueError("`error_budget` must be 0 or more (a count of rows)")
+        return budget
+
+    def allowed_errors(self, total_rows: int) -> int:
+        """How many failed rows the error budget allows in a job of `total_rows` rows."""
+        if isinstance(self.error_budget, float):
+            return int(self.error_budget * total_rows)
+        return self.error_budget
+
+    def dump(self) -> dict[str, Any]:
+        """The resolved spec as plain data (what job.yaml holds)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def json_schema() -> dict[str, Any]:
+    return JobSpec.model_json_schema(by_alias=True)
+
+
+# -- YAML with duplicate keys rejected ----------------------------------------------------------
+
+
+def parse_yaml(text: str, source: str) -> dict[str, Any]:
+    """YAML text -> a mapping; duplicate keys anywhere are problems, not silent overwrites."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        raise UserError(f"{source}: not valid YAML: {err}") from err
+    if node is None:
+        raise JobSpecError(source, [Problem("", "the job file is empty; start from "
+                                            "configs/jobs/smoke.yaml")])
+    problems: list[Problem] = []
+    _find_duplicates(node, [], problems)
+    if problems:
+        raise JobSpecError(source, problems)
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise JobSpecError(source, [Problem("", "a job file is a mapping of keys (name, prompts, "
+                                            "models, ...)", data)])
+    return data
+
+
+def _find_duplicates(node: yaml.Node, path: list, problems: list[Problem]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                problems.append(Problem(
+                    _dotted([*path, key]),
+                    f"duplicate key `{key}` (lines {lines[key]} and {line}); keep one",
+                ))
+            lines.setdefault(key, line)
+            _find_duplicates(value_node, [*path, key], problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _find_duplicates(item, [*path, i], problems)
+
+
+def _dotted(path: Sequence[Any]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+# -- key=value overrides ----------------------------------------------------------------------
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """`sweep.steps=[2,4]`, `prompts.limit=4`, `models.0.dtype=bf16`: values are YAML."""
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(Problem(f"override {item!r}", "write overrides as KEY=VALUE, "
+                                    "e.g. sweep.steps=[2,4] or prompts.limit=8"))
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            problems.append(Problem(key, f"override value is not valid YAML: {err}", raw))
+            continue
+        problem = _set_path(data, key.strip().split("."), value)
+        if problem:
+            problems.append(problem)
+    if problems:
+        raise JobSpecError("overrides", problems)
+    return data
+
+
+def _set_path(data: Any, parts: list[str], value: Any) -> Problem | None:
+    node = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        here = _dotted(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                return Problem(here, f"index must be 0..{len(node) - 1}", part)
+            index: Any = int(part)
+        elif isinstance(node, dict):
+            index = part
+            if not last and not isinstance(node.get(part), dict | list):
+                node[part] = {}
+        else:
+            return Problem(here, f"`{_dotted(parts[:depth])}` is not a section", node)
+        if last:
+            node[index] = value
+        else:
+            node = node[index]
+    return None
+
+
+# -- validation with every problem reported at once ---------------------------------------------
+
+
+def load(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
+    """Read, override and validate a job file; prompt sources are resolved next to it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"job file `{path}` does not exist")
+    data = parse_yaml(path.read_text(), str(path))
+    return validate(data, base=path.parent, overrides=overrides, source=str(path))
+
+
+def validate(
+    data: dict[str, Any], base: str | Path = ".", overrides: Sequence[str] = (),
+    source: str = "job",
+) -> JobSpec:
+    """A JobSpec from plain data, or a JobSpecError listing every problem found."""
+    from darkroom.jobs.checks import semantic_problems
+
+    data = apply_overrides(_copy(data), overrides)
+    _absolute_sources(data, Path(base))
+    problems: list[Problem] = []
+    spec = None
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as err:
+        problems += [_problem(e) for e in err.errors()]
+    problems += semantic_problems(data, spec)
+    if problems:
+        raise JobSpecError(source, problems)
+    return spec  # type: ignore[return-value]
+
+
+def _copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_copy(v) for v in data]
+    return data
+
+
+def _absolute_sources(data: dict[str, Any], base: Path) -> None:
+    """Prompt files and folders are relative to the job file; made absolute for provenance."""
+    prompts = data.get("prompts")
+    if not isinstance(prompts, dict):
+        return
+    for key in ("file", "control_images"):
+        value = prompts.get(key)
+        if isinstance(value, str) and value and not re.match(r"^[a-z0-9]+://", value):
+            prompts[key] = str((base / Path(value).expanduser()).resolve())
+
+
+def _problem(error: dict[str, Any]) -> Problem:
+    loc = tuple(error["loc"])
+    # a union member's name (int, float, ...) in the location says nothing to a user
+    loc = tuple(p for p in loc if not (isinstance(p, str) and p in _UNION_TAGS))
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        known = _field_names(loc[:-1])
+        hint = did_you_mean(str(loc[-1]), known) if known else ""
+        return Problem(_dotted(loc), f"unknown key `{loc[-1]}`;{hint}")
+    if error["type"] == "missing":
+        return Problem(_dotted(loc), "required key is missing")
+    return Problem(_dotted(loc), message, error.get("input", _NO_VALUE))
+
+
+_UNION_TAGS = {"int", "float", "str", "constrained-int", "constrained-float", "function-before"}
+
+
+def _field_names(loc: Sequence[Any]) -> list[str]:
+    """The keys allowed at a location of the job file (for "did you mean")."""
+    model: Any = JobSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None
+        )
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+        if model is None:
+            return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,158 @@
+"""`darkroom submit`: send a job file to a Ray cluster through the Ray Jobs API.
+
+The job file is validated here first (no point queueing a typo). It travels in a runtime
+environment's `working_dir` together with copies of its prompt file or control-image folder; on the
+cluster the entrypoint is `python -m darkroom run job.yaml`, which joins the cluster through the
+RAY_ADDRESS that Ray Jobs sets.
+
+Ray 2.60 `ray start` turns on token authentication by default (when a token exists): clients must
+send the cluster's token. It is read the way Ray itself reads it: $RAY_AUTH_TOKEN, the file named
+by $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token (copy it from the head node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from darkroom.jobs.spec import load
+from darkroom.platform.errors import UserError
+
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+TOKEN_HELP = (
+    "the cluster uses token authentication (Ray's default for `ray start`): copy the head "
+    "node's ~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
+)
+
+
+def read_token() -> str | None:
+    """The Ray auth token, from the same places Ray looks (in Ray's order)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    candidate = Path(path) if path else Path.home() / ".ray" / "auth_token"
+    if candidate.is_file():
+        return candidate.read_text().strip() or None
+    if path:
+        raise UserError(f"RAY_AUTH_TOKEN_PATH names {path}, which is not a readable file")
+    return None
+
+
+def enable_token_auth() -> None:
+    """Before joining a cluster with `ray.init(address=...)`: use the token when there is one.
+
+    Ray only turns token mode on by itself for a cluster it finds on this machine, never for an
+    explicit address, and it reads the mode when it is imported.
+    """
+    if os.environ.get("RAY_AUTH_MODE") or not read_token():
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "ray" in sys.modules:  # already imported: have Ray read its configuration again
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
+def dashboard_address(address: str | None) -> str:
+    address = (address or os.environ.get("RAY_API_SERVER_ADDRESS")
+               or os.environ.get("RAY_ADDRESS"))
+    if not address:
+        raise UserError("no cluster address: pass --address http://HEAD:8265 (the Ray dashboard "
+                        "port) or set RAY_API_SERVER_ADDRESS")
+    return address if "://" in address else f"http://{address}"
+
+
+def client_for(address: str | None) -> Any:
+    """A JobSubmissionClient for the cluster, sending the auth token when there is one."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    address = dashboard_address(address)
+    token = read_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        return JobSubmissionClient(address, headers=headers)
+    except AuthenticationError as err:
+        raise UserError(f"{address} refused the request ({str(err).splitlines()[0]}); "
+                        f"{TOKEN_HELP}") from err
+    except ConnectionError as err:
+        raise UserError(
+            f"cannot reach the Ray dashboard at {address}: is the cluster up, and is this its "
+            "dashboard port (8265 by default, not the GCS port 6379)?"
+        ) from err
+
+
+def stage(job_path: str | Path, overrides: Sequence[str], folder: Path) -> dict[str, Any]:
+    """Write the validated job and copies of its inputs into `folder`; returns the job data."""
+    spec = load(job_path, overrides)
+    if "://" not in spec.output and not Path(spec.output).is_absolute():
+        raise UserError(
+            f"`output` is the relative path {spec.output!r}; on a cluster it would land in the "
+            "job's temporary working folder. Give an absolute path on storage the head node "
+            "keeps, e.g. `darkroom submit JOB output=/mnt/data/outputs`"
+        )
+    data = spec.dump()
+    prompts = data["prompts"]
+    if spec.prompts.file:
+        target = folder / "inputs" / Path(spec.prompts.file).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(spec.prompts.file, target)
+        prompts["file"] = str(target.relative_to(folder))
+    if spec.prompts.control_images:
+        shutil.copytree(spec.prompts.control_images, folder / "inputs" / "control_images")
+        prompts["control_images"] = "inputs/control_images"
+    (folder / "job.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return data
+
+
+def submit(job_path: str | Path, overrides: Sequence[str], address: str | None,
+           env: Sequence[str] = (), ship_package: bool = False) -> tuple[str, Any]:
+    """Validate, stage and submit a job; returns (submission id, client)."""
+    env_vars = {}
+    for item in env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--env takes KEY=VALUE, got {item!r}")
+        env_vars[key] = value
+    folder = Path(tempfile.mkdtemp(prefix="darkroom-submit-"))
+    try:
+        data = stage(job_path, overrides, folder)
+        client = client_for(address)
+        runtime_env: dict[str, Any] = {"working_dir": str(folder), "env_vars": env_vars}
+        if ship_package:
+            runtime_env["py_modules"] = [str(Path(__file__).resolve().parents[1])]
+        job_id = client.submit_job(
+            entrypoint="python -m darkroom run job.yaml",
+            runtime_env=runtime_env,
+            submission_id=f"darkroom-{data['name']}-{uuid.uuid4().hex[:8]}",
+            metadata={"darkroom_job": data["name"]},
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # uploaded by now
+    return job_id, client
+
+
+def follow(client: Any, job_id: str) -> int:
+    """Stream a job's logs until it ends; 0 if it succeeded, 1 otherwise."""
+
+    async def stream() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    asyncio.run(stream())
+    status = client.get_job_status(job_id)
+    while status.value not in TERMINAL:  # the log stream can close just before the status flips
+        time.sleep(0.5)
+        status = client.get_job_status(job_id)
+    print(f"{job_id}: {status.value}")
+    return 0 if status.value == "SUCCEEDED" else 1
