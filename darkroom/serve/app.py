@@ -1,0 +1,88 @@
+"""The Serve application: an ingress deployment in front of an autoscaled model deployment.
+
+The app builder `build_app` is what Ray's own tools deploy, from the same serve file:
+
+    serve run darkroom.serve.app:build_app config=configs/serve/tiny.yaml
+
+and what a Serve config file (`serve deploy`) or a KubeRay RayService names as its import path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from typing import Any
+
+from ray.serve import Application
+
+from darkroom.platform.errors import UserError
+from darkroom.platform.samplers import SAMPLERS
+from darkroom.serve.ingress import Ingress, IngressSettings
+from darkroom.serve.model import ImageModel
+from darkroom.serve.spec import ServeSpec, read_yaml
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """Ray Serve app builder. `args` is `{config: PATH}` (a serve file) or a serve file's keys."""
+    return application(spec_from_args(args or {}))
+
+
+def spec_from_args(args: dict[str, Any]) -> ServeSpec:
+    args = dict(args)
+    if "config" in args:
+        path = args.pop("config")
+        if args:
+            raise UserError(
+                f"give either `config` or the serve file's keys inline, not both (also got "
+                f"{', '.join(sorted(args))})"
+            )
+        return ServeSpec.model_validate(read_yaml(path))
+    return ServeSpec.model_validate(args)
+
+
+def application(spec: ServeSpec) -> Application:
+    """The bound app: `Ingress -> ImageModel`, configured from the serve file."""
+    backpressure = {"retry_after_s": spec.retry_after_s}
+    model = ImageModel.options(
+        max_ongoing_requests=spec.max_ongoing_requests,
+        max_queued_requests=spec.max_queued_requests,
+        autoscaling_config=spec.autoscaling.ray_config(),
+        ray_actor_options=spec.resources.ray_actor_options(),
+        backpressure_config=backpressure,
+        # one call per image: access lines would cost more than the images' own bookkeeping
+        logging_config={"enable_access_log": False},
+    ).bind(spec.model_dump(mode="json"))
+    settings = IngressSettings(
+        model_id=spec.model_id,
+        limits=spec.limits,
+        samplers=list(SAMPLERS),
+        api_key_sha256=api_key_digest(spec),
+        retry_after_s=spec.retry_after_s,
+        created=int(time.time()),
+    )
+    # The model deployment, not the front, is the gate: the front holds every image the model
+    # side can take (working + queued) plus headroom to answer 503s at once.
+    capacity = spec.autoscaling.max_replicas * spec.max_ongoing_requests + spec.max_queued_requests
+    return Ingress.options(
+        num_replicas=spec.ingress.replicas,
+        max_ongoing_requests=math.ceil((capacity + 16) / spec.ingress.replicas),
+        max_queued_requests=spec.max_queued_requests,
+        ray_actor_options={"num_cpus": spec.ingress.num_cpus},
+        backpressure_config=backpressure,
+    ).bind(model, settings.model_dump())
+
+
+def api_key_digest(spec: ServeSpec) -> str | None:
+    """SHA-256 of the API key, read where the app is built; the key itself is never shipped."""
+    if spec.auth is None:
+        return None
+    name = spec.auth.api_key_env
+    key = os.environ.get(name, "")
+    if not key:
+        raise UserError(
+            f"`auth.api_key_env` names {name}, which is not set here: export {name}=... before "
+            "starting the server, or remove `auth` to serve without a key"
+        )
+    return hashlib.sha256(key.encode()).hexdigest()

@@ -1,0 +1,258 @@
+"""The HTTP front: OpenAI-compatible routes, validation, auth, and the fan-out of `n` images.
+
+It holds no model: each image is one call to the model deployment, whose replicas batch them.
+Overload there (its `max_queued_requests` reached) becomes a 503 with `Retry-After` here.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures at runtime, and the
+# request model is built per server.
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import math
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import darkroom
+from darkroom.platform.errors import did_you_mean
+from darkroom.serve.protocol import (
+    SEED_MAX,
+    ErrorResponse,
+    ImageData,
+    ImageRequest,
+    ImagesResponse,
+    Limits,
+    ModelCard,
+    ModelList,
+    request_model,
+)
+
+logger = logging.getLogger("ray.serve")
+BATCH_HEADER = "X-Darkroom-Batch-Size"
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in [
+        (400, "bad input: the message names the field"),
+        (401, "missing or wrong API key"),
+        (503, "overloaded: retry after the Retry-After header's seconds"),
+    ]
+}
+
+
+class IngressSettings(BaseModel):
+    """What the front needs to know about the served model (no model code, no torch)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model_id: str
+    limits: Limits
+    samplers: list[str]
+    api_key_sha256: str | None = None
+    retry_after_s: float = 1.0
+    created: int = 0
+
+
+class Overloaded(Exception):
+    """The model deployment refused the work: answer 503 with Retry-After."""
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress()
+class Ingress:
+    """An ingress replica: builds its FastAPI app from the settings at replica start."""
+
+    def __init__(self, model: Any, settings: dict[str, Any]) -> None:
+        self.model = model  # DeploymentHandle of the model deployment
+        self.settings = IngressSettings.model_validate(settings)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_api(self.settings, self._generate)
+
+    async def _generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        responses = [self.model.generate.remote(row) for row in rows]
+        results = await asyncio.gather(*responses, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if not failures:
+            return results
+        for response in responses:
+            response.cancel()
+        if any(isinstance(f, BackPressureError | DeploymentUnavailableError | RayActorError)
+               for f in failures):
+            raise Overloaded(str(failures[0]))
+        raise failures[0]
+
+
+def build_api(
+    settings: IngressSettings,
+    generate: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]],
+) -> FastAPI:
+    """The FastAPI app of one server: its limits are the request schema's constraints."""
+    Request = request_model(settings.limits)  # noqa: N806 (a class)
+    app = FastAPI(
+        title="Darkroom images API",
+        version=darkroom.__version__,
+        description=f"OpenAI-compatible image generation with `{settings.model_id}`.",
+    )
+    auth = [Depends(_auth(settings.api_key_sha256))] if settings.api_key_sha256 else []
+    retry_after = str(math.ceil(settings.retry_after_s))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_, err: RequestValidationError) -> JSONResponse:
+        message, param = _describe(err.errors())
+        return _error(400, message, "invalid_request_error", param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_, err: StarletteHTTPException) -> JSONResponse:
+        kind = "authentication_error" if err.status_code == 401 else "invalid_request_error"
+        return _error(err.status_code, str(err.detail), kind, headers=err.headers)
+
+    @app.exception_handler(BadRequest)
+    async def _bad(_, err: BadRequest) -> JSONResponse:
+        return _error(400, str(err), "invalid_request_error", err.param)
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_, err: Overloaded) -> JSONResponse:
+        logger.warning("answering 503: %s", err)
+        return _error(
+            503, "the server is overloaded; retry later", "server_error", None,
+            code="overloaded", headers={"Retry-After": retry_after},
+        )
+
+    @app.exception_handler(Exception)
+    async def _failed(_, err: Exception) -> JSONResponse:
+        logger.exception("request failed")
+        return _error(500, f"internal error: {type(err).__name__}", "server_error")
+
+    @app.get("/healthz", summary="liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models", response_model=ModelList, dependencies=auth, responses=ERROR_RESPONSES)
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=settings.model_id, created=settings.created)])
+
+    @app.post(
+        "/v1/images/generations",
+        response_model=ImagesResponse,
+        dependencies=auth,
+        responses=ERROR_RESPONSES,
+        summary="generate images (OpenAI Images API)",
+    )
+    async def generations(body: Request, response: Response) -> ImagesResponse:
+        rows = _rows(body, settings)
+        results = await generate(rows)
+        failed = next((r["error"] for r in results if r["error"]), None)
+        if failed:
+            raise BadRequest(failed)
+        response.headers[BATCH_HEADER] = str(max(r["batch_size"] for r in results))
+        first = results[0]
+        return ImagesResponse(
+            created=int(time.time()),
+            model=settings.model_id,
+            size=f"{first['width']}x{first['height']}",
+            data=[
+                ImageData(
+                    b64_json=None if r["image"] is None else base64.b64encode(r["image"]).decode(),
+                    seed=r["seed"],
+                    flagged=r["flagged"],
+                    safety_score=r["safety_score"],
+                    batch_size=r["batch_size"],
+                )
+                for r in results
+            ],
+        )
+
+    return app
+
+
+def _rows(body: ImageRequest, settings: IngressSettings) -> list[dict[str, Any]]:
+    """One request row per image, in the Generator's columns."""
+    if body.model is not None and body.model != settings.model_id:
+        raise BadRequest(
+            f"`model` {body.model!r} is not served here; this server serves "
+            f"{settings.model_id!r} (GET /v1/models)", "model",
+        )
+    if body.sampler is not None and body.sampler not in settings.samplers:
+        raise BadRequest(
+            f"unknown sampler `{body.sampler}`;{did_you_mean(body.sampler, settings.samplers)}",
+            "sampler",
+        )
+    width, height = body.dimensions()
+    seed = secrets.randbelow(2**31) if body.seed is None else body.seed
+    return [
+        {
+            "seed": (seed + i) % (SEED_MAX + 1),
+            "prompt": body.prompt,
+            "negative_prompt": body.negative_prompt,
+            "class_label": body.class_label,
+            "width": width,
+            "height": height,
+            "steps": body.steps,
+            "guidance_scale": body.guidance_scale,
+            "sampler": body.sampler,
+        }
+        for i in range(body.n)
+    ]
+
+
+def _auth(digest: str) -> Callable[..., None]:
+    bearer = HTTPBearer(auto_error=False, description="the key held in the server's api_key_env")
+
+    def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        given = hashlib.sha256((credentials.credentials if credentials else "").encode())
+        if credentials is None or not hmac.compare_digest(given.hexdigest(), digest):
+            raise HTTPException(
+                401, "missing or wrong API key: send `Authorization: Bearer KEY`",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return check
+
+
+def _describe(problems: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """pydantic errors -> one message naming each field, and the first field as OpenAI's param."""
+    parts, params = [], []
+    for problem in problems:
+        loc = [str(p) for p in problem.get("loc", ()) if p != "body"]
+        if problem.get("type") == "json_invalid":
+            parts.append(f"the body is not valid JSON: {problem.get('ctx', {}).get('error', '')}")
+            continue
+        if not loc:
+            parts.append("the body must be a JSON object with at least `prompt`")
+            continue
+        field = ".".join(loc)
+        params.append(field)
+        message = str(problem.get("msg", "invalid")).removeprefix("Value error, ")
+        if problem.get("type") == "extra_forbidden":
+            message = "unknown field; see the API docs (/docs) for the accepted fields"
+        parts.append(f"`{field}`: {message} (got {problem.get('input')!r:.60})")
+    return "; ".join(parts), (params[0] if params else None)
+
+
+def _error(
+    status: int, message: str, kind: str, param: str | None = None,
+    code: str | None = None, headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)

@@ -1,0 +1,167 @@
+"""The model deployment: the platform's Generator behind `@serve.batch`.
+
+One call is one image (a request row). Concurrent calls on a replica form a batch; the batch is
+split into groups of equal settings (sampler, steps, size, guidance), and each group is one
+pipeline call. Groups run cheapest first, and a group's callers are answered as soon as their
+group is done, so a request never waits for a more expensive, incompatible neighbour's images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from darkroom.platform.generator import Generator
+from darkroom.platform.runtime import configure_threads
+from darkroom.serve.spec import ServeSpec
+
+PENDING = "pending"  # a batch member whose group has not run yet
+
+
+class GroupFailed:
+    """A group's pipeline call raised: its callers re-raise, the rest of the batch goes on."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+@serve.deployment(name="ImageModel")
+class ImageModel:
+    """A model replica: holds one Generator (and the safety checker) for its whole life."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = ServeSpec.model_validate(spec)
+        self.generator = Generator(
+            self.spec.model,
+            sampler=self.spec.defaults.sampler_spec,
+            runtime=self.spec.runtime,
+            defaults={
+                "steps": self.spec.defaults.steps,
+                "guidance_scale": self.spec.defaults.guidance_scale,
+            },
+        )
+        self.class_conditional = self.generator.family.conditioning == "class"
+        self.checker = _safety_checker(self.spec) if self.spec.safety.on else None
+        # One thread owns the pipeline: calls never overlap, and the event loop stays free to
+        # collect the next batch while this one runs.
+        self.pool = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="pipeline",
+            initializer=configure_threads,
+            initargs=(self.spec.runtime, self.generator.device),
+        )
+        self._batched.set_max_batch_size(self.spec.batching.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(self.spec.batching.batch_wait_timeout_s)
+
+    async def info(self) -> dict[str, Any]:
+        return {
+            "family": self.generator.family.name,
+            "native_size": self.generator.native_size,
+            "device": self.generator.device,
+        }
+
+    async def generate(self, row: dict[str, Any]) -> dict[str, Any]:
+        """One request row in, one answer out (see `_answer`)."""
+        if self.class_conditional and row.get("class_label") is None:
+            row = {**row, "class_label": row.get("prompt")}
+        result: Any = PENDING
+        # consume the whole stream, so no batch future is left unread
+        async for item in self._batched(row):
+            if not isinstance(item, str):
+                result = item
+        if isinstance(result, GroupFailed):
+            raise result.error
+        return result
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
+    async def _batched(self, rows: list[dict[str, Any]]) -> AsyncIterator[list[Any]]:
+        groups: dict[tuple, list[int]] = {}
+        for index, row in enumerate(rows):
+            groups.setdefault(self._settings_key(row), []).append(index)
+        finished: set[int] = set()
+        loop = asyncio.get_running_loop()
+        for key in sorted(groups, key=_cost):
+            members = groups[key]
+            try:
+                answers = await loop.run_in_executor(
+                    self.pool, self._run, [rows[i] for i in members]
+                )
+            except Exception as err:  # a failed group fails only its own callers
+                answers = [GroupFailed(err)] * len(members)
+            by_index = dict(zip(members, answers, strict=True))
+            yield [by_index.get(i, StopIteration if i in finished else PENDING)
+                   for i in range(len(rows))]
+            finished.update(members)
+            # answered callers end their stream now, not after the next group
+            yield [StopIteration if i in finished else PENDING for i in range(len(rows))]
+
+    def _settings_key(self, row: dict[str, Any]) -> tuple:
+        native = self.generator.native_size
+        defaults = self.spec.defaults
+        try:
+            return (
+                str(row.get("sampler") or defaults.sampler),
+                int(row.get("steps") or defaults.steps),
+                int(row.get("width") or native),
+                int(row.get("height") or native),
+                float(_first(row.get("guidance_scale"), defaults.guidance_scale)),
+            )
+        except (TypeError, ValueError):  # the Generator reports the bad field for this row
+            return ("", 0, 0, 0, 0.0)
+
+    def _run(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """On the pipeline thread: the Generator, then the safety checker, for one group."""
+        out = self.generator.generate(rows)
+        made = [i for i, row in enumerate(out) if row["error"] is None]
+        scores: dict[int, float] = {}
+        flags: dict[int, bool] = {}
+        if self.checker is not None and made:
+            images = [_decode(out[i]["image"]) for i in made]
+            score = np.asarray(self.checker.score(images), dtype=float)
+            flag = np.asarray(self.checker.flags(score), dtype=bool)
+            scores = dict(zip(made, score.tolist(), strict=True))
+            flags = dict(zip(made, flag.tolist(), strict=True))
+        return [_answer(row, scores.get(i), flags.get(i, False)) for i, row in enumerate(out)]
+
+
+def _answer(row: dict[str, Any], score: float | None, flagged: bool) -> dict[str, Any]:
+    """What goes back to the ingress; a flagged image's bytes never leave the replica."""
+    return {
+        "image": None if flagged else row["image"],
+        "error": row["error"],
+        "seed": row["seed"],
+        "width": row["width"],
+        "height": row["height"],
+        "batch_size": row["batch_size"],
+        "flagged": flagged,
+        "safety_score": score,
+    }
+
+
+def _safety_checker(spec: ServeSpec) -> Any:
+    from darkroom.evals.safety import load_safety_checker
+
+    safety = spec.safety
+    return load_safety_checker(safety.checker, threshold=safety.threshold, weights=safety.weights)
+
+
+def _decode(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def _cost(key: tuple) -> float:
+    """Work per image of a settings group: steps x pixels (cheapest first)."""
+    _, steps, width, height, _ = key
+    return steps * width * height
+
+
+def _first(value: Any, default: Any) -> Any:
+    return default if value is None else value

@@ -1,0 +1,147 @@
+"""The HTTP protocol: OpenAI Images API requests and responses, with Darkroom's extensions.
+
+Request models are built per server (`request_model(limits)`), so the limits of a serve file
+show up in the app's OpenAPI schema and are enforced by pydantic like any other constraint.
+This module imports no torch: the ingress replica stays light.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+SIZE_PATTERN = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+
+
+class Limits(BaseModel):
+    """What one request may ask for; anything larger is a 400 that names the field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_n: int = Field(8, ge=1, description="images per request")
+    max_steps: int = Field(100, ge=1, description="denoising steps per image")
+    max_side: int = Field(1024, ge=8, description="width and height in pixels")
+    max_prompt_chars: int = Field(
+        2000, ge=1, description="characters in prompt and negative_prompt"
+    )
+
+
+class ImageRequest(BaseModel):
+    """`POST /v1/images/generations`: OpenAI's fields, then Darkroom's extensions."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_side: ClassVar[int] = Limits().max_side
+
+    prompt: str = Field(
+        description="text prompt; for a class-conditional model (DiT) a class name or id when "
+        "`class_label` is not given"
+    )
+    model: str | None = Field(None, description="the served model id (GET /v1/models), if given")
+    n: int = Field(1, ge=1, le=Limits().max_n, description="number of images")
+    size: str | None = Field(
+        None, description="WIDTHxHEIGHT, e.g. 512x512; default: the model's native size"
+    )
+    response_format: Literal["b64_json"] = Field(
+        "b64_json", description="only b64_json: images are returned inline as base64 PNG"
+    )
+    user: str | None = Field(None, max_length=256, description="an end-user id, for logs")
+    negative_prompt: str | None = Field(None, description="what the image should not show")
+    steps: int | None = Field(None, ge=1, le=Limits().max_steps, description="denoising steps")
+    guidance_scale: float | None = Field(
+        None, ge=0, le=100, allow_inf_nan=False, description="classifier-free guidance scale"
+    )
+    seed: int | None = Field(
+        None, ge=0, le=SEED_MAX, description="seed of the first image; image i uses seed + i"
+    )
+    sampler: str | None = Field(None, description="sampler name, e.g. ddim, dpmpp_2m, euler_a")
+    class_label: int | str | None = Field(
+        None, description="class id or name, for class-conditional models (DiT)"
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, size: str | None) -> str | None:
+        if size is None or size == "auto":
+            return None
+        match = SIZE_PATTERN.match(size)
+        if not match:
+            raise ValueError(f"`size` must look like 512x512 (WIDTHxHEIGHT), got {size!r}")
+        for side in map(int, match.groups()):
+            if not 8 <= side <= cls.max_side:
+                raise ValueError(f"each side of `size` must be in 8..{cls.max_side}, got {size}")
+        return size
+
+    def dimensions(self) -> tuple[int | None, int | None]:
+        if self.size is None:
+            return None, None
+        width, height = SIZE_PATTERN.match(self.size).groups()
+        return int(width), int(height)
+
+
+def request_model(limits: Limits) -> type[ImageRequest]:
+    """`ImageRequest` with this server's limits as schema constraints."""
+
+    prompt_chars = limits.max_prompt_chars
+
+    class ImageGenerationRequest(ImageRequest):
+        max_side: ClassVar[int] = limits.max_side
+
+        prompt: str = Field(
+            max_length=prompt_chars,
+            description=ImageRequest.model_fields["prompt"].description,
+        )
+        n: int = Field(1, ge=1, le=limits.max_n, description="number of images")
+        steps: int | None = Field(
+            None, ge=1, le=limits.max_steps, description="denoising steps"
+        )
+        negative_prompt: str | None = Field(
+            None, max_length=prompt_chars, description="what the image should not show"
+        )
+
+    return ImageGenerationRequest
+
+
+class ImageData(BaseModel):
+    """One image: OpenAI's `b64_json`, plus its seed, the safety verdict and the batch it ran in."""
+
+    b64_json: str | None = Field(description="base64 PNG; null when the safety filter withheld it")
+    revised_prompt: str | None = None
+    seed: int = Field(description="the seed that reproduces this image")
+    flagged: bool = Field(False, description="withheld by the safety filter")
+    safety_score: float | None = Field(None, description="the safety checker's score in [0, 1]")
+    batch_size: int = Field(description="images in the pipeline call that made this one")
+
+
+class ImagesResponse(BaseModel):
+    created: int = Field(description="Unix time")
+    data: list[ImageData]
+    model: str
+    size: str = Field(description="WIDTHxHEIGHT of the images")
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "darkroom"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`."""
+
+    error: ErrorBody

@@ -1,0 +1,263 @@
+"""The serve file: one model, its defaults, request limits, batching, autoscaling and protection.
+
+```yaml
+model: {name: digits-dit, model: builtin:digits-dit}
+defaults: {sampler: dpmpp_2m, steps: 20, guidance_scale: 4.0}
+limits: {max_n: 8, max_steps: 100, max_side: 1024, max_prompt_chars: 2000}
+batching: {max_batch_size: 16, batch_wait_timeout_s: 0.05}
+autoscaling: {min_replicas: 1, max_replicas: 2, target_ongoing_requests: 8}
+max_ongoing_requests: 32
+max_queued_requests: 64
+safety: {checker: nudenet, on: true}
+http: {host: 127.0.0.1, port: 8000}
+```
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from darkroom.platform.errors import UserError, did_you_mean
+from darkroom.platform.models import ModelSpec
+from darkroom.platform.runtime import RuntimeSpec
+from darkroom.platform.samplers import SamplerSpec
+from darkroom.serve.protocol import Limits
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DefaultsSpec(_Spec):
+    """Settings a request gets when it does not name them."""
+
+    sampler: str = Field("ddim", description="sampler registry name")
+    sampler_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="scheduler config keys for the default sampler"
+    )
+    steps: int = Field(25, ge=1, description="denoising steps")
+    guidance_scale: float = Field(5.0, ge=0, description="classifier-free guidance scale")
+
+    @model_validator(mode="after")
+    def _sampler_known(self) -> DefaultsSpec:
+        SamplerSpec(name=self.sampler, overrides=self.sampler_overrides)  # names the bad key
+        return self
+
+    @property
+    def sampler_spec(self) -> SamplerSpec:
+        return SamplerSpec(name=self.sampler, overrides=self.sampler_overrides)
+
+
+class BatchingSpec(_Spec):
+    """Dynamic batching (`@serve.batch`): concurrent requests share one pipeline call."""
+
+    max_batch_size: int = Field(16, ge=1, description="images per pipeline call at most")
+    batch_wait_timeout_s: float = Field(
+        0.05, ge=0, description="how long a batch waits to fill before it runs"
+    )
+
+
+class AutoscalingSpec(_Spec):
+    """Ray Serve autoscaling of the model replicas (keys as in Serve's autoscaling_config)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(8, gt=0, description="images in flight per replica")
+    upscale_delay_s: float | None = Field(None, ge=0)
+    downscale_delay_s: float | None = Field(None, ge=0)
+    look_back_period_s: float | None = Field(None, gt=0)
+    metrics_interval_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"`min_replicas` ({self.min_replicas}) must not exceed `max_replicas` "
+                f"({self.max_replicas})"
+            )
+        return self
+
+    def ray_config(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class ResourcesSpec(_Spec):
+    """What one model replica reserves on the cluster."""
+
+    num_cpus: float = Field(1, ge=0)
+    num_gpus: float = Field(0, ge=0)
+    memory_gb: float | None = Field(None, gt=0, description="memory reserved per replica")
+    accelerator_type: str | None = Field(None, description="e.g. A100, L4 (Ray's names)")
+
+    def ray_actor_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory_gb is not None:
+            options["memory"] = int(self.memory_gb * 2**30)
+        if self.accelerator_type is not None:
+            options["accelerator_type"] = self.accelerator_type
+        return options
+
+
+class SafetySpec(_Spec):
+    """The safety filter: a flagged image is withheld, and the response says so."""
+
+    checker: str = Field("nudenet", description="safety checker registry name: nudenet | sd")
+    on: bool = Field(True, description="false serves every image unchecked")
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="flag at this score or above; default: the checker's"
+    )
+    weights: str | None = Field(None, description="local weights of the checker (sd needs them)")
+
+    @field_validator("checker")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from darkroom.evals.safety import SAFETY_CHECKERS
+
+        if name not in SAFETY_CHECKERS:
+            hint = did_you_mean(name, SAFETY_CHECKERS)
+            raise ValueError(f"unknown safety checker `{name}`;{hint}")
+        return name
+
+
+class AuthSpec(_Spec):
+    """An API key that clients send as `Authorization: Bearer KEY`."""
+
+    api_key_env: str = Field(description="environment variable that holds the key")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"`api_key_env` must be an environment variable name, got {name!r}")
+        return name
+
+
+class HttpSpec(_Spec):
+    """Where `darkroom serve` listens (Ray's own `serve run`/`serve deploy` set this themselves)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    route_prefix: str = Field("/", pattern=r"^/", description="the app's routes live under it")
+
+
+class IngressSpec(_Spec):
+    """The HTTP front replicas: validation, auth, fan-out of `n` images; no model."""
+
+    replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.25, ge=0)
+
+
+class ServeSpec(_Spec):
+    """One served model: what a `darkroom serve` file holds."""
+
+    name: str = Field("darkroom", description="Ray Serve application name")
+    model: ModelSpec
+    defaults: DefaultsSpec = Field(default_factory=DefaultsSpec)
+    limits: Limits = Field(default_factory=Limits)
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    max_ongoing_requests: int = Field(
+        32, ge=1, description="images a model replica works on or holds in its batch queue"
+    )
+    max_queued_requests: int = Field(
+        64, ge=1, description="images waiting for a replica; beyond it, 503 with Retry-After"
+    )
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After sent with a 503")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    safety: SafetySpec = Field(default_factory=SafetySpec)
+    auth: AuthSpec | None = None
+    http: HttpSpec = Field(default_factory=HttpSpec)
+    ingress: IngressSpec = Field(default_factory=IngressSpec)
+
+    @field_validator("max_ongoing_requests")
+    @classmethod
+    def _room_for_batches(cls, ongoing: int, info: ValidationInfo) -> int:
+        batching = info.data.get("batching")
+        # Serve hands a replica at most max_ongoing_requests at a time; with fewer than two
+        # batches' worth, the next batch cannot fill while one runs (Serve's default of 5
+        # collapses batches of 16 to ~2).
+        if batching is not None and ongoing < 2 * batching.max_batch_size:
+            batch = batching.max_batch_size
+            raise ValueError(
+                f"`max_ongoing_requests` ({ongoing}) must be at least twice "
+                f"`batching.max_batch_size` ({batch}), or batches cannot fill; set it to "
+                f"{2 * batch} or more"
+            )
+        return ongoing
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServeSpec:
+        if self.defaults.steps > self.limits.max_steps:
+            raise ValueError(
+                f"`defaults.steps` ({self.defaults.steps}) exceeds `limits.max_steps` "
+                f"({self.limits.max_steps})"
+            )
+        return self
+
+    @property
+    def model_id(self) -> str:
+        return self.model.label
+
+
+# -- YAML ---------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 booleans (only true/false, so `on:` stays a key) and no duplicate keys."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise UserError(
+                f"duplicate key `{key}` at line {key_node.start_mark.line + 1}: keep one of them"
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"serve file `{path}` does not exist")
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as err:
+        raise UserError(f"`{path}` is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise UserError(f"`{path}` must hold a mapping (model:, defaults:, ...), got {data!r:.60}")
+    return data
+
+
+def load_spec(path: str | Path) -> ServeSpec:
+    """Read and validate a serve file; a pydantic ValidationError names every bad field."""
+    return ServeSpec.model_validate(read_yaml(path))

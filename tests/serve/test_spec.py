@@ -1,0 +1,127 @@
+"""The serve file and the request schema: validation, limits, the CLI's dry run. No Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from darkroom.cli import main
+from darkroom.serve.app import build_app, spec_from_args
+from darkroom.serve.protocol import Limits, request_model
+from darkroom.serve.spec import ServeSpec, load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "configs" / "serve").glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "serve.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate_and_open_with_their_command(path: Path) -> None:
+    spec = load_spec(path)
+    assert path.read_text().startswith(f"# darkroom serve configs/serve/{path.name}")
+    assert spec.max_ongoing_requests >= 2 * spec.batching.max_batch_size
+
+
+def test_shipped_configs_cover_tiny_digits_and_a_real_model() -> None:
+    assert {p.name for p in CONFIGS} >= {"tiny.yaml", "digits.yaml", "sd15.yaml"}
+    assert load_spec(ROOT / "configs/serve/digits.yaml").model.model == "builtin:digits-dit"
+
+
+def test_yaml_on_is_a_key_not_a_boolean(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, "model: {model: 'tiny:dit'}\nsafety: {on: false}\n"))
+    assert spec.safety.on is False
+
+
+def test_duplicate_keys_are_rejected_with_the_line(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path, "model: {model: 'tiny:dit'}\nmax_queued_requests: 4\n"
+                           "max_queued_requests: 8\n")
+    assert main(["serve", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "duplicate key `max_queued_requests` at line 3" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "hint"),
+    [
+        ("batching: {max_batch_size: 16}\nmax_ongoing_requests: 5\n",
+         "max_ongoing_requests", "set it to 32 or more"),
+        ("defaults: {sampler: dpmpp2m}\n", "defaults", "did you mean `dpmpp_2m`"),
+        ("autoscaling: {min_replicas: 3, max_replicas: 2}\n", "autoscaling", "must not exceed"),
+        ("safety: {checker: nudnet}\n", "safety.checker", "did you mean `nudenet`"),
+        ("limits: {max_n: 0}\n", "limits.max_n", "greater than or equal to 1"),
+        ("batching: {max_batch: 4}\n", "batching.max_batch", "Extra inputs"),
+        ("defaults: {steps: 200}\nlimits: {max_steps: 50}\n", "(top level)", "max_steps"),
+        ("auth: {api_key_env: 'not a name'}\n", "auth.api_key_env", "environment variable"),
+    ],
+)
+def test_bad_serve_files_name_the_field_and_exit_2(tmp_path, capsys, text, field, hint) -> None:
+    path = write(tmp_path, "model: {model: 'tiny:dit'}\n" + text)
+    assert main(["serve", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"  {field}" in err and hint in err, err
+    assert "Traceback" not in err
+
+
+def test_missing_file_and_missing_api_key_are_user_errors(tmp_path, capsys, monkeypatch) -> None:
+    assert main(["serve", str(tmp_path / "nope.yaml"), "--dry-run"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    monkeypatch.delenv("DARKROOM_NO_SUCH_KEY", raising=False)
+    path = write(
+        tmp_path, "model: {model: 'tiny:dit'}\nauth: {api_key_env: DARKROOM_NO_SUCH_KEY}\n"
+    )
+    assert main(["serve", str(path), "--dry-run"]) == 2
+    assert "DARKROOM_NO_SUCH_KEY, which is not set" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_plan(capsys) -> None:
+    assert main(["serve", str(ROOT / "configs/serve/tiny.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-dit" in out and "would serve at http://127.0.0.1:8000/v1" in out
+
+
+def test_app_builder_takes_a_file_or_inline_keys(tmp_path) -> None:
+    path = str(ROOT / "configs/serve/tiny.yaml")
+    assert spec_from_args({"config": path}) == load_spec(path)
+    inline = spec_from_args({"model": {"model": "tiny:sd"}, "max_queued_requests": 3})
+    assert inline.model.model == "tiny:sd" and inline.max_queued_requests == 3
+    with pytest.raises(ValueError, match="not both"):
+        spec_from_args({"config": path, "name": "x"})
+    app = build_app({"config": path})  # binds the deployments; deploys nothing
+    assert type(app).__name__ == "Application"
+
+
+def test_request_limits_are_schema_constraints() -> None:
+    Request = request_model(Limits(max_n=2, max_steps=5, max_side=64, max_prompt_chars=10))  # noqa: N806
+    ok = Request(prompt="three", n=2, size="48x64", steps=5)
+    assert ok.dimensions() == (48, 64)
+    assert Request(prompt="x", size="auto").dimensions() == (None, None)
+    schema = Request.model_json_schema()["properties"]
+    assert schema["n"]["maximum"] == 2 and schema["prompt"]["maxLength"] == 10
+    bad = [
+        ({"prompt": "x", "n": 3}, "n"),
+        ({"prompt": "x", "steps": 6}, "steps"),
+        ({"prompt": "x" * 11}, "prompt"),
+        ({"prompt": "x", "size": "128x64"}, "size"),
+        ({"prompt": "x", "size": "64*64"}, "size"),
+        ({"prompt": "x", "response_format": "url"}, "response_format"),
+        ({"prompt": "x", "guidance_scale": float("nan")}, "guidance_scale"),
+        ({"prompt": "x", "seed": 2**64}, "seed"),
+        ({"prompt": "x", "quality": "hd"}, "quality"),
+    ]
+    for body, field in bad:
+        with pytest.raises(ValidationError) as err:
+            Request(**body)
+        assert err.value.errors()[0]["loc"] == (field,), body
+
+
+def test_spec_round_trips_through_json() -> None:
+    spec = load_spec(ROOT / "configs/serve/tiny.yaml")
+    assert ServeSpec.model_validate(spec.model_dump(mode="json")) == spec
