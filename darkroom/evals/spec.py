@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from darkroom.platform.errors import did_you_mean
+
+
+def _known(kind: str, name: str, registry) -> str:
+    if name not in registry:
+        raise ValueError(f"unknown {kind} `{name}`;{did_you_mean(name, registry)}")
+    return name
 
 
 class ReferenceSpec(BaseModel):
@@ -25,6 +35,25 @@ class ReferenceSpec(BaseModel):
         return self
 
 
+class SafetySpec(BaseModel):
+    """The safety checker of the `safety` metric."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    checker: str = Field("nudenet", description="nudenet (offline) or sd (needs its weights)")
+    threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="flag at or above this NSFW score; default 0.5"
+    )
+    weights: str | None = Field(None, description="weights folder (sd) or .onnx file (nudenet)")
+
+    @field_validator("checker")
+    @classmethod
+    def _known_checker(cls, name: str) -> str:
+        from darkroom.evals.safety import SAFETY_CHECKERS
+
+        return _known("safety checker", name, SAFETY_CHECKERS)
+
+
 class EvalSpec(BaseModel):
     """Which metrics to compute on a job's images, and against what."""
 
@@ -36,6 +65,67 @@ class EvalSpec(BaseModel):
     )
     feature_extractor: str = Field("inception", description="for fid/kid: inception, clip, digits")
     reference: ReferenceSpec | None = Field(None, description="real images for fid/kid")
+    backend: Literal["cleanfid", "torchmetrics"] = Field(
+        "cleanfid", description="who computes FID/KID from the features"
+    )
+    weights: str | None = Field(
+        None, description="the feature extractor's weights: Inception file or folder, CLIP folder "
+        "or hub id, digits classifier folder; default: its usual place",
+    )
+    clip_model: str = Field(
+        "openai/clip-vit-large-patch14", description="CLIP for clip_score: a local folder or hub id"
+    )
+    classifier: str = Field("digits", description="the judge of class_accuracy")
+    safety: SafetySpec = Field(default_factory=SafetySpec)
+    kid_subsets: int = Field(100, ge=1, description="KID: number of random subsets")
+    kid_subset_size: int = Field(1000, ge=2, description="KID: images per subset (at most all)")
+    actors: int = Field(1, ge=1, description="feature-extraction actors")
+    batch_size: int = Field(32, ge=1, description="images per extraction batch")
+    contact_sheet: int = Field(16, ge=1, le=256, description="images on each run's contact sheet")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics: list[str]) -> list[str]:
+        from darkroom.evals.metrics import METRICS
+
+        if not metrics:
+            raise ValueError(f"`metrics` is empty; name at least one of {', '.join(METRICS)}")
+        problems = []
+        for name in metrics:
+            try:
+                _known("metric", name, METRICS)
+            except ValueError as err:
+                problems.append(str(err))
+        if problems:
+            raise ValueError("; ".join(problems))
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"`metrics` lists a name twice: {metrics}")
+        return metrics
+
+    @field_validator("feature_extractor")
+    @classmethod
+    def _known_extractor(cls, name: str) -> str:
+        from darkroom.evals.extractors import EXTRACTORS
+
+        return _known("feature extractor", name, EXTRACTORS)
+
+    @field_validator("classifier")
+    @classmethod
+    def _known_classifier(cls, name: str) -> str:
+        from darkroom.evals.metrics import CLASSIFIERS
+
+        return _known("classifier", name, CLASSIFIERS)
+
+    @model_validator(mode="after")
+    def _reference_for_distances(self) -> EvalSpec:
+        # Listed on purpose without real images is a mistake; the default list just skips them.
+        wanted = [m for m in self.metrics if m in ("fid", "kid")]
+        if wanted and self.reference is None and "metrics" in self.model_fields_set:
+            raise ValueError(
+                f"{' and '.join(wanted)} compare against real images: give `reference` "
+                "(dataset: builtin:digits | folder: PATH | parquet: PATH | stats: FILE.npz)"
+            )
+        return self
 
 
 class TrackingSpec(BaseModel):

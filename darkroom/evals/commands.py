@@ -1,0 +1,126 @@
+"""`darkroom eval` and `darkroom compare`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from darkroom.platform import layout
+from darkroom.platform.errors import UserError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="score existing output and log it to MLflow",
+        description="Evaluate a job folder (OUTPUT/<job>) or one run folder in it. Settings "
+        "start from the eval: section of the folder's job.yaml; flags override them.",
+    )
+    p.add_argument("output_dir", help="a job folder (OUTPUT/<job>) or a run folder in it")
+    p.add_argument("--metrics", help="comma-separated: fid,kid,clip_score,safety,class_accuracy")
+    p.add_argument("--feature-extractor", help="for fid/kid: inception, clip, digits, tiny")
+    p.add_argument("--reference", help="builtin:NAME, a folder of images, a .parquet, or a .npz")
+    p.add_argument("--weights", help="the feature extractor's weights (file or folder)")
+    p.add_argument("--clip-model", help="CLIP for clip_score: a local folder or hub id")
+    p.add_argument("--backend", choices=["cleanfid", "torchmetrics"], help="FID/KID math")
+    p.add_argument("--safety-threshold", type=float, help="flag at or above this NSFW score")
+    p.add_argument("--runs", help="comma-separated run ids (default: all runs)")
+    p.add_argument("--experiment", help="MLflow experiment (default: the job name)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(handler=run_eval)
+
+    c = subparsers.add_parser(
+        "compare", help="rank an experiment's runs; optional HTML report",
+        description="Print an experiment's runs ranked by a metric; --html also writes a report "
+        "(contact sheets, quality vs speed with the Pareto front, metric vs steps) and logs it "
+        "to MLflow.",
+    )
+    c.add_argument("--experiment", required=True, help="MLflow experiment (the job name)")
+    c.add_argument("--metric", help="rank by this metric (default: fid, else the first present)")
+    c.add_argument("--html", help="write the HTML report here")
+    c.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's)")
+    c.set_defaults(handler=run_compare)
+
+
+def reference_from_arg(value: str) -> dict[str, str]:
+    """`--reference` as a ReferenceSpec dict, by what the value names."""
+    if value.startswith("builtin:"):
+        return {"dataset": value}
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise UserError(f"--reference: `{value}` does not exist; give builtin:digits, a folder "
+                        "of images, a .parquet of images, or a .npz of statistics")
+    if path.suffix == ".npz":
+        return {"stats": value}
+    if path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet"))):
+        return {"parquet": value}
+    return {"folder": value}
+
+
+def _job_file(job_dir: Path) -> dict[str, Any]:
+    path = job_dir / layout.JOB_SPEC
+    if not path.exists():
+        return {}
+    import yaml
+
+    loaded = yaml.safe_load(path.read_text())
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def eval_settings(args: argparse.Namespace, job: dict[str, Any]) -> dict[str, Any]:
+    """The job file's eval: section with the flags laid over it."""
+    settings = dict(job.get("eval") or {})
+    flags = {
+        "metrics": [m.strip() for m in args.metrics.split(",") if m.strip()]
+        if args.metrics else None,
+        "feature_extractor": args.feature_extractor,
+        "reference": reference_from_arg(args.reference) if args.reference else None,
+        "weights": args.weights, "clip_model": args.clip_model, "backend": args.backend,
+    }
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    if args.safety_threshold is not None:
+        settings["safety"] = {**(settings.get("safety") or {}),
+                              "threshold": args.safety_threshold}
+    return settings
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from darkroom.evals.runner import evaluate_job
+    from darkroom.evals.spec import EvalSpec, TrackingSpec
+
+    target = Path(args.output_dir).expanduser()
+    if not target.is_dir():
+        raise UserError(f"OUTPUT_DIR `{args.output_dir}` is not a folder")
+    run_ids = [r.strip() for r in args.runs.split(",")] if args.runs else None
+    if (target / layout.RUN_INFO).exists():  # a single run folder
+        target, run_ids = target.parent, [target.name]
+    job = _job_file(target)
+    spec = EvalSpec.model_validate(eval_settings(args, job))
+    tracking = TrackingSpec.model_validate(job.get("tracking") or {})
+    tracking = tracking.model_copy(update={k: v for k, v in {
+        "uri": args.tracking_uri, "experiment": args.experiment}.items() if v})
+    results = evaluate_job(target, spec, tracking, experiment=job.get("name") or target.name,
+                           job_spec=job or {"output": str(target)}, run_ids=run_ids)
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+        return 0
+    for result in results:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items()) or "no metrics"
+        print(f"{result['run_id']}: {result['images']} images; {shown}")
+        for name, reason in result["missing"].items():
+            print(f"  {name}: missing ({reason})")
+        for warning in result["warnings"]:
+            print(f"  warning: {warning}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from darkroom.evals.compare import compare
+
+    text, path = compare(args.experiment, args.metric, args.html, args.tracking_uri)
+    print(text)
+    if path is not None:
+        print(f"report: {path}")
+    return 0

@@ -1,0 +1,183 @@
+"""The per-image pass: Ray Data reads image rows, a pool of `Scorer` actors extracts features and
+per-image scores, and the driver gets the columns back keyed by row_id.
+
+A part that cannot load on the actor (missing weights) does not stop the others: its reason comes
+back in an `error_<part>` column and the metrics that need it are recorded as missing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+from darkroom.evals.spec import SafetySpec
+from darkroom.platform.errors import UserError
+from darkroom.platform.records import decode_png
+
+INPUT_COLUMNS = ["row_id", "image", "prompt", "class_label"]
+Part = Callable[[list[np.ndarray], Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+class ScorePlan(BaseModel):
+    """What the actors compute: each non-empty field turns one part on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    features: str | None = None  # feature extractor name
+    weights: str | None = None  # its weights
+    clip_model: str | None = None
+    safety: SafetySpec | None = None
+    classifier: str | None = None
+    max_prompt_tokens: int = 77
+
+    def parts(self) -> list[str]:
+        return [name for name in PARTS if getattr(self, _PLAN_FIELD[name]) is not None]
+
+
+def _features_part(plan: ScorePlan) -> Part:
+    from darkroom.evals.extractors import load_extractor
+
+    extractor = load_extractor(plan.features, plan.weights)
+    return lambda images, batch: {"features": extractor(images)}
+
+
+def _clip_part(plan: ScorePlan) -> Part:
+    import torch
+
+    from darkroom.evals.extractors import image_embeddings, load_clip
+
+    model, processor = load_clip(plan.clip_model)
+    tokenizer = processor.tokenizer
+    max_tokens = min(plan.max_prompt_tokens, model.config.text_config.max_position_embeddings)
+
+    def part(images: list[np.ndarray], batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        prompts = [str(p or "") for p in batch["prompt"]]
+        full = tokenizer(prompts, padding=False, truncation=False)["input_ids"]
+        # Truncate with the tokenizer, which keeps the end token CLIP pools from
+        text = tokenizer(prompts, padding=True, truncation=True, max_length=max_tokens,
+                         return_tensors="pt")
+        with torch.no_grad():
+            txt = model.get_text_features(input_ids=text.input_ids,
+                                          attention_mask=text.attention_mask)
+        txt = txt if isinstance(txt, torch.Tensor) else txt.pooler_output
+        img = image_embeddings(model, processor, images)
+        img = img / img.norm(p=2, dim=-1, keepdim=True)
+        txt = txt / txt.norm(p=2, dim=-1, keepdim=True)
+        return {"clip_score": (100 * (img * txt).sum(-1)).double().numpy(),
+                "clip_truncated": np.array([len(ids) > max_tokens for ids in full])}
+
+    return part
+
+
+def _safety_part(plan: ScorePlan) -> Part:
+    from darkroom.evals.safety import load_safety_checker
+
+    spec = plan.safety
+    checker = load_safety_checker(spec.checker, spec.threshold, weights=spec.weights)
+
+    def part(images: list[np.ndarray], batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        scores = checker.score(images)
+        return {"nsfw_score": scores, "nsfw_flag": checker.flags(scores)}
+
+    return part
+
+
+def _classifier_part(plan: ScorePlan) -> Part:
+    from darkroom.evals.extractors import to_float_nchw
+    from darkroom.evals.metrics import CLASSIFIERS
+
+    model = CLASSIFIERS[plan.classifier].load(None)
+
+    def part(images: list[np.ndarray], batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"predicted_label": model.predict(to_float_nchw(images)).numpy().astype(np.int64)}
+
+    return part
+
+
+PARTS: dict[str, Callable[[ScorePlan], Part]] = {
+    "features": _features_part,
+    "clip": _clip_part,
+    "safety": _safety_part,
+    "classifier": _classifier_part,
+}
+_PLAN_FIELD = {"features": "features", "clip": "clip_model", "safety": "safety",
+               "classifier": "classifier"}
+
+
+def _reason(err: Exception) -> str:
+    return str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+
+
+class Scorer:
+    """Ray Data actor: image rows in; row_id, features and per-image scores out."""
+
+    def __init__(self, plan: Mapping[str, Any]) -> None:
+        import torch
+
+        torch.set_num_threads(1)  # one thread per CPU actor: more fight Ray's other workers
+        self.plan = ScorePlan.model_validate(plan)
+        self.parts: dict[str, Part] = {}
+        self.errors: dict[str, str] = {}
+        for name in self.plan.parts():
+            try:
+                self.parts[name] = PARTS[name](self.plan)
+            except Exception as err:  # reported per metric as missing, never as 0
+                self.errors[name] = _reason(err)
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = [decode_png(data) for data in batch["image"]]
+        out = {k: np.asarray(batch[k]) for k in ("row_id", "group", "prompt", "class_label")
+               if k in batch}
+        for part in self.parts.values():
+            out.update(part(images, batch))
+        for name, reason in self.errors.items():
+            out[f"error_{name}"] = np.array([reason] * len(images), dtype=object)
+        return out
+
+
+def score_dataset(ds, plan: ScorePlan, actors: int = 1, batch_size: int = 32) -> dict[str, Any]:
+    """Run the Scorer pool over a Ray dataset with columns row_id, image, group (+ prompt,
+    class_label); returns numpy columns gathered on the driver."""
+    from ray.data import ActorPoolStrategy
+
+    scored = ds.map_batches(
+        Scorer, fn_constructor_kwargs={"plan": plan.model_dump()}, batch_size=batch_size,
+        batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=actors),
+        num_cpus=1,
+    )
+    chunks = list(scored.iter_batches(batch_size=None, batch_format="numpy"))
+    if not chunks:
+        return {}
+    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+
+def images_dataset(files: Sequence[str], groups: Sequence[str]):
+    """A Ray dataset over image Parquet files; `group` names the file's run."""
+    import ray
+
+    by_path = {_norm(str(f)): g for f, g in zip(files, groups, strict=True)}
+    ds = ray.data.read_parquet(list(files), columns=INPUT_COLUMNS, include_paths=True)
+
+    def add_group(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch["group"] = np.array([by_path[_norm(p)] for p in batch.pop("path")], dtype=object)
+        return batch
+
+    return ds.map_batches(add_group, batch_format="numpy")
+
+
+def _norm(path: str) -> str:
+    return os.path.realpath(path.removeprefix("file://"))
+
+
+def table_dataset(table: pa.Table, group: str):
+    """A Ray dataset over an in-memory table with `image` (encoded bytes)."""
+    import ray
+
+    table = table.append_column("row_id", pa.array([str(i) for i in range(len(table))]))
+    table = table.append_column("group", pa.array([group] * len(table)))
+    return ray.data.from_arrow(table.select(["row_id", "image", "group"]))
