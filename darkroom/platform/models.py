@@ -119,9 +119,14 @@ def builtin_models() -> dict[str, Path]:
 
 
 def registry_names() -> list[str]:
+    from darkroom.platform.fullsize import FULLSIZE_BUILDERS
     from darkroom.platform.tiny import TINY_BUILDERS
 
-    return [f"tiny:{f}" for f in TINY_BUILDERS] + [f"builtin:{n}" for n in builtin_models()]
+    return (
+        [f"tiny:{f}" for f in TINY_BUILDERS]
+        + [f"builtin:{n}" for n in builtin_models()]
+        + [f"random:{n}" for n in FULLSIZE_BUILDERS]
+    )
 
 
 def resolve_source(model: str) -> tuple[str, bool]:
@@ -129,6 +134,12 @@ def resolve_source(model: str) -> tuple[str, bool]:
     from darkroom.platform.tiny import TINY_BUILDERS, tiny_folder
 
     kind, _, name = model.partition(":")
+    if kind == "random" and name:
+        from darkroom.platform.fullsize import FULLSIZE_BUILDERS
+
+        if name not in FULLSIZE_BUILDERS:
+            raise ModelLoadError(f"unknown model `{model}`;{did_you_mean(model, registry_names())}")
+        return model, True  # built in memory by load_model
     if kind == "tiny" and name:
         if name not in TINY_BUILDERS:
             raise ModelLoadError(f"unknown model `{model}`;{did_you_mean(model, registry_names())}")
@@ -159,6 +170,10 @@ def infer_family(spec: ModelSpec, source: str, local: bool) -> Family:
         return FAMILIES[spec.family]
     if spec.model.startswith("tiny:"):
         return FAMILIES[spec.model.split(":", 1)[1]]
+    if spec.model.startswith("random:"):
+        from darkroom.platform.fullsize import FULLSIZE_BUILDERS
+
+        return FAMILIES[FULLSIZE_BUILDERS[spec.model.split(":", 1)[1]][0]]
     index = Path(source) / "model_index.json"
     if local and index.exists():
         class_name = json.loads(index.read_text()).get("_class_name", "")
@@ -263,9 +278,14 @@ def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
         extra["controlnet"] = _from_pretrained(
             diffusers.ControlNetModel, cn_source, cn_local, spec, dtype=dtype
         )
-    pipe = _from_pretrained(
-        getattr(diffusers, family.pipeline), source, local, spec, dtype=dtype, **extra
-    )
+    if source.startswith("random:"):
+        from darkroom.platform.fullsize import build_fullsize
+
+        pipe = build_fullsize(source.split(":", 1)[1], device, dtype)
+    else:
+        pipe = _from_pretrained(
+            getattr(diffusers, family.pipeline), source, local, spec, dtype=dtype, **extra
+        )
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     refiner = None
