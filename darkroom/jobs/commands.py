@@ -55,6 +55,25 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", help="job file (YAML)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="override a field, e.g. sweep.steps=[2,4] prompts.limit=8")
+    _intermixed(parser)
+
+
+def _intermixed(parser: argparse.ArgumentParser) -> None:
+    """Let KEY=VALUE overrides come after options too (`submit JOB --address X output=/data`).
+
+    The parent parser calls the subcommand's `parse_known_args`, which takes positionals only in
+    one run; argparse's intermixed parsing takes them anywhere (and calls `parse_known_args`
+    itself, hence the class's own method while it runs).
+    """
+
+    def parse(args=None, namespace=None):
+        del parser.parse_known_args
+        try:
+            return parser.parse_known_intermixed_args(args, namespace)
+        finally:
+            parser.parse_known_args = parse  # type: ignore[method-assign]
+
+    parser.parse_known_args = parse  # type: ignore[method-assign]
 
 
 def _run(args: argparse.Namespace) -> int:
