@@ -1,0 +1,200 @@
+"""evaluate_job end to end: real Ray actors, real Parquet, a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from darkroom.evals.extractors import INCEPTION_ENV, INCEPTION_FILE, load_extractor
+from darkroom.evals.runner import evaluate_job
+from darkroom.evals.spec import EvalSpec, TrackingSpec
+from darkroom.platform import layout
+from darkroom.platform.records import decode_png
+
+pytestmark = pytest.mark.ray
+JOB_SPEC = {"name": "smoke", "models": [{"model": "tiny:sd"}], "sweep": {"steps": [1, 2]}}
+
+
+def _hashes(job_dir: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(job_dir.glob(f"*/{layout.IMAGES}/*.parquet"))}
+
+
+def reference_folder(folder: Path, count: int = 40) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+            folder / f"{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def evaluated(ray_session, sd_job, tiny_clip_dir, tmp_path_factory):
+    """The sd job evaluated once with every metric; MLflow in SQLite under a temporary folder."""
+    root = tmp_path_factory.mktemp("mlflow")
+    cwd = os.getcwd()
+    os.chdir(root)  # MLflow's default artifact root is ./mlruns
+    try:
+        before = _hashes(sd_job)
+        spec = EvalSpec(metrics=["fid", "kid", "clip_score", "safety", "class_accuracy"],
+                        feature_extractor="tiny",
+                        reference={"folder": str(reference_folder(root / "reference"))},
+                        clip_model=str(tiny_clip_dir), kid_subset_size=10, batch_size=8)
+        uri = f"sqlite:///{root}/mlflow.db"
+        results = evaluate_job(sd_job, spec, TrackingSpec(uri=uri), experiment="smoke",
+                               job_spec=JOB_SPEC)
+        yield {"results": {r["run_id"]: r for r in results}, "uri": uri, "root": root,
+               "before": before, "spec": spec}
+    finally:
+        os.chdir(cwd)
+
+
+def test_every_metric_is_a_number_or_missing_with_a_reason(evaluated, sd_job):
+    results = evaluated["results"]
+    assert sorted(results) == ["run-ddim-1", "run-ddim-2", "run-euler-2"]
+    for result in results.values():
+        assert result["images"] == 18
+        for key in ("fid", "kid", "clip_score", "nsfw_rate"):
+            assert math.isfinite(result["metrics"][key]), key
+        assert result["metrics"]["fid"] > 0 and result["metrics"]["nsfw_rate"] == 0.0
+        assert "class_accuracy" not in result["metrics"]
+        assert result["missing"]["class_accuracy"]  # tiny:sd is not class-conditional
+    fids = {r["metrics"]["fid"] for r in results.values()}
+    assert len(fids) == 3, "different runs, different images, different FID"
+
+
+def test_scores_are_keyed_by_row_id_and_generated_files_untouched(evaluated, sd_job):
+    assert _hashes(sd_job) == evaluated["before"]
+    for run_dir in layout.run_dirs(sd_job):
+        scores = pq.read_table(run_dir / layout.SCORES / "scores.parquet")
+        images = layout.read_table(run_dir / layout.IMAGES, columns=["row_id"])
+        assert sorted(scores.column("row_id").to_pylist()) == sorted(
+            images.column("row_id").to_pylist())
+        assert {"clip_score", "clip_truncated", "nsfw_score", "nsfw_flag"} <= set(
+            scores.column_names)
+        assert not any(p.name.startswith(".") for p in (run_dir / layout.SCORES).iterdir())
+
+
+def test_fid_agrees_with_torchmetrics_on_the_same_images(evaluated, sd_job):
+    """The whole path (Parquet -> actors -> features -> clean-fid math) against torchmetrics'
+    FrechetInceptionDistance fed the same images through the same extractor."""
+    import torch
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    extractor = load_extractor("tiny")
+
+    class Module(torch.nn.Module):
+        num_features = extractor.num_features
+
+        def forward(self, x):  # uint8 NCHW -> features
+            return torch.from_numpy(extractor(list(x.permute(0, 2, 3, 1).numpy())))
+
+    metric = FrechetInceptionDistance(feature=Module())
+    reference = sorted((evaluated["root"] / "reference").glob("*.png"))
+    real = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in reference])
+    metric.update(torch.from_numpy(real).permute(0, 3, 1, 2), real=True)
+    table = layout.read_table(sd_job / "run-ddim-2" / layout.IMAGES, columns=["image"])
+    fake = np.stack([decode_png(b) for b in table.column("image").to_pylist()])
+    metric.update(torch.from_numpy(fake).permute(0, 3, 1, 2), real=False)
+    expected = float(metric.compute())
+    assert evaluated["results"]["run-ddim-2"]["metrics"]["fid"] == pytest.approx(expected,
+                                                                                 rel=1e-3)
+
+
+def _client(uri):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def test_mlflow_parent_children_params_metrics_artifacts_tags(evaluated):
+    client = _client(evaluated["uri"])
+    experiment = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("darkroom.kind") == "job"]
+    children = [r for r in runs if r.data.tags.get("darkroom.kind") == "run"]
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    by_id = {c.data.tags["darkroom.run_id"]: c for c in children}
+    child = by_id["run-euler-2"]
+    result = evaluated["results"]["run-euler-2"]
+    assert result["mlflow_run_id"] == child.info.run_id
+    assert child.info.status == "FINISHED"
+    params = child.data.params
+    assert params["model"] == "tiny:sd" and params["sampler"] == "euler"
+    assert params["steps"] == "2" and params["guidance_scale"] == "5.0"
+    assert params["seed"] == "0" and params["image_count"] == "18"
+    assert params["model.revision"]
+    metrics = child.data.metrics
+    for key in ("fid", "kid", "clip_score", "nsfw_rate"):
+        assert metrics[key] == pytest.approx(result["metrics"][key])
+    assert metrics["images_per_s"] > 0 and metrics["seconds_per_image"] > 0
+    assert "class_accuracy" not in metrics
+    tags = child.data.tags
+    assert tags["darkroom.missing.class_accuracy"] == result["missing"]["class_accuracy"]
+    assert tags["darkroom.spec_hash"] and tags["darkroom.version.torch"]
+    assert tags["darkroom.output"].endswith("run-euler-2")
+    names = {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert {"contact_sheet.png", "job_spec.json", "metrics.json", "eval_protocol.json",
+            "run.json"} <= names
+    folder = evaluated["root"] / "downloads"
+    folder.mkdir(exist_ok=True)
+    logged = json.loads(Path(client.download_artifacts(
+        child.info.run_id, "metrics.json", str(folder))).read_text())
+    assert logged["metrics"] == pytest.approx(result["metrics"])
+    protocol = json.loads(Path(client.download_artifacts(
+        child.info.run_id, "eval_protocol.json", str(folder))).read_text())
+    assert protocol["extractor_protocol"]["extractor"] == "tiny"
+    assert protocol["reference"]["count"] == 40 and protocol["backend"] == "cleanfid"
+    sheet = Image.open(io.BytesIO(Path(client.download_artifacts(
+        child.info.run_id, "contact_sheet.png", str(folder))).read_bytes()))
+    assert sheet.size[0] >= 8 * 64 and np.asarray(sheet).std() > 10  # images, not a blank
+    assert json.loads(Path(client.download_artifacts(
+        child.info.run_id, "job_spec.json", str(folder))).read_text()) == JOB_SPEC
+
+
+def test_again_offline_without_inception_updates_the_same_runs(evaluated, sd_job, monkeypatch,
+                                                               tmp_path):
+    """Re-evaluating updates the runs (no duplicates); with no Inception weights FID and KID are
+    missing with the reason, the other metrics are still logged; a flagging threshold flags."""
+    from darkroom.evals import extractors
+
+    monkeypatch.delenv(INCEPTION_ENV, raising=False)
+    monkeypatch.setattr(extractors, "CLEANFID_CACHE", tmp_path)
+    monkeypatch.chdir(evaluated["root"])
+    spec = evaluated["spec"].model_copy(update={
+        "feature_extractor": "inception", "safety": {"checker": "nudenet", "threshold": 0.0},
+        "metrics": ["fid", "kid", "safety"]})
+    spec = EvalSpec.model_validate(spec.model_dump())
+    results = {r["run_id"]: r for r in evaluate_job(
+        sd_job, spec, TrackingSpec(uri=evaluated["uri"]), experiment="smoke", job_spec=JOB_SPEC)}
+    for run_id, result in results.items():
+        assert INCEPTION_FILE in result["missing"]["fid"]
+        assert INCEPTION_FILE in result["missing"]["kid"]
+        assert result["metrics"]["nsfw_rate"] == 1.0  # threshold 0 flags every image
+        assert result["mlflow_run_id"] == evaluated["results"][run_id]["mlflow_run_id"]
+    client = _client(evaluated["uri"])
+    experiment = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len([r for r in runs if r.data.tags.get("darkroom.kind") == "run"]) == 3
+    child = client.get_run(results["run-ddim-1"]["mlflow_run_id"])
+    assert INCEPTION_FILE in child.data.tags["darkroom.missing.fid"]
+    assert math.isnan(child.data.metrics["fid"])  # the old number no longer passes for current
+    assert child.data.metrics["nsfw_rate"] == 1.0
+    assert "darkroom.missing.class_accuracy" not in child.data.tags  # not asked this time
+    history = client.get_metric_history(child.info.run_id, "fid")
+    assert len(history) == 2 and math.isfinite(history[0].value)
+    scores = pq.read_table(sd_job / "run-ddim-1" / layout.SCORES / "scores.parquet")
+    assert all(scores.column("nsfw_flag").to_pylist())
+    assert "clip_score" in scores.column_names  # kept from the first evaluation
