@@ -99,3 +99,9 @@ def sd_job(tmp_path_factory) -> Path:
     write_run(job_dir, "run-euler-2", sampler="euler", steps=2)
     (job_dir / layout.JOB_SPEC).write_text("name: smoke\n")
     return job_dir
+
+
+@pytest.fixture(scope="session")
+def make_run():
+    """`write_run` for test modules (conftest is not importable by name under importlib mode)."""
+    return write_run
