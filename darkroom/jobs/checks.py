@@ -73,7 +73,7 @@ def _source_problem(name: str) -> str | None:
     from darkroom.platform.models import registry_names
 
     kind, _, rest = name.partition(":")
-    if kind in ("tiny", "builtin") and rest:
+    if kind in ("tiny", "builtin", "random") and rest:
         known = registry_names()
         return None if name in known else f"unknown model `{name}`;{did_you_mean(name, known)}"
     path = Path(name).expanduser()
@@ -94,6 +94,10 @@ def family_of(model: ModelSpec) -> str | None:
     kind, _, rest = model.model.partition(":")
     if kind == "tiny" and rest in FAMILIES:
         return rest
+    if kind == "random":
+        from darkroom.platform.fullsize import FULLSIZE_BUILDERS
+
+        return FULLSIZE_BUILDERS[rest][0] if rest in FULLSIZE_BUILDERS else None
     folder = Path(model.model).expanduser()
     if kind == "builtin":
         from darkroom.platform.models import builtin_models

@@ -135,11 +135,24 @@ def test_schema_command_prints_the_json_schema(capsys):
 
 def test_example_jobs_validate(capsys):
     configs = Path(__file__).parents[2] / "configs" / "jobs"
-    for path in sorted(configs.glob("*.yaml")):
+    paths = sorted(configs.glob("*.yaml"))
+    assert {p.stem for p in paths} >= {"smoke", "sd15", "sdxl", "dit_xl", "controlnet_canny"}
+    for path in paths:
         first = path.read_text().splitlines()[0]
-        assert first.startswith("# darkroom "), f"{path.name} must open with its command"
-        if path.stem == "smoke":
-            assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+        assert first == f"# darkroom run configs/jobs/{path.name}", path.name
+        assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_the_kuberay_job_file_validates(tmp_path):
+    manifest = Path(__file__).parents[2] / "deploy" / "rayjob.yaml"
+    config_map, _, ray_job = yaml.safe_load_all(manifest.read_text())
+    for name, text in config_map["data"].items():
+        (tmp_path / name).write_text(text)
+    entrypoint = ray_job["spec"]["entrypoint"].split()
+    assert entrypoint[:4] == ["python", "-m", "darkroom", "run"]
+    spec = validate(parse_yaml(config_map["data"]["job.yaml"], "configmap"), base=tmp_path,
+                    overrides=entrypoint[5:])
+    assert spec.output == "/data/outputs"
 
 
 def test_the_real_command_exits_2_without_traceback():
