@@ -56,7 +56,7 @@ class FeatureExtractor:
 class ExtractorEntry:
     """How to build an extractor; `protocol` and `check` answer cheaply, without loading it."""
 
-    build: Callable[[str | None], FeatureExtractor]
+    build: Callable[[str | None, str], FeatureExtractor]  # (weights, torch device)
     protocol: Callable[[str | None], dict[str, Any]]
     check: Callable[[str | None], str | None] = lambda weights: None
     description: str = ""
@@ -77,9 +77,9 @@ def _entry(name: str) -> ExtractorEntry:
     return EXTRACTORS[name]
 
 
-def load_extractor(name: str, weights: str | None = None) -> FeatureExtractor:
+def load_extractor(name: str, weights: str | None = None, device: str = "cpu") -> FeatureExtractor:
     """Build a registered extractor; missing weights raise `WeightsMissing` with the fix."""
-    return _entry(name).build(weights)
+    return _entry(name).build(weights, device)
 
 
 def check_extractor(name: str, weights: str | None = None) -> str | None:
@@ -133,7 +133,7 @@ def _inception_check(weights: str | None) -> str | None:
     )
 
 
-def _inception_build(weights: str | None) -> FeatureExtractor:
+def _inception_build(weights: str | None, device: str = "cpu") -> FeatureExtractor:
     import torch
     from cleanfid.inception_torchscript import InceptionV3W
 
@@ -142,12 +142,13 @@ def _inception_build(weights: str | None) -> FeatureExtractor:
     if path.name != INCEPTION_FILE:  # InceptionV3W wants the canonical name; load it directly
         model.base = torch.jit.load(str(path)).eval()
         model.layers = model.base.layers
+    model.to(device)
     resize = _clean_resizer(299)
 
     def fn(images: Sequence[np.ndarray]) -> np.ndarray:
         batch = np.stack([resize(image) for image in images]).transpose(0, 3, 1, 2)
         with torch.no_grad():
-            return model(torch.from_numpy(batch)).numpy()
+            return model(torch.from_numpy(batch).to(device)).cpu().numpy()
 
     return FeatureExtractor("inception", 2048, _inception_protocol(weights), fn)
 
@@ -204,16 +205,17 @@ def image_embeddings(model, processor, images: Sequence[np.ndarray]):
 
     pixels = processor(images=list(images), return_tensors="pt").pixel_values
     with torch.no_grad():
-        out = model.get_image_features(pixel_values=pixels.to(model.dtype))
+        out = model.get_image_features(pixel_values=pixels.to(model.device, model.dtype))
     return out if isinstance(out, torch.Tensor) else out.pooler_output  # transformers 5: output
 
 
-def _clip_build(weights: str | None) -> FeatureExtractor:
+def _clip_build(weights: str | None, device: str = "cpu") -> FeatureExtractor:
     name = weights or DEFAULT_CLIP
     model, processor = load_clip(name)
+    model.to(device)
 
     def fn(images: Sequence[np.ndarray]) -> np.ndarray:
-        return image_embeddings(model, processor, images).float().numpy()
+        return image_embeddings(model, processor, images).float().cpu().numpy()
 
     return FeatureExtractor("clip", int(model.config.projection_dim), _clip_protocol(weights), fn)
 
@@ -259,14 +261,14 @@ def to_float_nchw(images: Sequence[np.ndarray]):
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
 
 
-def _digits_build(weights: str | None) -> FeatureExtractor:
+def _digits_build(weights: str | None, device: str = "cpu") -> FeatureExtractor:
     import torch
 
-    model = load_digits(weights)
+    model = load_digits(weights).to(device)
 
     def fn(images: Sequence[np.ndarray]) -> np.ndarray:
         with torch.no_grad():
-            return model.features(to_float_nchw(images)).numpy()
+            return model.features(to_float_nchw(images).to(device)).cpu().numpy()
 
     return FeatureExtractor("digits", model.num_features, _digits_protocol(weights), fn)
 
@@ -300,13 +302,13 @@ def tiny_net(num_features: int = 16, seed: int = 0):
     return net.eval()
 
 
-def _tiny_build(weights: str | None) -> FeatureExtractor:
+def _tiny_build(weights: str | None, device: str = "cpu") -> FeatureExtractor:
     import torch
 
     net = tiny_net()
     resize = _clean_resizer(32)
 
-    def fn(images: Sequence[np.ndarray]) -> np.ndarray:
+    def fn(images: Sequence[np.ndarray]) -> np.ndarray:  # tiny: always on the CPU
         batch = np.stack([resize(image) for image in images]).transpose(0, 3, 1, 2) / 255.0
         with torch.no_grad():
             return net(torch.from_numpy(batch).float()).numpy()

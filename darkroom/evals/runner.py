@@ -122,7 +122,8 @@ def evaluate_runs(run_dirs: list[Path], spec: EvalSpec) -> tuple[list[RunResult]
     columns: dict[str, np.ndarray] = {}
     if files and plan.parts():
         _ensure_ray()
-        columns = score_dataset(images_dataset(files, groups), plan, spec.actors, spec.batch_size)
+        columns = score_dataset(images_dataset(files, groups), plan, spec.actors, spec.batch_size,
+                                spec.gpus_per_actor)
 
     # 4. per run
     for result in results:
@@ -167,13 +168,15 @@ def _plan(spec: EvalSpec) -> tuple[ScorePlan, dict[str, str]]:
         clip_model=spec.clip_model if "clip" in wanted else None,
         safety=spec.safety if "safety" in wanted else None,
         classifier=spec.classifier if "classifier" in wanted else None,
+        device="cuda" if spec.gpus_per_actor > 0 else "cpu",
     )
     return plan, skipped
 
 
 def _features_of(table: pa.Table, plan: ScorePlan, spec: EvalSpec) -> np.ndarray:
-    only = ScorePlan(features=plan.features, weights=plan.weights)
-    columns = score_dataset(table_dataset(table, "reference"), only, spec.actors, spec.batch_size)
+    only = ScorePlan(features=plan.features, weights=plan.weights, device=plan.device)
+    columns = score_dataset(table_dataset(table, "reference"), only, spec.actors, spec.batch_size,
+                            spec.gpus_per_actor)
     if "error_features" in columns:
         raise RuntimeError(columns["error_features"][0])
     order = np.argsort(columns["row_id"].astype(np.int64))

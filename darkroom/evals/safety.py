@@ -70,7 +70,8 @@ class NudeNetChecker:
     default_threshold = 0.5
 
     def __init__(self, threshold: float | None = None, weights: str | Path | None = None,
-                 labels: Sequence[str] = NUDENET_EXPOSED, batch_size: int = 8) -> None:
+                 labels: Sequence[str] = NUDENET_EXPOSED, batch_size: int = 8,
+                 device: str = "cpu") -> None:  # onnxruntime's CPU provider either way
         from nudenet import NudeDetector
 
         if weights is not None and not Path(weights).is_file():
@@ -109,7 +110,8 @@ class SDSafetyChecker:
     name = "sd"
     default_threshold = 0.5
 
-    def __init__(self, threshold: float | None = None, weights: str | Path | None = None) -> None:
+    def __init__(self, threshold: float | None = None, weights: str | Path | None = None,
+                 device: str = "cpu") -> None:
         weights = weights or os.environ.get(SD_WEIGHTS_ENV)
         if not weights:
             raise UserError(
@@ -130,7 +132,7 @@ class SDSafetyChecker:
 
         self.threshold = self.default_threshold if threshold is None else float(threshold)
         self.processor = CLIPImageProcessor.from_pretrained(processor_dir)
-        self.model = StableDiffusionSafetyChecker.from_pretrained(model_dir).eval()
+        self.model = StableDiffusionSafetyChecker.from_pretrained(model_dir).eval().to(device)
 
     def margins(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """The checker's decision margin per image: > 0 means diffusers would flag it."""
@@ -140,12 +142,12 @@ class SDSafetyChecker:
         pixels = self.processor(images=list(images), return_tensors="pt").pixel_values
         m = self.model
         with torch.no_grad():
-            embeds = m.visual_projection(m.vision_model(pixels.to(m.dtype))[1])
+            embeds = m.visual_projection(m.vision_model(pixels.to(m.device, m.dtype))[1])
             special = cosine_distance(embeds, m.special_care_embeds) - m.special_care_embeds_weights
             # as in the checker: a special-care hit tightens every concept threshold by 0.01
             adjust = (special > 0).any(dim=1, keepdim=True) * 0.01
             concept = cosine_distance(embeds, m.concept_embeds) - m.concept_embeds_weights + adjust
-        return concept.max(dim=1).values.double().numpy()
+        return concept.max(dim=1).values.double().cpu().numpy()
 
     def score(self, images: Sequence[np.ndarray]) -> np.ndarray:
         images = _check_images(images)
@@ -164,7 +166,7 @@ SAFETY_CHECKERS: dict[str, Callable[..., SafetyChecker]] = {
 
 
 def load_safety_checker(name: str = "nudenet", threshold: float | None = None,
-                        weights: str | Path | None = None) -> SafetyChecker:
+                        weights: str | Path | None = None, device: str = "cpu") -> SafetyChecker:
     """A safety checker by registry name.
 
     `threshold` None means the checker's default (0.5); `weights` a local weights path (required
@@ -174,4 +176,4 @@ def load_safety_checker(name: str = "nudenet", threshold: float | None = None,
         raise UserError(f"unknown safety checker `{name}`;{did_you_mean(name, SAFETY_CHECKERS)}")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise UserError(f"safety `threshold` must be within [0, 1], got {threshold}")
-    return SAFETY_CHECKERS[name](threshold, weights=weights)
+    return SAFETY_CHECKERS[name](threshold, weights=weights, device=device)

@@ -34,6 +34,7 @@ class ScorePlan(BaseModel):
     safety: SafetySpec | None = None
     classifier: str | None = None
     max_prompt_tokens: int = 77
+    device: str = "cpu"  # "cuda" on actors that hold a GPU
 
     def parts(self) -> list[str]:
         return [name for name in PARTS if getattr(self, _PLAN_FIELD[name]) is not None]
@@ -42,7 +43,7 @@ class ScorePlan(BaseModel):
 def _features_part(plan: ScorePlan) -> Part:
     from darkroom.evals.extractors import load_extractor
 
-    extractor = load_extractor(plan.features, plan.weights)
+    extractor = load_extractor(plan.features, plan.weights, plan.device)
     return lambda images, batch: {"features": extractor(images)}
 
 
@@ -52,6 +53,7 @@ def _clip_part(plan: ScorePlan) -> Part:
     from darkroom.evals.extractors import image_embeddings, load_clip
 
     model, processor = load_clip(plan.clip_model)
+    model.to(plan.device)
     tokenizer = processor.tokenizer
     max_tokens = min(plan.max_prompt_tokens, model.config.text_config.max_position_embeddings)
 
@@ -62,13 +64,13 @@ def _clip_part(plan: ScorePlan) -> Part:
         text = tokenizer(prompts, padding=True, truncation=True, max_length=max_tokens,
                          return_tensors="pt")
         with torch.no_grad():
-            txt = model.get_text_features(input_ids=text.input_ids,
-                                          attention_mask=text.attention_mask)
+            txt = model.get_text_features(input_ids=text.input_ids.to(plan.device),
+                                          attention_mask=text.attention_mask.to(plan.device))
         txt = txt if isinstance(txt, torch.Tensor) else txt.pooler_output
         img = image_embeddings(model, processor, images)
         img = img / img.norm(p=2, dim=-1, keepdim=True)
         txt = txt / txt.norm(p=2, dim=-1, keepdim=True)
-        return {"clip_score": (100 * (img * txt).sum(-1)).double().numpy(),
+        return {"clip_score": (100 * (img * txt).sum(-1)).double().cpu().numpy(),
                 "clip_truncated": np.array([len(ids) > max_tokens for ids in full])}
 
     return part
@@ -78,7 +80,8 @@ def _safety_part(plan: ScorePlan) -> Part:
     from darkroom.evals.safety import load_safety_checker
 
     spec = plan.safety
-    checker = load_safety_checker(spec.checker, spec.threshold, weights=spec.weights)
+    checker = load_safety_checker(spec.checker, spec.threshold, weights=spec.weights,
+                                  device=plan.device)
 
     def part(images: list[np.ndarray], batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         scores = checker.score(images)
@@ -92,9 +95,12 @@ def _classifier_part(plan: ScorePlan) -> Part:
     from darkroom.evals.metrics import CLASSIFIERS
 
     model = CLASSIFIERS[plan.classifier].load(None)
+    if hasattr(model, "to"):
+        model.to(plan.device)
 
     def part(images: list[np.ndarray], batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"predicted_label": model.predict(to_float_nchw(images)).numpy().astype(np.int64)}
+        predicted = model.predict(to_float_nchw(images).to(plan.device))
+        return {"predicted_label": predicted.cpu().numpy().astype(np.int64)}
 
     return part
 
@@ -140,17 +146,25 @@ class Scorer:
         return out
 
 
-def score_dataset(ds, plan: ScorePlan, actors: int = 1, batch_size: int = 32) -> dict[str, Any]:
-    """Run the Scorer pool over a Ray dataset with columns row_id, image, group (+ prompt,
-    class_label); returns numpy columns gathered on the driver."""
+def scored_dataset(ds, plan: ScorePlan, actors: int = 1, batch_size: int = 32,
+                   actor: type = Scorer, gpus_per_actor: float = 0.0):
+    """The Ray dataset `ds` (columns row_id, image, group, optionally prompt and class_label)
+    mapped through a pool of `actors` Scorers (or a class that wraps one, for benchmarks)."""
     from ray.data import ActorPoolStrategy
 
-    scored = ds.map_batches(
-        Scorer, fn_constructor_kwargs={"plan": plan.model_dump()}, batch_size=batch_size,
-        batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=actors),
-        num_cpus=1,
+    return ds.map_batches(
+        actor, fn_constructor_kwargs={"plan": plan.model_dump()}, batch_size=batch_size,
+        batch_format="numpy", compute=ActorPoolStrategy(size=actors), num_cpus=1,
+        num_gpus=gpus_per_actor or None,
     )
-    chunks = list(scored.iter_batches(batch_size=None, batch_format="numpy"))
+
+
+def score_dataset(ds, plan: ScorePlan, actors: int = 1, batch_size: int = 32,
+                  gpus_per_actor: float = 0.0) -> dict[str, Any]:
+    """The scored columns of `ds`, gathered on the driver as numpy arrays."""
+    batches = scored_dataset(ds, plan, actors, batch_size, gpus_per_actor=gpus_per_actor
+                             ).iter_batches(batch_size=None, batch_format="numpy")
+    chunks = list(batches)
     if not chunks:
         return {}
     return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}

@@ -80,6 +80,7 @@ class EvalSpec(BaseModel):
     kid_subsets: int = Field(100, ge=1, description="KID: number of random subsets")
     kid_subset_size: int = Field(1000, ge=2, description="KID: images per subset (at most all)")
     actors: int = Field(1, ge=1, description="feature-extraction actors")
+    gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per actor; > 0 runs on CUDA")
     batch_size: int = Field(32, ge=1, description="images per extraction batch")
     contact_sheet: int = Field(16, ge=1, le=256, description="images on each run's contact sheet")
 
