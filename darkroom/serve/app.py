@@ -62,13 +62,17 @@ def application(spec: ServeSpec) -> Application:
         retry_after_s=spec.retry_after_s,
         created=int(time.time()),
     )
-    # The model deployment, not the front, is the gate: the front holds every image the model
-    # side can take (working + queued) plus headroom to answer 503s at once.
+    # The model deployment, not the front, is the gate: a waiting request costs the front
+    # little, so it holds twice what the model side can take (working + queued), and the model
+    # side's refusals become OpenAI-shaped 503s. Past that, Serve's proxy answers 503 itself.
     capacity = spec.autoscaling.max_replicas * spec.max_ongoing_requests + spec.max_queued_requests
+    front = math.ceil((2 * capacity + 64) / spec.ingress.replicas)
     return Ingress.options(
         num_replicas=spec.ingress.replicas,
-        max_ongoing_requests=math.ceil((capacity + 16) / spec.ingress.replicas),
-        max_queued_requests=spec.max_queued_requests,
+        max_ongoing_requests=front,
+        # Serve's router counts a request as queued until it is assigned, so a burst of
+        # simultaneous arrivals needs this much room even when the front has free slots
+        max_queued_requests=front,
         ray_actor_options={"num_cpus": spec.ingress.num_cpus},
         backpressure_config=backpressure,
     ).bind(model, settings.model_dump())

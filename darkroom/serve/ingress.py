@@ -67,6 +67,9 @@ class IngressSettings(BaseModel):
     created: int = 0
 
 
+UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, RayActorError)
+
+
 class Overloaded(Exception):
     """The model deployment refused the work: answer 503 with Retry-After."""
 
@@ -90,17 +93,16 @@ class Ingress:
         return build_api(self.settings, self._generate)
 
     async def _generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # Siblings of a refused image run to completion and are dropped: cancelling them from
+        # here would block this event loop until their replica assignment resolves.
         responses = [self.model.generate.remote(row) for row in rows]
         results = await asyncio.gather(*responses, return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
-        if not failures:
-            return results
-        for response in responses:
-            response.cancel()
-        if any(isinstance(f, BackPressureError | DeploymentUnavailableError | RayActorError)
-               for f in failures):
+        if any(isinstance(f, UNAVAILABLE) for f in failures):
             raise Overloaded(str(failures[0]))
-        raise failures[0]
+        if failures:
+            raise failures[0]
+        return list(results)
 
 
 def build_api(
@@ -256,3 +258,4 @@ def _error(
 ) -> JSONResponse:
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
+

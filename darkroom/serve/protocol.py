@@ -42,7 +42,8 @@ class ImageRequest(BaseModel):
     model: str | None = Field(None, description="the served model id (GET /v1/models), if given")
     n: int = Field(1, ge=1, le=Limits().max_n, description="number of images")
     size: str | None = Field(
-        None, description="WIDTHxHEIGHT, e.g. 512x512; default: the model's native size"
+        None, pattern=r"^(auto|[0-9]{1,5}x[0-9]{1,5})$",
+        description="WIDTHxHEIGHT, e.g. 512x512; auto or unset: the model's native size",
     )
     response_format: Literal["b64_json"] = Field(
         "b64_json", description="only b64_json: images are returned inline as base64 PNG"

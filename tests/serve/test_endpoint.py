@@ -1,0 +1,342 @@
+"""The endpoint on a real `serve.run` (shared local Ray), called over real HTTP.
+
+Apps: `sd` (tiny SD, safety on, API key), `dit` (tiny DiT, a threshold that flags every image,
+tight queue limits for overload), `scale` (autoscaling 1 -> 2 -> 1), `digits` (where its weights
+exist).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from darkroom.serve.app import build_app
+from darkroom.serve.ingress import BATCH_HEADER
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+KEY_ENV = "DARKROOM_TEST_SERVE_KEY"
+KEY = "sk-darkroom-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+SMALL = {"num_cpus": 0.5}  # logical CPUs: several apps share the 4 of the test session
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def serve_url(ray_session):
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def deploy(base: str, name: str, spec: dict) -> str:
+    from ray import serve
+
+    serve.run(build_app(spec), name=name, route_prefix=f"/{name}")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="module")
+def sd(serve_url):
+    os.environ[KEY_ENV] = KEY  # read where the app is built; only its digest is shipped
+    try:
+        yield deploy(serve_url, "sd", {
+            "model": {"model": "tiny:sd"},
+            "defaults": {"sampler": "ddim", "steps": 2, "guidance_scale": 3.0},
+            "limits": {"max_n": 4, "max_steps": 4, "max_side": 64, "max_prompt_chars": 200},
+            "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.2},
+            "max_ongoing_requests": 16,
+            "resources": SMALL,
+            "runtime": {"device": "cpu"},
+            "auth": {"api_key_env": KEY_ENV},
+        })
+    finally:
+        os.environ.pop(KEY_ENV, None)
+
+
+@pytest.fixture(scope="module")
+def dit(serve_url):
+    return deploy(serve_url, "dit", {
+        "model": {"model": "tiny:dit"},
+        "defaults": {"steps": 4},
+        "batching": {"max_batch_size": 2, "batch_wait_timeout_s": 0.01},
+        "max_ongoing_requests": 4,
+        "max_queued_requests": 2,
+        "retry_after_s": 2,
+        "resources": SMALL,
+        "runtime": {"device": "cpu"},
+        "safety": {"checker": "nudenet", "threshold": 0.0},  # every score >= 0: all flagged
+    })
+
+
+def decode(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
+
+
+async def post_many(url: str, bodies: list[dict], headers: dict | None = None) -> list:
+    async with httpx.AsyncClient(timeout=120, headers=headers) as http:
+        return await asyncio.gather(*(http.post(url, json=b) for b in bodies))
+
+
+# -- the OpenAI API ----------------------------------------------------------------------------
+
+
+def test_openai_client_gets_images_of_the_asked_size(sd) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{sd}/v1", api_key=KEY, max_retries=0)
+    result = client.images.generate(
+        prompt="a red fox", n=2, size="48x32", response_format="b64_json",
+        extra_body={"seed": 7, "steps": 2, "negative_prompt": "blur"},
+    )
+    assert len(result.data) == 2
+    images = [decode(item.b64_json) for item in result.data]
+    assert all(image.shape == (32, 48, 3) for image in images)
+    assert [item.model_extra["seed"] for item in result.data] == [7, 8]
+    assert not np.array_equal(images[0], images[1])  # different seeds, different noise
+    assert [m.id for m in client.models.list().data] == ["tiny:sd"]
+
+
+def test_health_is_open_but_the_api_needs_the_key(sd) -> None:
+    assert httpx.get(f"{sd}/healthz").json() == {"status": "ok"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        for response in (httpx.get(f"{sd}/v1/models", headers=headers),
+                         httpx.post(f"{sd}/v1/images/generations", headers=headers,
+                                    json={"prompt": "x"})):
+            assert response.status_code == 401
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert response.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(f"{sd}/v1/models", headers=AUTH).status_code == 200
+    assert "/v1/images/generations" in httpx.get(f"{sd}/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ({"prompt": "x", "n": 5}, "n", "less than or equal to 4"),
+        ({"prompt": "x", "steps": 9}, "steps", "less than or equal to 4"),
+        ({"prompt": "x", "size": "128x128"}, "size", "8..64"),
+        ({"prompt": "x", "size": "30x30"}, None, "multiple of 8"),
+        ({"prompt": "x" * 201}, "prompt", "at most 200"),
+        ({"prompt": "x", "sampler": "dpmpp2m"}, "sampler", "did you mean `dpmpp_2m`"),
+        ({"prompt": "x", "response_format": "url"}, "response_format", "b64_json"),
+        ({"prompt": "x", "model": "dall-e-3"}, "model", "tiny:sd"),
+        ({"prompt": "x", "quality": "hd"}, "quality", "unknown field"),
+        ({"n": 1}, "prompt", "Field required"),
+    ],
+)
+def test_bad_input_is_a_400_that_names_the_field(sd, body, param, words) -> None:
+    response = httpx.post(f"{sd}/v1/images/generations", json=body, headers=AUTH, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and words in error["message"], error
+    assert error["type"] == "invalid_request_error"
+
+
+def test_a_body_that_is_not_json_is_a_400(sd) -> None:
+    response = httpx.post(f"{sd}/v1/images/generations", content=b"{not json",
+                          headers={**AUTH, "Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert "not valid JSON" in response.json()["error"]["message"]
+
+
+# -- batching ----------------------------------------------------------------------------------
+
+
+def test_concurrent_requests_form_batches_and_images_do_not_depend_on_them(sd) -> None:
+    url = f"{sd}/v1/images/generations"
+    alone = httpx.post(url, json={"prompt": "a lighthouse", "seed": 5}, headers=AUTH, timeout=60)
+    assert alone.headers[BATCH_HEADER] == "1"
+    bodies = [{"prompt": "a lighthouse", "seed": seed} for seed in range(12)]
+    responses = asyncio.run(post_many(url, bodies, AUTH))
+    assert [r.status_code for r in responses] == [200] * 12
+    sizes = [r.json()["data"][0]["batch_size"] for r in responses]
+    assert max(sizes) > 1, sizes
+    assert all(int(r.headers[BATCH_HEADER]) == s for r, s in zip(responses, sizes, strict=True))
+    batched = decode(responses[5].json()["data"][0]["b64_json"]).astype(int)
+    assert np.abs(batched - decode(alone.json()["data"][0]["b64_json"])).max() <= 1
+
+
+def test_incompatible_requests_are_not_mixed(sd) -> None:
+    url = f"{sd}/v1/images/generations"
+    singles = {
+        (steps, size): httpx.post(url, headers=AUTH, timeout=60, json={
+            "prompt": "a fox", "seed": 3, "steps": steps, "size": size}).json()
+        for steps, size in [(2, "64x64"), (3, "64x64"), (2, "32x32")]
+    }
+    # four of each kind at once: one formed batch may hold all, but a pipeline call holds one kind
+    kinds = list(singles) * 4
+    bodies = [{"prompt": "a fox", "seed": 3, "steps": s, "size": z} for s, z in kinds]
+    responses = asyncio.run(post_many(url, bodies, AUTH))
+    for (steps, size), response in zip(kinds, responses, strict=True):
+        item = response.json()["data"][0]
+        assert item["batch_size"] <= 4
+        image = decode(item["b64_json"])
+        assert image.shape[:2] == tuple(int(s) for s in size.split("x"))[::-1]
+        alone = decode(singles[(steps, size)]["data"][0]["b64_json"])
+        assert np.abs(image.astype(int) - alone).max() <= 1, (steps, size)
+
+
+# -- protection --------------------------------------------------------------------------------
+
+
+def test_safety_filter_withholds_flagged_images(dit) -> None:
+    response = httpx.post(f"{dit}/v1/images/generations", json={"prompt": "three", "n": 2},
+                          timeout=60)
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert [(d["b64_json"], d["flagged"]) for d in data] == [(None, True), (None, True)]
+    assert all(0.0 <= d["safety_score"] <= 1.0 for d in data)
+    wrong = httpx.post(f"{dit}/v1/images/generations", json={"prompt": "a fox"}, timeout=60)
+    assert wrong.status_code == 400 and "class name" in wrong.json()["error"]["message"]
+
+
+def test_overload_answers_503_with_retry_after_and_then_recovers(dit) -> None:
+    url = f"{dit}/v1/images/generations"
+    responses = asyncio.run(post_many(url, [{"prompt": "seven", "seed": i} for i in range(40)]))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503}, codes
+    rejected = [r for r in responses if r.status_code == 503]
+    assert rejected and codes.count(200) >= 1
+    assert all(r.headers["retry-after"] == "2" for r in rejected)
+    assert all(r.json()["error"]["code"] == "overloaded" for r in rejected)
+    after = httpx.post(url, json={"prompt": "seven", "class_label": 7}, timeout=60)
+    assert after.status_code == 200 and after.json()["data"][0]["flagged"] is True
+
+
+# -- the fuzzer --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_fuzzed_requests_never_get_a_5xx(sd, mode) -> None:
+    """Schemathesis draws valid (positive) and invalid (negative) requests from the app's own
+    OpenAPI schema, where the server's limits are schema constraints."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(f"{sd}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/v1/images/generations", "/v1/models"}
+    seen: dict[int, int] = {}
+    if mode == "negative":  # only a body can be made invalid here
+        operations = [op for op in operations if op.method.upper() == "POST"]
+    for operation in operations:
+
+        @given(case=operation.as_strategy(GenerationMode(mode)))
+        @settings(max_examples=25, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def no_server_error(case) -> None:
+            response = case.call(headers=AUTH, timeout=60)
+            seen[response.status_code] = seen.get(response.status_code, 0) + 1
+            assert response.status_code < 500, (case.body, response.text)
+
+        no_server_error()
+    assert (200 in seen) if mode == "positive" else (400 in seen), seen
+
+
+# -- autoscaling -------------------------------------------------------------------------------
+
+
+def replicas(app: str) -> int:
+    from ray import serve
+
+    states = serve.status().applications[app].deployments["ImageModel"].replica_states
+    return states.get("RUNNING", 0)
+
+
+def wait_for(condition, seconds: float) -> float:
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > seconds:
+            raise AssertionError(f"not reached within {seconds} s")
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def test_autoscaling_grows_under_load_and_shrinks_after(serve_url) -> None:
+    from ray import serve
+
+    url = deploy(serve_url, "scale", {
+        "model": {"model": "tiny:dit"},
+        "defaults": {"steps": 8},
+        "batching": {"max_batch_size": 2, "batch_wait_timeout_s": 0.01},
+        "max_ongoing_requests": 4,
+        "autoscaling": {
+            "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+            "upscale_delay_s": 1, "downscale_delay_s": 2,
+            "look_back_period_s": 2, "metrics_interval_s": 0.5,
+        },
+        "resources": SMALL,
+        "runtime": {"device": "cpu"},
+        "safety": {"on": False},
+    }) + "/v1/images/generations"
+    stop = threading.Event()
+    codes: list[int] = []
+
+    async def load() -> None:
+        async with httpx.AsyncClient(timeout=120) as http:
+            async def client(i: int) -> None:
+                while not stop.is_set():
+                    response = await http.post(url, json={"prompt": "one", "seed": i})
+                    codes.append(response.status_code)
+            await asyncio.gather(*(client(i) for i in range(6)))
+
+    loader = threading.Thread(target=asyncio.run, args=(load(),))
+    try:
+        assert replicas("scale") == 1
+        loader.start()
+        wait_for(lambda: replicas("scale") == 2, seconds=90)
+    finally:
+        stop.set()
+        loader.join(timeout=60)
+    try:
+        wait_for(lambda: replicas("scale") == 1, seconds=90)
+        assert codes and set(codes) == {200}
+    finally:
+        serve.delete("scale")
+
+
+# -- the bundled digits model ------------------------------------------------------------------
+
+
+def test_digits_model_serves_a_digit(serve_url) -> None:
+    from darkroom.platform.models import builtin_models
+
+    folder = builtin_models().get("digits-dit")
+    if folder is None or not (folder / "model_index.json").exists():
+        pytest.skip("builtin:digits-dit weights are not built yet")
+    from ray import serve
+
+    from darkroom.serve.spec import read_yaml
+
+    spec = read_yaml(Path(__file__).resolve().parents[2] / "configs/serve/digits.yaml")
+    spec.update(resources=SMALL, runtime={"device": "cpu"}, safety={"on": False})
+    url = deploy(serve_url, "digits", spec)
+    try:
+        response = httpx.post(f"{url}/v1/images/generations", timeout=60,
+                              json={"prompt": "seven", "n": 2, "steps": 4})
+        assert response.status_code == 200, response.text
+        assert all(decode(d["b64_json"]).ndim == 3 for d in response.json()["data"])
+    finally:
+        serve.delete("digits")
+
