@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from darkroom.evals import tracking
+from darkroom.evals import tracking as track
 from darkroom.evals.extractors import check_extractor, extractor_protocol
 from darkroom.evals.metrics import METRICS, Context, RunScores, Unavailable
 from darkroom.evals.reference import reference_stats
@@ -52,7 +52,7 @@ class RunResult:
                 "warnings": list(self.warnings)}
 
 
-def evaluate_job(job_dir: Path, eval_spec: EvalSpec, tracking_spec: TrackingSpec, *,
+def evaluate_job(job_dir: Path, eval_spec: EvalSpec, tracking: TrackingSpec, *,
                  experiment: str, job_spec: dict, run_ids: list[str] | None = None) -> list[dict]:
     """Evaluate the runs of a job folder and log them to MLflow.
 
@@ -62,9 +62,9 @@ def evaluate_job(job_dir: Path, eval_spec: EvalSpec, tracking_spec: TrackingSpec
     """
     job_dir = Path(job_dir).resolve()
     eval_spec = EvalSpec.model_validate(eval_spec)
-    tracking_spec = TrackingSpec.model_validate(tracking_spec or {})
+    tracking = TrackingSpec.model_validate(tracking or {})
     results, protocol = evaluate_runs(select_runs(job_dir, run_ids), eval_spec)
-    log_job(results, protocol, job_dir, tracking_spec, experiment=experiment, job_spec=job_spec,
+    log_job(results, protocol, job_dir, tracking, experiment=experiment, job_spec=job_spec,
             eval_spec=eval_spec)
     return [r.summary() for r in results]
 
@@ -241,7 +241,7 @@ def _protocol(spec: EvalSpec, plan: ScorePlan) -> dict[str, Any]:
         "kid": {"subsets": spec.kid_subsets, "subset_size": spec.kid_subset_size, "seed": 0},
         "clip_model": spec.clip_model, "clip_max_tokens": plan.max_prompt_tokens,
         "safety": spec.safety.model_dump(), "classifier": spec.classifier,
-        "versions": tracking.versions(),
+        "versions": track.versions(),
     }
     if plan.features:
         protocol["extractor_protocol"] = extractor_protocol(plan.features, plan.weights)
@@ -254,46 +254,46 @@ def _protocol(spec: EvalSpec, plan: ScorePlan) -> dict[str, Any]:
 def log_job(results: list[RunResult], protocol: dict, job_dir: Path, tracking_spec: TrackingSpec,
             *, experiment: str, job_spec: dict, eval_spec: EvalSpec) -> None:
     """A parent run for this invocation (job folder + spec hash), a child run per result."""
-    client = tracking.client(tracking_spec.uri)
-    exp = tracking.experiment_id(client, tracking_spec.experiment or experiment)
-    digest = tracking.spec_hash(job_spec)
-    versions = {f"darkroom.version.{k}": v for k, v in tracking.versions().items()}
-    parent = tracking.open_run(
-        client, exp, tracking.path_key("job", job_dir, digest), f"{job_dir.name}-{digest[:8]}",
-        {tracking.KIND: "job", "darkroom.spec_hash": digest, "darkroom.output": job_dir,
+    client = track.client(tracking_spec.uri)
+    exp = track.experiment_id(client, tracking_spec.experiment or experiment)
+    digest = track.spec_hash(job_spec)
+    versions = {f"darkroom.version.{k}": v for k, v in track.versions().items()}
+    parent = track.open_run(
+        client, exp, track.path_key("job", job_dir, digest), f"{job_dir.name}-{digest[:8]}",
+        {track.KIND: "job", "darkroom.spec_hash": digest, "darkroom.output": job_dir,
          **versions},
     )
-    tracking.log_params(client, parent, {"job": job_dir.name, "runs": len(results)})
+    track.log_params(client, parent, {"job": job_dir.name, "runs": len(results)})
     ok = True
     try:
         for result in results:
             result.mlflow_run_id = _log_run(client, exp, parent, result, protocol, job_spec,
                                             digest, versions, eval_spec)
-        tracking.log_files(client, parent, {
-            "job_spec.json": tracking.to_json(job_spec),
-            "metrics.json": tracking.to_json([r.summary() for r in results]),
-            "eval_protocol.json": tracking.to_json(protocol),
+        track.log_files(client, parent, {
+            "job_spec.json": track.to_json(job_spec),
+            "metrics.json": track.to_json([r.summary() for r in results]),
+            "eval_protocol.json": track.to_json(protocol),
         })
     except Exception:
         ok = False
         raise
     finally:
-        tracking.finish(client, parent, ok)
+        track.finish(client, parent, ok)
 
 
 def _log_run(client, exp: str, parent: str, result: RunResult, protocol: dict, job_spec: dict,
              digest: str, versions: dict, eval_spec: EvalSpec) -> str:
     info = result.info
     name = run_name(info, result.run_id)
-    run = tracking.open_run(client, exp, tracking.path_key("run", result.run_dir), name, {
-        tracking.KIND: "run", tracking.PARENT: parent, "darkroom.run_id": result.run_id,
+    run = track.open_run(client, exp, track.path_key("run", result.run_dir), name, {
+        track.KIND: "run", track.PARENT: parent, "darkroom.run_id": result.run_id,
         "darkroom.spec_hash": digest, "darkroom.output": result.run_dir, **versions,
         "darkroom.eval.feature_extractor": eval_spec.feature_extractor,
         "darkroom.eval.backend": eval_spec.backend,
     })
     ok = True
     try:
-        changed = tracking.log_params(client, run, run_params(info, result))
+        changed = track.log_params(client, run, run_params(info, result))
         if changed:
             result.warnings.append(f"params changed since this run was first logged (kept the "
                                    f"first values): {', '.join(changed)}")
@@ -303,21 +303,21 @@ def _log_run(client, exp: str, parent: str, result: RunResult, protocol: dict, j
         if result.timing.get("images"):
             metrics["seconds_per_image"] = result.timing["seconds"] / result.timing["images"]
         metrics["images"] = result.count
-        tracking.log_metrics(client, run, metrics, result.missing,
+        track.log_metrics(client, run, metrics, result.missing,
                              [METRICS[name].key for name in result.missing])
         client.set_tag(run, "darkroom.warnings", "\n".join(result.warnings)[:5000] or "none")
-        tracking.log_files(client, run, {
+        track.log_files(client, run, {
             "contact_sheet.png": contact_sheet_png(result.run_dir, eval_spec.contact_sheet),
-            "job_spec.json": tracking.to_json(job_spec),
-            "run.json": tracking.to_json(info),
-            "metrics.json": tracking.to_json({**result.summary(), "logged": metrics}),
-            "eval_protocol.json": tracking.to_json(protocol),
+            "job_spec.json": track.to_json(job_spec),
+            "run.json": track.to_json(info),
+            "metrics.json": track.to_json({**result.summary(), "logged": metrics}),
+            "eval_protocol.json": track.to_json(protocol),
         })
     except Exception:
         ok = False
         raise
     finally:
-        tracking.finish(client, run, ok)
+        track.finish(client, run, ok)
     return run
 
 
@@ -334,7 +334,7 @@ def run_params(info: dict[str, Any], result: RunResult) -> dict[str, Any]:
         "model": info.get("model_label") or model.get("model"), "model.source": model.get("model"),
         "model.revision": model.get("revision") or _first(result.run_dir, "model_revision"),
         "sampler": sampler.get("name"),
-        "sampler.overrides": tracking.to_json(sampler.get("overrides") or {}).strip(),
+        "sampler.overrides": track.to_json(sampler.get("overrides") or {}).strip(),
         "steps": info.get("steps"), "guidance_scale": info.get("guidance_scale"),
         "eta": info.get("eta"), "width": info.get("width"), "height": info.get("height"),
         "seed": info.get("seed"), "images_per_prompt": info.get("images_per_prompt"),
