@@ -340,3 +340,51 @@ def test_digits_model_serves_a_digit(serve_url) -> None:
     finally:
         serve.delete("digits")
 
+
+
+# -- Ray's own CLI -----------------------------------------------------------------------------
+
+
+def test_rays_serve_run_deploys_the_rayservice_import_path(serve_url, tmp_path) -> None:
+    """The Serve config of deploy/rayservice.yaml, pointed at a tiny serve file, via `serve run`."""
+    import subprocess
+    import sys
+
+    import ray
+    import yaml
+    from ray import serve
+
+    root = Path(__file__).resolve().parents[2]
+    manifest = yaml.safe_load((root / "deploy/rayservice.yaml").read_text())
+    app = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"][0]
+    assert app["import_path"] == "darkroom.serve.app:build_app"
+    assert (root / "configs/serve" / Path(app["args"]["config"]).name).is_file()
+    serve_file = tmp_path / "tiny.yaml"
+    serve_file.write_text(
+        "model: {model: 'tiny:dit'}\ndefaults: {steps: 2}\nresources: {num_cpus: 0.5}\n"
+        "runtime: {device: cpu}\nsafety: {on: false}\n"
+    )
+    config = tmp_path / "serve_config.yaml"
+    app.update(name="cli", route_prefix="/cli", args={"config": str(serve_file)})
+    config.write_text(yaml.safe_dump({"applications": [app]}))
+    serve_cli = Path(sys.executable).with_name("serve")
+    address = ray.get_runtime_context().gcs_address
+    try:
+        run = subprocess.run(
+            [str(serve_cli), "run", str(config), "--address", address, "--non-blocking"],
+            capture_output=True, text=True, timeout=180,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+
+        def running() -> bool:
+            app_status = serve.status().applications.get("cli")
+            assert app_status is None or app_status.status != "DEPLOY_FAILED", app_status
+            return app_status is not None and app_status.status == "RUNNING"
+
+        wait_for(running, seconds=120)
+        response = httpx.post(f"{serve_url}/cli/v1/images/generations", timeout=60,
+                              json={"prompt": "four", "class_label": 4})
+        assert response.status_code == 200, response.text
+        assert decode(response.json()["data"][0]["b64_json"]).shape == (64, 64, 3)
+    finally:
+        serve.delete("cli")
