@@ -104,7 +104,7 @@ def evaluate_runs(run_dirs: list[Path], spec: EvalSpec) -> tuple[list[RunResult]
     if plan.features:
         _ensure_ray()
         try:
-            ref = reference_stats(spec.reference, spec.feature_extractor, spec.weights,
+            ref = reference_stats(spec.reference, plan.features, plan.weights,
                                   lambda table: _features_of(table, plan, spec))
             shared.reference, protocol["reference"] = ref.stats, ref.info
             shared.warnings.extend(ref.warnings)
@@ -156,15 +156,17 @@ def _plan(spec: EvalSpec) -> tuple[ScorePlan, dict[str, str]]:
     wanted = {METRICS[m].part for m in spec.metrics}
     skipped: dict[str, str] = {}
     features = spec.feature_extractor if "features" in wanted else None
+    # one CLIP configured for clip_score serves CLIP-FID too, unless weights say otherwise
+    weights = spec.clip_model if features == "clip" and not spec.weights else spec.weights
     if features:
-        reason = check_extractor(features, spec.weights)
+        reason = check_extractor(features, weights)
         if reason is None and spec.reference is None:
             reason = "no reference images: set eval.reference (or --reference)"
         if reason:
             skipped = {m: reason for m in DISTANCES if m in spec.metrics}
             features = None
     plan = ScorePlan(
-        features=features, weights=spec.weights,
+        features=features, weights=weights,
         clip_model=spec.clip_model if "clip" in wanted else None,
         safety=spec.safety if "safety" in wanted else None,
         classifier=spec.classifier if "classifier" in wanted else None,
@@ -351,17 +353,39 @@ def _first(run_dir: Path, column: str) -> Any:
 
 
 def contact_sheet_png(run_dir: Path, count: int) -> bytes:
-    """The first `count` images (by row_id) with their prompts or class labels under them."""
+    """The first `count` images (by row_id) with their prompts or class labels under them.
+
+    Images the safety checker flagged (`nsfw_flag` in the run's scores) are withheld: a grey
+    tile takes their place, so no flagged image reaches MLflow or a report.
+    """
     table = layout.read_table(run_dir / layout.IMAGES,
                               columns=["row_id", "image", "prompt", "class_label"])
     images, labels = [], []
     if table is not None and len(table):
+        flagged = _flagged(run_dir)
         table = table.sort_by("row_id").slice(0, count)
-        images = table.column("image").to_pylist()
-        for prompt, label in zip(table.column("prompt").to_pylist(),
-                                 table.column("class_label").to_pylist(), strict=True):
-            labels.append(prompt or (f"class {label}" if label is not None else ""))
+        rows = zip(table.column("row_id").to_pylist(), table.column("image").to_pylist(),
+                   table.column("prompt").to_pylist(), table.column("class_label").to_pylist(),
+                   strict=True)
+        for row_id, image, prompt, label in rows:
+            caption = prompt or (f"class {label}" if label is not None else "")
+            if row_id in flagged:
+                image, caption = WITHHELD, f"withheld: {caption}"
+            images.append(image)
+            labels.append(caption)
     buffer = io.BytesIO()
     contact_sheet(images, labels or None, columns=min(8, max(len(images), 1)),
                   cell=64).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+WITHHELD = np.full((64, 64, 3), 128, np.uint8)
+
+
+def _flagged(run_dir: Path) -> set[str]:
+    path = run_dir / layout.SCORES / SCORES_FILE
+    if not path.exists() or "nsfw_flag" not in pq.read_schema(path).names:
+        return set()
+    table = pq.read_table(path, columns=["row_id", "nsfw_flag"])
+    return {r for r, f in zip(table.column("row_id").to_pylist(),
+                              table.column("nsfw_flag").to_pylist(), strict=True) if f}

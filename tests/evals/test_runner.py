@@ -198,3 +198,8 @@ def test_again_offline_without_inception_updates_the_same_runs(evaluated, sd_job
     scores = pq.read_table(sd_job / "run-ddim-1" / layout.SCORES / "scores.parquet")
     assert all(scores.column("nsfw_flag").to_pylist())
     assert "clip_score" in scores.column_names  # kept from the first evaluation
+    # flagged images are withheld from the contact sheet: grey tiles, no generated pixels
+    sheet_path = client.download_artifacts(child.info.run_id, "contact_sheet.png", str(tmp_path))
+    sheet = np.asarray(Image.open(sheet_path).convert("RGB"))
+    tiles = sheet.reshape(-1, 78, sheet.shape[1], 3)[:, :64]  # 64 px image + 14 px caption rows
+    assert (tiles == 128).all()
