@@ -137,7 +137,7 @@ def build_api(
     async def _overloaded(_, err: Overloaded) -> JSONResponse:
         logger.warning("answering 503: %s", err)
         return _error(
-            503, "the server is overloaded; retry later", "server_error", None,
+            503, f"the model is busy or restarting; retry in {retry_after} s", "server_error", None,
             code="overloaded", headers={"Retry-After": retry_after},
         )
 
@@ -234,21 +234,31 @@ def _auth(digest: str) -> Callable[..., None]:
 
 def _describe(problems: list[dict[str, Any]]) -> tuple[str, str | None]:
     """pydantic errors -> one message naming each field, and the first field as OpenAI's param."""
-    parts, params = [], []
+    by_field: dict[str, list[str]] = {}
+    inputs: dict[str, Any] = {}
     for problem in problems:
         loc = [str(p) for p in problem.get("loc", ()) if p != "body"]
         if problem.get("type") == "json_invalid":
-            parts.append(f"the body is not valid JSON: {problem.get('ctx', {}).get('error', '')}")
+            by_field.setdefault("", []).append(
+                f"the body is not valid JSON: {problem.get('ctx', {}).get('error', '')}"
+            )
             continue
         if not loc:
-            parts.append("the body must be a JSON object with at least `prompt`")
+            by_field.setdefault("", []).append("the body must be a JSON object with `prompt`")
             continue
-        field = ".".join(loc)
-        params.append(field)
+        field = loc[0]  # a union's alternatives add their type names after the field
         message = str(problem.get("msg", "invalid")).removeprefix("Value error, ")
         if problem.get("type") == "extra_forbidden":
             message = "unknown field; see the API docs (/docs) for the accepted fields"
-        parts.append(f"`{field}`: {message} (got {problem.get('input')!r:.60})")
+        if message not in by_field.setdefault(field, []):
+            by_field[field].append(message)
+        inputs[field] = problem.get("input")
+    parts = [
+        " or ".join(messages) if not field
+        else f"`{field}`: {' or '.join(messages)} (got {inputs[field]!r:.60})"
+        for field, messages in by_field.items()
+    ]
+    params = [field for field in by_field if field]
     return "; ".join(parts), (params[0] if params else None)
 
 

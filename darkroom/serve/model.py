@@ -59,13 +59,6 @@ class ImageModel:
         self._batched.set_max_batch_size(self.spec.batching.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.spec.batching.batch_wait_timeout_s)
 
-    async def info(self) -> dict[str, Any]:
-        return {
-            "family": self.generator.family.name,
-            "native_size": self.generator.native_size,
-            "device": self.generator.device,
-        }
-
     async def generate(self, row: dict[str, Any]) -> dict[str, Any]:
         """One request row in, one answer out (see `_answer`)."""
         if self.class_conditional and row.get("class_label") is None:

@@ -48,7 +48,9 @@ class ImageRequest(BaseModel):
     response_format: Literal["b64_json"] = Field(
         "b64_json", description="only b64_json: images are returned inline as base64 PNG"
     )
-    user: str | None = Field(None, max_length=256, description="an end-user id, for logs")
+    user: str | None = Field(
+        None, max_length=256, description="an end-user id (accepted, not stored)"
+    )
     negative_prompt: str | None = Field(None, description="what the image should not show")
     steps: int | None = Field(None, ge=1, le=Limits().max_steps, description="denoising steps")
     guidance_scale: float | None = Field(

@@ -142,6 +142,7 @@ def test_health_is_open_but_the_api_needs_the_key(sd) -> None:
         ({"prompt": "x", "model": "dall-e-3"}, "model", "tiny:sd"),
         ({"prompt": "x", "quality": "hd"}, "quality", "unknown field"),
         ({"n": 1}, "prompt", "Field required"),
+        ({"prompt": "x", "class_label": [1]}, "class_label", "valid integer or"),
     ],
 )
 def test_bad_input_is_a_400_that_names_the_field(sd, body, param, words) -> None:
