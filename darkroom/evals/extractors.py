@@ -261,16 +261,33 @@ def to_float_nchw(images: Sequence[np.ndarray]):
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
 
 
+def per_size(fn: Callable[[list[np.ndarray]], np.ndarray]) -> Callable[..., np.ndarray]:
+    """Run a batch function on each group of same-sized images, keeping the order: one batch
+    can span runs generated at different sizes."""
+
+    def wrapped(images: Sequence[np.ndarray]) -> np.ndarray:
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(image.shape, []).append(i)
+        out: list[Any] = [None] * len(images)
+        for members in groups.values():
+            for i, row in zip(members, fn([images[i] for i in members]), strict=True):
+                out[i] = row
+        return np.stack(out)
+
+    return wrapped
+
+
 def _digits_build(weights: str | None, device: str = "cpu") -> FeatureExtractor:
     import torch
 
     model = load_digits(weights).to(device)
 
-    def fn(images: Sequence[np.ndarray]) -> np.ndarray:
+    def fn(images: list[np.ndarray]) -> np.ndarray:
         with torch.no_grad():
             return model.features(to_float_nchw(images).to(device)).cpu().numpy()
 
-    return FeatureExtractor("digits", model.num_features, _digits_protocol(weights), fn)
+    return FeatureExtractor("digits", model.num_features, _digits_protocol(weights), per_size(fn))
 
 
 def _digits_protocol(weights: str | None) -> dict[str, Any]:

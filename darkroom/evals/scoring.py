@@ -91,16 +91,19 @@ def _safety_part(plan: ScorePlan) -> Part:
 
 
 def _classifier_part(plan: ScorePlan) -> Part:
-    from darkroom.evals.extractors import to_float_nchw
+    from darkroom.evals.extractors import per_size, to_float_nchw
     from darkroom.evals.metrics import CLASSIFIERS
 
     model = CLASSIFIERS[plan.classifier].load(None)
     if hasattr(model, "to"):
         model.to(plan.device)
 
+    @per_size
+    def predict(images: list[np.ndarray]) -> np.ndarray:
+        return model.predict(to_float_nchw(images).to(plan.device)).cpu().numpy()
+
     def part(images: list[np.ndarray], batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        predicted = model.predict(to_float_nchw(images).to(plan.device))
-        return {"predicted_label": predicted.cpu().numpy().astype(np.int64)}
+        return {"predicted_label": predict(images).astype(np.int64)}
 
     return part
 

@@ -87,7 +87,8 @@ class Brightness:
 
 def test_class_accuracy_is_agreement_with_the_requested_label(monkeypatch):
     monkeypatch.setitem(CLASSIFIERS, "brightness", Classifier(lambda weights: Brightness(), 2))
-    dark, bright = np.full((8, 8, 3), 20, np.uint8), np.full((8, 8, 3), 230, np.uint8)
+    # one batch can hold images of two sizes (two runs generated at different sizes)
+    dark, bright = np.full((8, 8, 3), 20, np.uint8), np.full((16, 16, 3), 230, np.uint8)
     images = [dark, dark, bright, bright, bright]
     labels = np.array([0, 1, 1, 1, None], dtype=object)  # one wrong, one unconditional
     part = PARTS["classifier"](ScorePlan(classifier="brightness"))
