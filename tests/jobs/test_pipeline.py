@@ -25,9 +25,11 @@ def write_prompts(folder: Path, count: int) -> Path:
     return path
 
 
-def test_sweep_end_to_end_then_rerun_generates_nothing(ray_session, tmp_path):
+def test_sweep_end_to_end_then_rerun_generates_nothing_then_evaluation(ray_session, tmp_path):
+    from mlflow.tracking import MlflowClient
+
     write_prompts(tmp_path, 24)
-    spec = validate({
+    data = {
         "name": "e2e",
         "seed": 7,
         "output": str(tmp_path / "out"),
@@ -38,7 +40,8 @@ def test_sweep_end_to_end_then_rerun_generates_nothing(ray_session, tmp_path):
         "generation": {"width": 32, "height": 32, "batch_size": 16},
         "compute": {"actors": {"min": 1, "max": 1}, "checkpoint_rows": 64},
         "runtime": {"device": "cpu"},
-    }, base=tmp_path)
+    }
+    spec = validate(data, base=tmp_path)
     runs = expand(spec)
     assert len(runs) == 8
 
@@ -75,10 +78,20 @@ def test_sweep_end_to_end_then_rerun_generates_nothing(ray_session, tmp_path):
     job_yaml = (job_dir / layout.JOB_SPEC).read_text()
     assert "name: e2e" in job_yaml
 
-    again = run_job(spec)
-    assert again.generated == 0
-    assert sum(len(layout.parquet_files(job_dir / r.run_id / layout.IMAGES)) for r in runs) == \
-        sum(len(list((job_dir / r.run_id / layout.IMAGES).glob("*.parquet"))) for r in runs)
+    # a rerun generates nothing; with an eval: section it hands the job to evaluation
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    scored = run_job(validate(data, base=tmp_path, overrides=[
+        "eval={metrics: [safety]}", f"tracking={{experiment: e2e-test, uri: '{uri}'}}"]))
+    assert scored.generated == 0
+    assert {m["run_id"] for m in scored.metrics} == {r.run_id for r in runs}
+    assert all(m["images"] == 48 and "nsfw_rate" in m["metrics"] for m in scored.metrics)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("e2e-test")
+    logged = {r.data.tags.get("darkroom.run_id"): r.data.params
+              for r in client.search_runs([experiment.experiment_id])}
+    for run in runs:  # the parameters come from run.json as the pipeline wrote it
+        assert logged[run.run_id]["sampler"] == run.sampler.name
+        assert logged[run.run_id]["steps"] == str(run.steps)
 
 
 def test_bad_control_images_go_to_errors_within_budget(ray_session, tmp_path):
@@ -117,3 +130,4 @@ def test_bad_control_images_go_to_errors_within_budget(ray_session, tmp_path):
     assert result.generated == 0 and result.timings[run_dir.name]["errors"] == 1
     assert sum(pq.read_metadata(f).num_rows
                for f in layout.parquet_files(run_dir / layout.IMAGES)) == 3
+

@@ -1,0 +1,181 @@
+"""Batch jobs on Ray Data beside a hand-written diffusers loop, in one process run.
+
+    .venv/bin/python benchmarks/batch.py                      # tiny:sd, 128 prompts, batch 8
+    .venv/bin/python benchmarks/batch.py --model builtin:digits-ldm --steps 25 --size 0
+
+Prints, for the same model, prompts, seeds and batch size:
+  1. steady-state images/s of a hand-written loop (pipeline call + PNG encoding, one torch
+     thread: what one CPU actor gets), measured before and after the Ray runs;
+  2. steady-state images/s of `darkroom run` on one actor, and its ratio to the loop;
+  3. the whole job's wall time from a cold `darkroom run` process (imports, Ray start-up, actor
+     start-up, generation, Parquet), and where the start-up time goes;
+  4. the scaling from one to two actors (one torch thread each).
+Steady state for a job is read from the rows' `created_at` (when each batch finished on its
+actor): the images after each actor's first batch over the time they took, so start-up is left
+out and the idle time between batches is in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def job_data(args: argparse.Namespace, root: Path, name: str, actors: int) -> dict:
+    return {
+        "name": name,
+        "seed": 0,
+        "output": str(root / "out"),
+        "prompts": {"file": "prompts.txt"},
+        "models": [{"name": "bench", "model": args.model}],
+        "sweep": {"sampler": [args.sampler], "steps": [args.steps],
+                  "guidance_scale": [args.guidance]},
+        "generation": {"width": args.size or None, "height": args.size or None,
+                       "batch_size": args.batch_size},
+        "compute": {"actors": {"min": actors, "max": actors}, "cpus_per_actor": 1},
+        "runtime": {"device": "cpu", "torch_threads": 1},
+    }
+
+
+def hand_written_loop(args: argparse.Namespace, prompts: list[str], seeds: list[int]) -> float:
+    """Steady-state images/s of a plain diffusers loop: the same calls, without Ray or Darkroom."""
+    import diffusers
+    import torch
+
+    from darkroom.platform.models import ModelSpec, infer_family, resolve_source
+    from darkroom.platform.records import encode_png, to_uint8
+    from darkroom.platform.samplers import SAMPLERS
+
+    torch.set_num_threads(1)
+    source, local = resolve_source(args.model)
+    family = infer_family(ModelSpec(model=args.model), source, local)
+    pipe = getattr(diffusers, family.pipeline).from_pretrained(source)
+    pipe.set_progress_bar_config(disable=True)
+    sampler = SAMPLERS[args.sampler]
+    pipe.scheduler = getattr(diffusers, sampler.scheduler).from_config(
+        pipe.scheduler.config, **sampler.overrides)
+    size = {"width": args.size, "height": args.size} if args.size else {}
+    started, count = None, 0
+    for i in range(0, len(prompts), args.batch_size):
+        batch = prompts[i: i + args.batch_size]
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[i: i + len(batch)]]
+        with torch.inference_mode():
+            images = pipe(prompt=batch, num_inference_steps=args.steps,
+                          guidance_scale=args.guidance, generator=generators, output_type="np",
+                          **size).images
+        pngs = [encode_png(to_uint8(image)) for image in images]
+        assert len(pngs) == len(batch)
+        if started is None:  # the first batch warms up; time the rest
+            started = time.perf_counter()
+        else:
+            count += len(batch)
+    return count / (time.perf_counter() - started)
+
+
+def steady_rate(job_dir: Path, actors: int) -> float:
+    """Images/s of a finished job read from its rows: after each actor's first batch."""
+    from darkroom.platform import layout
+
+    table = layout.read_table(layout.run_dirs(job_dir)[0] / layout.IMAGES,
+                              columns=["created_at"])
+    # the rows of a batch share its finishing instant; each actor's first batch carries its
+    # start-up, so the clock starts when the last of them is done
+    finished, rows = np.unique(table.column("created_at").to_numpy().astype("int64") / 1e6,
+                               return_counts=True)
+    start = finished[actors - 1]
+    return rows[actors:].sum() / (finished[-1] - start)
+
+
+def run_in_process(spec_data: dict, root: Path) -> tuple[float, float]:
+    """Run a job through the pipeline in this process (Ray already up); returns (wall s, rate)."""
+    from darkroom.jobs.pipeline import run_job
+    from darkroom.jobs.spec import validate
+
+    spec = validate(spec_data, base=root)
+    started = time.perf_counter()
+    run_job(spec, log=lambda line: None)
+    wall = time.perf_counter() - started
+    return wall, steady_rate(root / "out" / spec.name, spec.compute.actors.max)
+
+
+def cold_job(spec_data: dict, root: Path) -> tuple[float, str]:
+    """A whole `darkroom run` in a fresh process: imports, local Ray, actors, Parquet."""
+    path = root / f"{spec_data['name']}.yaml"
+    path.write_text(json.dumps(spec_data))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "darkroom", "run", str(path)], env=env,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"darkroom run failed:\n{done.stderr[-3000:]}")
+    return wall, done.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny:sd")
+    parser.add_argument("--prompts", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--size", type=int, default=64, help="0: the model's native size")
+    parser.add_argument("--sampler", default="ddim")
+    parser.add_argument("--guidance", type=float, default=5.0)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    root = Path(tempfile.mkdtemp(prefix="darkroom-bench-"))
+    os.environ.setdefault("DARKROOM_CACHE", str(root / "cache"))
+    prompts = [f"prompt number {i}" for i in range(args.prompts)]
+    (root / "prompts.txt").write_text("\n".join(prompts) + "\n")
+
+    from darkroom.jobs.plan import row_seed
+    from darkroom.platform.models import resolve_source
+
+    resolve_source(args.model)  # build a tiny model's folder once, outside every timing
+    seeds = [row_seed(0, f"{i:05d}", 0) for i in range(args.prompts)]
+    print(f"model {args.model}, {args.prompts} prompts, batch {args.batch_size}, "
+          f"{args.steps} steps, {os.cpu_count()} CPUs")
+
+    # 3. a cold whole job first, while nothing else of ours is running
+    cold_wall, cold_out = cold_job(job_data(args, root, "cold-actors1", 1), root)
+
+    loop_before = hand_written_loop(args, prompts, seeds)
+    import ray
+
+    started = time.perf_counter()
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    ray_init = time.perf_counter() - started
+    wall1, job1 = run_in_process(job_data(args, root, "warm-actors1", 1), root)
+    wall2, job2 = run_in_process(job_data(args, root, "warm-actors2", 2), root)
+    ray.shutdown()
+    loop_after = hand_written_loop(args, prompts, seeds)
+    loop = statistics.mean([loop_before, loop_after])
+
+    generated = args.prompts / job1
+    print(f"hand-written diffusers loop:   {loop:7.2f} images/s  (before {loop_before:.2f}, "
+          f"after {loop_after:.2f})")
+    print(f"darkroom job, 1 actor:         {job1:7.2f} images/s  steady state")
+    print(f"ratio job / loop:              {job1 / loop:7.3f}  (target >= 0.9)")
+    print(f"darkroom job, 2 actors:        {job2:7.2f} images/s  steady state")
+    print(f"scaling 1 -> 2 actors:         {job2 / job1:7.2f}x")
+    print(f"whole job, cold `darkroom run`: {cold_wall:6.1f} s for {args.prompts} images "
+          f"(generation alone ~{generated:.1f} s at the steady rate)")
+    print(f"  in-process: ray.init {ray_init:.1f} s; job on a running Ray, 1 actor "
+          f"{wall1:.1f} s, 2 actors {wall2:.1f} s")
+    summary = [line for line in cold_out.splitlines() if "generated" in line]
+    print(f"  cold run said: {summary[-1] if summary else '?'}")
+
+
+if __name__ == "__main__":
+    main()
