@@ -5,10 +5,11 @@
 
 Prints, for the same model, prompts, seeds and batch size:
   1. steady-state images/s of a hand-written loop (pipeline call + PNG encoding, one torch
-     thread: what one CPU actor gets), measured before and after the Ray runs;
-  2. steady-state images/s of `darkroom run` on one actor, and its ratio to the loop;
+     thread: what one CPU actor gets);
+  2. steady-state images/s of the same job through `darkroom.jobs.pipeline` on one actor, and
+     its ratio to the loop (rounds of both, side by side, median);
   3. the whole job's wall time from a cold `darkroom run` process (imports, Ray start-up, actor
-     start-up, generation, Parquet), and where the start-up time goes;
+     start-up, generation, Parquet) beside its generation time at the steady rate;
   4. the scaling from one to two actors (one torch thread each).
 Steady state for a job is read from the rows' `created_at` (when each batch finished on its
 actor): the images after each actor's first batch over the time they took, so start-up is left
@@ -48,16 +49,14 @@ def job_data(args: argparse.Namespace, root: Path, name: str, actors: int) -> di
     }
 
 
-def hand_written_loop(args: argparse.Namespace, prompts: list[str], seeds: list[int]) -> float:
-    """Steady-state images/s of a plain diffusers loop: the same calls, without Ray or Darkroom."""
+def load_pipeline(args: argparse.Namespace):
+    """The model as a plain diffusers pipeline with the sampler's scheduler."""
     import diffusers
-    import torch
 
-    from darkroom.platform.models import ModelSpec, infer_family, resolve_source
-    from darkroom.platform.records import encode_png, to_uint8
+    from darkroom.platform.models import ModelSpec, infer_family, quiet_libraries, resolve_source
     from darkroom.platform.samplers import SAMPLERS
 
-    torch.set_num_threads(1)
+    quiet_libraries()
     source, local = resolve_source(args.model)
     family = infer_family(ModelSpec(model=args.model), source, local)
     pipe = getattr(diffusers, family.pipeline).from_pretrained(source)
@@ -65,6 +64,17 @@ def hand_written_loop(args: argparse.Namespace, prompts: list[str], seeds: list[
     sampler = SAMPLERS[args.sampler]
     pipe.scheduler = getattr(diffusers, sampler.scheduler).from_config(
         pipe.scheduler.config, **sampler.overrides)
+    return pipe
+
+
+def hand_written_loop(args: argparse.Namespace, pipe, prompts: list[str],
+                      seeds: list[int]) -> float:
+    """Steady-state images/s of a plain diffusers loop: the same calls, without Ray or Darkroom."""
+    import torch
+
+    from darkroom.platform.records import encode_png, to_uint8
+
+    torch.set_num_threads(1)  # what each CPU actor gets
     size = {"width": args.size, "height": args.size} if args.size else {}
     started, count = None, 0
     for i in range(0, len(prompts), args.batch_size):
@@ -132,6 +142,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="0: the model's native size")
     parser.add_argument("--sampler", default="ddim")
     parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     root = Path(tempfile.mkdtemp(prefix="darkroom-bench-"))
@@ -147,34 +158,41 @@ def main() -> None:
     print(f"model {args.model}, {args.prompts} prompts, batch {args.batch_size}, "
           f"{args.steps} steps, {os.cpu_count()} CPUs")
 
-    # 3. a cold whole job first, while nothing else of ours is running
-    cold_wall, cold_out = cold_job(job_data(args, root, "cold-actors1", 1), root)
+    # a cold whole job first, while nothing else of ours is running
+    cold_wall, cold_out = cold_job(job_data(args, root, "cold", 1), root)
 
-    loop_before = hand_written_loop(args, prompts, seeds)
     import ray
 
+    pipe = load_pipeline(args)
     started = time.perf_counter()
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     ray_init = time.perf_counter() - started
-    wall1, job1 = run_in_process(job_data(args, root, "warm-actors1", 1), root)
-    wall2, job2 = run_in_process(job_data(args, root, "warm-actors2", 2), root)
+    # rounds of loop / 1 actor / 2 actors side by side: a shared machine's load drifts, so each
+    # ratio compares measurements taken moments apart, and the median ratio is reported
+    rounds = []
+    for r in range(args.rounds):
+        loop = hand_written_loop(args, pipe, prompts, seeds)
+        wall1, job1 = run_in_process(job_data(args, root, f"round{r}-actors1", 1), root)
+        wall2, job2 = run_in_process(job_data(args, root, f"round{r}-actors2", 2), root)
+        rounds.append((loop, job1, job2, wall1, wall2))
+        print(f"round {r + 1}: loop {loop:6.2f}, 1 actor {job1:6.2f}, 2 actors {job2:6.2f} "
+              f"images/s; job on a running Ray {wall1:.1f} s (1 actor), {wall2:.1f} s (2)")
     ray.shutdown()
-    loop_after = hand_written_loop(args, prompts, seeds)
-    loop = statistics.mean([loop_before, loop_after])
 
-    generated = args.prompts / job1
-    print(f"hand-written diffusers loop:   {loop:7.2f} images/s  (before {loop_before:.2f}, "
-          f"after {loop_after:.2f})")
-    print(f"darkroom job, 1 actor:         {job1:7.2f} images/s  steady state")
-    print(f"ratio job / loop:              {job1 / loop:7.3f}  (target >= 0.9)")
-    print(f"darkroom job, 2 actors:        {job2:7.2f} images/s  steady state")
-    print(f"scaling 1 -> 2 actors:         {job2 / job1:7.2f}x")
-    print(f"whole job, cold `darkroom run`: {cold_wall:6.1f} s for {args.prompts} images "
-          f"(generation alone ~{generated:.1f} s at the steady rate)")
-    print(f"  in-process: ray.init {ray_init:.1f} s; job on a running Ray, 1 actor "
-          f"{wall1:.1f} s, 2 actors {wall2:.1f} s")
+    median = statistics.median
+    loop, job1, job2 = (median(r[i] for r in rounds) for i in range(3))
+    ratio = median(r[1] / r[0] for r in rounds)
+    scaling = median(r[2] / r[1] for r in rounds)
+    print(f"hand-written diffusers loop:   {loop:7.2f} images/s  steady state (median)")
+    print(f"darkroom job, 1 actor:         {job1:7.2f} images/s  steady state (median)")
+    print(f"ratio job / loop:              {ratio:7.3f}  (median of rounds; target >= 0.9)")
+    print(f"darkroom job, 2 actors:        {job2:7.2f} images/s  steady state (median)")
+    print(f"scaling 1 -> 2 actors:         {scaling:7.2f}x (median of rounds)")
+    print(f"whole job, cold `darkroom run`: {cold_wall:6.1f} s for {args.prompts} images; "
+          f"generation alone ~{args.prompts / job1:.1f} s at the steady rate")
     summary = [line for line in cold_out.splitlines() if "generated" in line]
-    print(f"  cold run said: {summary[-1] if summary else '?'}")
+    print(f"  the cold run's own summary: {summary[-1] if summary else '?'}")
+    print(f"  ray.init (local, no dashboard) in this process: {ray_init:.1f} s")
 
 
 if __name__ == "__main__":

@@ -97,11 +97,19 @@ class Writer:
         self.log = log
         self.buffers: dict[tuple[str, str], list[pa.Table]] = defaultdict(list)
         self.last_flush = time.monotonic()
+        self.seen: set[str] = set()
         self.written: dict[str, int] = defaultdict(int)  # run_id -> image rows this invocation
         self.failed: dict[str, int] = defaultdict(int)  # run_id -> error rows this invocation
 
     def add(self, batch: pa.Table) -> int:
         """Buffer one Generator output batch; returns how many of its rows failed."""
+        # Ray Data hands each task's output over once, retries included; a row id seen twice
+        # would still never be written twice
+        ids = batch.column("row_id").to_pylist()
+        fresh = [row_id not in self.seen for row_id in ids]
+        self.seen.update(ids)
+        if not all(fresh):
+            batch = batch.filter(pa.array(fresh))
         failed_mask = pc.is_valid(batch.column("error"))
         images = batch.filter(pc.invert(failed_mask))
         errors = batch.filter(failed_mask)

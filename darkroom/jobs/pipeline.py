@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -170,11 +171,15 @@ def dataset(spec: JobSpec, model: ModelSpec, rows: list[dict]) -> Any:
 def connect_ray(log: Callable[[str], None] = print) -> None:
     """Join RAY_ADDRESS if set (a cluster, or the job's own under `ray job submit`), else start a
     local Ray for this process: no dashboard, which saves about a second and a process."""
+    address = os.environ.get("RAY_ADDRESS")
+    if not address and "ray" not in sys.modules:
+        # Ray's own default for a new local instance (token auth), chosen explicitly so Ray does
+        # not warn about it; Ray reads the mode when it is imported
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
     if address:
         from darkroom.jobs.submit import enable_token_auth
 

@@ -1,4 +1,4 @@
-"""The job file: a frozen pydantic `JobSpec`, its YAML loader and `key=value` overrides.
+"""The job file: a frozen pydantic `JobSpec`, loaded from YAML with every problem reported at once.
 
 `load(path, overrides)` reports every problem of a job file at once, each with its field path, the
 bad value and the fix; nothing is loaded or started before it succeeds. Prompt sources and model
@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -25,33 +24,20 @@ from pydantic import (
 )
 
 from darkroom.evals.spec import EvalSpec, TrackingSpec
+from darkroom.jobs.yamlfile import (
+    NO_VALUE,
+    JobSpecError,
+    Problem,
+    apply_overrides,
+    dotted,
+    parse_yaml,
+)
 from darkroom.platform.errors import UserError, did_you_mean
 from darkroom.platform.models import ModelSpec
 from darkroom.platform.runtime import RuntimeSpec
 from darkroom.platform.samplers import SamplerSpec
 
-_NO_VALUE = object()
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-
-
-class Problem:
-    """One thing wrong with a job file: where, what, and the value found there."""
-
-    def __init__(self, path: str, message: str, value: Any = _NO_VALUE) -> None:
-        self.path, self.message, self.value = path or "(top level)", message, value
-
-    def __str__(self) -> str:
-        got = "" if self.value is _NO_VALUE else f" (got {self.value!r:.80})"
-        return f"{self.path}: {self.message}{got}"
-
-
-class JobSpecError(UserError):
-    """A job file with problems; `problems` lists every one of them."""
-
-    def __init__(self, source: str, problems: Sequence[Problem]) -> None:
-        self.problems = list(problems)
-        lines = "\n".join(f"  {p}" for p in self.problems)
-        super().__init__(f"{source}: {len(self.problems)} problem(s):\n{lines}")
 
 
 # -- sections ---------------------------------------------------------------------------------
@@ -219,6 +205,16 @@ class JobSpec(_Section):
             )
         return name
 
+    @field_validator("output")
+    @classmethod
+    def _folder(cls, output: str) -> str:
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", output):
+            raise ValueError(
+                "`output` is a folder (local, or a mounted volume on a cluster), not a URL; "
+                "mount the bucket and give its path"
+            )
+        return output
+
     @field_validator("models")
     @classmethod
     def _unique_labels(cls, models: list[ModelSpec]) -> list[ModelSpec]:
@@ -256,98 +252,6 @@ class JobSpec(_Section):
 
 def json_schema() -> dict[str, Any]:
     return JobSpec.model_json_schema(by_alias=True)
-
-
-# -- YAML with duplicate keys rejected ----------------------------------------------------------
-
-
-def parse_yaml(text: str, source: str) -> dict[str, Any]:
-    """YAML text -> a mapping; duplicate keys anywhere are problems, not silent overwrites."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as err:
-        raise UserError(f"{source}: not valid YAML: {err}") from err
-    if node is None:
-        raise JobSpecError(source, [Problem("", "the job file is empty; start from "
-                                            "configs/jobs/smoke.yaml")])
-    problems: list[Problem] = []
-    _find_duplicates(node, [], problems)
-    if problems:
-        raise JobSpecError(source, problems)
-    data = yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise JobSpecError(source, [Problem("", "a job file is a mapping of keys (name, prompts, "
-                                            "models, ...)", data)])
-    return data
-
-
-def _find_duplicates(node: yaml.Node, path: list, problems: list[Problem]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        lines: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value
-            line = key_node.start_mark.line + 1
-            if key in lines:
-                problems.append(Problem(
-                    _dotted([*path, key]),
-                    f"duplicate key `{key}` (lines {lines[key]} and {line}); keep one",
-                ))
-            lines.setdefault(key, line)
-            _find_duplicates(value_node, [*path, key], problems)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _find_duplicates(item, [*path, i], problems)
-
-
-def _dotted(path: Sequence[Any]) -> str:
-    return ".".join(str(p) for p in path)
-
-
-# -- key=value overrides ----------------------------------------------------------------------
-
-
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """`sweep.steps=[2,4]`, `prompts.limit=4`, `models.0.dtype=bf16`: values are YAML."""
-    problems = []
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            problems.append(Problem(f"override {item!r}", "write overrides as KEY=VALUE, "
-                                    "e.g. sweep.steps=[2,4] or prompts.limit=8"))
-            continue
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as err:
-            problems.append(Problem(key, f"override value is not valid YAML: {err}", raw))
-            continue
-        problem = _set_path(data, key.strip().split("."), value)
-        if problem:
-            problems.append(problem)
-    if problems:
-        raise JobSpecError("overrides", problems)
-    return data
-
-
-def _set_path(data: Any, parts: list[str], value: Any) -> Problem | None:
-    node = data
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        here = _dotted(parts[: depth + 1])
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                return Problem(here, f"index must be 0..{len(node) - 1}", part)
-            index: Any = int(part)
-        elif isinstance(node, dict):
-            index = part
-            if not last and not isinstance(node.get(part), dict | list):
-                node[part] = {}
-        else:
-            return Problem(here, f"`{_dotted(parts[:depth])}` is not a section", node)
-        if last:
-            node[index] = value
-        else:
-            node = node[index]
-    return None
 
 
 # -- validation with every problem reported at once ---------------------------------------------
@@ -410,10 +314,10 @@ def _problem(error: dict[str, Any]) -> Problem:
     if error["type"] == "extra_forbidden":
         known = _field_names(loc[:-1])
         hint = did_you_mean(str(loc[-1]), known) if known else ""
-        return Problem(_dotted(loc), f"unknown key `{loc[-1]}`;{hint}")
+        return Problem(dotted(loc), f"unknown key `{loc[-1]}`;{hint}")
     if error["type"] == "missing":
-        return Problem(_dotted(loc), "required key is missing")
-    return Problem(_dotted(loc), message, error.get("input", _NO_VALUE))
+        return Problem(dotted(loc), "required key is missing")
+    return Problem(dotted(loc), message, error.get("input", NO_VALUE))
 
 
 _UNION_TAGS = {"int", "float", "str", "constrained-int", "constrained-float", "function-before"}

@@ -95,7 +95,7 @@ def client_for(address: str | None) -> Any:
 def stage(job_path: str | Path, overrides: Sequence[str], folder: Path) -> dict[str, Any]:
     """Write the validated job and copies of its inputs into `folder`; returns the job data."""
     spec = load(job_path, overrides)
-    if "://" not in spec.output and not Path(spec.output).is_absolute():
+    if not Path(spec.output).is_absolute():
         raise UserError(
             f"`output` is the relative path {spec.output!r}; on a cluster it would land in the "
             "job's temporary working folder. Give an absolute path on storage the head node "
