@@ -131,3 +131,21 @@ def test_bad_control_images_go_to_errors_within_budget(ray_session, tmp_path):
     assert sum(pq.read_metadata(f).num_rows
                for f in layout.parquet_files(run_dir / layout.IMAGES)) == 3
 
+
+
+def test_class_labels_by_id_and_name(ray_session, tmp_path):
+    spec = validate({
+        "name": "classes",
+        "output": str(tmp_path / "out"),
+        "prompts": {"classes": [3, "seven"], "images_per_prompt": 2},
+        "models": [{"model": "tiny:dit"}],
+        "sweep": {"sampler": ["ddim"], "steps": [1], "guidance_scale": [1.0]},
+        "runtime": {"device": "cpu"},
+    }, base=tmp_path)
+    assert run_job(spec).generated == 4
+    (run_dir,) = layout.run_dirs(tmp_path / "out" / "classes")
+    table = layout.read_table(run_dir / layout.IMAGES)
+    labels = dict(zip(table.column("row_id").to_pylist(), table.column("class_label").to_pylist(),
+                      strict=True))
+    assert sorted(labels.values()) == [3, 3, 7, 7]
+    assert all(labels[row_id] == 7 for row_id in labels if "/00001/" in row_id)
