@@ -91,7 +91,11 @@ class PromptSource(_Section):
 
 
 def _sampler_entry(value: Any) -> Any:
-    return {"name": value} if isinstance(value, str) else value
+    if isinstance(value, str):
+        return {"name": value}
+    if not isinstance(value, dict | SamplerSpec):
+        raise ValueError("a sampler is a name (ddim) or {name: ..., overrides: {...}}")
+    return value
 
 
 SamplerEntry = Annotated[
@@ -226,6 +230,14 @@ class JobSpec(_Section):
                     "give each a distinct `name`"
                 )
         return models
+
+    @field_validator("error_budget", mode="before")
+    @classmethod
+    def _a_number(cls, budget: Any) -> Any:
+        if isinstance(budget, bool) or not isinstance(budget, int | float):
+            raise ValueError("`error_budget` is a count of rows (5) or a fraction of all rows "
+                             "(0.01)")
+        return budget
 
     @field_validator("error_budget")
     @classmethod
