@@ -178,7 +178,8 @@ def images_dataset(files: Sequence[str], groups: Sequence[str]):
     import ray
 
     by_path = {_norm(str(f)): g for f, g in zip(files, groups, strict=True)}
-    ds = ray.data.read_parquet(list(files), columns=INPUT_COLUMNS, include_paths=True)
+    ds = ray.data.read_parquet(list(files), include_paths=True).select_columns(
+        [*INPUT_COLUMNS, "path"])
 
     def add_group(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch["group"] = np.array([by_path[_norm(p)] for p in batch.pop("path")], dtype=object)

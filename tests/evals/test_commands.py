@@ -37,7 +37,7 @@ def test_eval_a_run_folder_with_settings_from_job_yaml(ray_session, make_run, tm
                  "--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    results = json.loads(captured.out[captured.out.index("["):])
+    results = json.loads(captured.out[captured.out.index("[\n"):])
     assert [r["run_id"] for r in results] == ["run-dit"]
     result = results[0]
     assert result["metrics"]["nsfw_rate"] == 1.0  # the flag's threshold over the yaml's default
