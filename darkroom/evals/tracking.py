@@ -50,13 +50,23 @@ def versions() -> dict[str, str]:
     return found
 
 
+def artifact_root(uri: str) -> str | None:
+    """For a SQLite store, its `mlruns/` folder beside the database file: MLflow's own default is
+    ./mlruns in whatever folder the process happens to run in."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///"))
+    return (database.resolve().parent / "mlruns").as_uri()
+
+
 def experiment_id(mlflow_client, name: str) -> str:
     found = mlflow_client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":
             mlflow_client.restore_experiment(found.experiment_id)
         return found.experiment_id
-    return mlflow_client.create_experiment(name)
+    return mlflow_client.create_experiment(
+        name, artifact_location=artifact_root(mlflow_client.tracking_uri))
 
 
 def open_run(mlflow_client, experiment: str, key: str, name: str, tags: Mapping[str, str]) -> str:

@@ -21,8 +21,7 @@ DIGITS_WEIGHTS = (Path(__file__).parents[2] / "darkroom" / "platform" / "zoo" / 
 
 
 @pytest.mark.ray
-def test_eval_a_run_folder_with_settings_from_job_yaml(ray_session, make_run, tmp_path, capsys,
-                                                       monkeypatch):
+def test_eval_a_run_folder_with_settings_from_job_yaml(ray_session, make_run, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
     job_dir = tmp_path / "out" / "digits-job"
@@ -31,7 +30,6 @@ def test_eval_a_run_folder_with_settings_from_job_yaml(ray_session, make_run, tm
     (job_dir / "job.yaml").write_text(
         "name: digits-job\neval:\n  metrics: [safety, class_accuracy]\n"
         "tracking: {experiment: from-yaml}\n")
-    monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     code = main(["eval", str(run_dir), "--safety-threshold", "0", "--tracking-uri", uri,
                  "--json"])
@@ -47,6 +45,7 @@ def test_eval_a_run_folder_with_settings_from_job_yaml(ray_session, make_run, tm
         assert "darkroom zoo train-digits" in result["missing"]["class_accuracy"]
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("from-yaml")
+    assert experiment.artifact_location == (tmp_path / "mlruns").as_uri()
     runs = client.search_runs([experiment.experiment_id],
                               filter_string="tags.`darkroom.kind` = 'run'")
     assert len(runs) == 1 and runs[0].data.params["image_count"] == "6"

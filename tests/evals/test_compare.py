@@ -36,21 +36,16 @@ def logged(sd_job, tmp_path_factory):
     """The sd job's runs logged to a SQLite MLflow store with given metrics (no Ray needed)."""
     root = tmp_path_factory.mktemp("compare")
     uri = f"sqlite:///{root}/mlflow.db"
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        results = []
-        for run_dir in layout.run_dirs(sd_job):
-            timing = {"images": 18, "seconds": 18 / SPEEDS[run_dir.name],
-                      "images_per_s": SPEEDS[run_dir.name]}
-            results.append(RunResult(run_dir.name, run_dir,
-                                     layout.read_json(run_dir / layout.RUN_INFO), timing,
-                                     count=18, metrics={"fid": FIDS[run_dir.name]},
-                                     missing={"kid": "not asked"}))
-        log_job(results, {"backend": "cleanfid"}, sd_job, TrackingSpec(uri=uri),
-                experiment="cmp", job_spec={"name": "cmp"}, eval_spec=EvalSpec())
-    finally:
-        os.chdir(cwd)
+    results = []
+    for run_dir in layout.run_dirs(sd_job):
+        timing = {"images": 18, "seconds": 18 / SPEEDS[run_dir.name],
+                  "images_per_s": SPEEDS[run_dir.name]}
+        results.append(RunResult(run_dir.name, run_dir,
+                                 layout.read_json(run_dir / layout.RUN_INFO), timing, count=18,
+                                 metrics={"fid": FIDS[run_dir.name]},
+                                 missing={"kid": "not asked"}))
+    log_job(results, {"backend": "cleanfid"}, sd_job, TrackingSpec(uri=uri), experiment="cmp",
+            job_spec={"name": "cmp"}, eval_spec=EvalSpec())
     return {"uri": uri, "root": root}
 
 
@@ -61,8 +56,7 @@ def test_pareto_front():
     assert pareto_front(points, higher_is_better=True) == [4]  # fastest and best at once
 
 
-def test_compare_prints_ranked_table_and_writes_a_report(logged, capsys, monkeypatch):
-    monkeypatch.chdir(logged["root"])
+def test_compare_prints_ranked_table_and_writes_a_report(logged, capsys):
     html = logged["root"] / "report.html"
     code = main(["compare", "--experiment", "cmp", "--metric", "fid", "--html", str(html),
                  "--tracking-uri", logged["uri"]])
@@ -158,9 +152,7 @@ def _open_in_chromium(url: str, profile: Path) -> dict:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
-def test_report_renders_in_headless_chromium_without_console_errors(logged, tmp_path,
-                                                                   monkeypatch):
-    monkeypatch.chdir(logged["root"])
+def test_report_renders_in_headless_chromium_without_console_errors(logged, tmp_path):
     html = tmp_path / "report.html"
     assert main(["compare", "--experiment", "cmp", "--html", str(html),
                  "--tracking-uri", logged["uri"]]) == 0

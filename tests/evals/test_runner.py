@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -42,21 +41,16 @@ def reference_folder(folder: Path, count: int = 40) -> Path:
 def evaluated(ray_session, sd_job, tiny_clip_dir, tmp_path_factory):
     """The sd job evaluated once with every metric; MLflow in SQLite under a temporary folder."""
     root = tmp_path_factory.mktemp("mlflow")
-    cwd = os.getcwd()
-    os.chdir(root)  # MLflow's default artifact root is ./mlruns
-    try:
-        before = _hashes(sd_job)
-        spec = EvalSpec(metrics=["fid", "kid", "clip_score", "safety", "class_accuracy"],
-                        feature_extractor="tiny",
-                        reference={"folder": str(reference_folder(root / "reference"))},
-                        clip_model=str(tiny_clip_dir), kid_subset_size=10, batch_size=8)
-        uri = f"sqlite:///{root}/mlflow.db"
-        results = evaluate_job(sd_job, spec, TrackingSpec(uri=uri), experiment="smoke",
-                               job_spec=JOB_SPEC)
-        yield {"results": {r["run_id"]: r for r in results}, "uri": uri, "root": root,
-               "before": before, "spec": spec}
-    finally:
-        os.chdir(cwd)
+    before = _hashes(sd_job)
+    spec = EvalSpec(metrics=["fid", "kid", "clip_score", "safety", "class_accuracy"],
+                    feature_extractor="tiny",
+                    reference={"folder": str(reference_folder(root / "reference"))},
+                    clip_model=str(tiny_clip_dir), kid_subset_size=10, batch_size=8)
+    uri = f"sqlite:///{root}/mlflow.db"
+    results = evaluate_job(sd_job, spec, TrackingSpec(uri=uri), experiment="smoke",
+                           job_spec=JOB_SPEC)
+    return {"results": {r["run_id"]: r for r in results}, "uri": uri, "root": root,
+            "before": before, "spec": spec}
 
 
 def test_every_metric_is_a_number_or_missing_with_a_reason(evaluated, sd_job):
@@ -120,6 +114,8 @@ def _client(uri):
 def test_mlflow_parent_children_params_metrics_artifacts_tags(evaluated):
     client = _client(evaluated["uri"])
     experiment = client.get_experiment_by_name("smoke")
+    # artifacts beside the SQLite file, not in whatever folder the process runs in
+    assert experiment.artifact_location == (evaluated["root"] / "mlruns").as_uri()
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("darkroom.kind") == "job"]
     children = [r for r in runs if r.data.tags.get("darkroom.kind") == "run"]
@@ -172,7 +168,6 @@ def test_again_offline_without_inception_updates_the_same_runs(evaluated, sd_job
 
     monkeypatch.delenv(INCEPTION_ENV, raising=False)
     monkeypatch.setattr(extractors, "CLEANFID_CACHE", tmp_path)
-    monkeypatch.chdir(evaluated["root"])
     spec = evaluated["spec"].model_copy(update={
         "feature_extractor": "inception", "safety": {"checker": "nudenet", "threshold": 0.0},
         "metrics": ["fid", "kid", "safety"]})
