@@ -110,24 +110,25 @@ def _submit(args: argparse.Namespace) -> int:
                             ship_package=args.ship_package)
     print(f"submitted {job_id}")
     if not args.wait:
-        print(f"follow it with: darkroom logs {job_id} --follow --address {client.address}")
+        print(f"follow it with: darkroom logs {job_id} --follow --address {client.get_address()}")
         return 0
     return follow(client, job_id)
 
 
 def _status(args: argparse.Namespace) -> int:
-    from darkroom.jobs.submit import client_for
+    from darkroom.jobs.submit import client_for, job_info
 
     client = client_for(args.address)
-    info = client.get_job_info(args.job_id)
+    info = job_info(client, args.job_id)
     print(f"{args.job_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
     return 0
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from darkroom.jobs.submit import client_for, follow
+    from darkroom.jobs.submit import client_for, follow, job_info
 
     client = client_for(args.address)
+    job_info(client, args.job_id)  # an unknown id fails here, clearly
     if args.follow:
         return follow(client, args.job_id)
     print(client.get_job_logs(args.job_id), end="")

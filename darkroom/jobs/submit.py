@@ -92,6 +92,17 @@ def client_for(address: str | None) -> Any:
         ) from err
 
 
+def job_info(client: Any, job_id: str) -> Any:
+    """A submitted job's details; an unknown id is a user error, not a crash."""
+    try:
+        return client.get_job_info(job_id)
+    except RuntimeError as err:
+        if "404" in str(err):
+            raise UserError(f"no job `{job_id}` on {client.get_address()}; `ray job list --address "
+                            f"{client.get_address()}` lists the cluster's jobs") from err
+        raise
+
+
 def stage(job_path: str | Path, overrides: Sequence[str], folder: Path) -> dict[str, Any]:
     """Write the validated job and copies of its inputs into `folder`; returns the job data."""
     spec = load(job_path, overrides)

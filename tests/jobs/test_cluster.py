@@ -100,27 +100,34 @@ def test_submit_to_a_two_node_cluster(cluster, tmp_path, monkeypatch, capsys):
     }))
     output = root / "out"
     command = [sys.executable, "-m", "darkroom", "submit", str(tmp_path / "job.yaml"),
-               "--address", DASHBOARD, "--wait",
+               "--address", DASHBOARD,
                "--env", f"DARKROOM_CACHE={os.environ['DARKROOM_CACHE']}", f"output={output}"]
     # the client has the token but not RAY_AUTH_MODE: darkroom must send it by itself
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["RAY_AUTH_TOKEN_PATH"] = str(token)
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=420)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     job_id = re.search(r"submitted (darkroom-cluster-\w+)", done.stdout).group(1)
-    assert f"{job_id}: SUCCEEDED" in done.stdout
+    assert f"darkroom logs {job_id} --follow --address {DASHBOARD}" in done.stdout
+
+    # follow it to the end (what `submit --wait` does), then ask for its status (HTTP only)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    assert main(["logs", job_id, "--follow", "--address", DASHBOARD]) == 0
+    followed = capsys.readouterr().out
+    assert "12 image(s) generated" in followed and f"{job_id}: SUCCEEDED" in followed
 
     (run_dir,) = layout.run_dirs(output / "cluster")
     ids = Counter(layout.read_table(run_dir / layout.IMAGES, columns=["row_id"])
                   .column("row_id").to_pylist())
     assert len(ids) == 12 and set(ids.values()) == {1}
 
-    # status and logs of the finished job (HTTP only)
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     assert main(["status", job_id, "--address", DASHBOARD]) == 0
     assert f"{job_id}: SUCCEEDED" in capsys.readouterr().out
     assert main(["logs", job_id, "--address", DASHBOARD]) == 0
     assert "12 image(s) generated" in capsys.readouterr().out
+
+    assert main(["status", "darkroom-no-such-job", "--address", DASHBOARD]) == 2
+    assert "no job `darkroom-no-such-job`" in capsys.readouterr().err
 
     # without the token the cluster refuses, and darkroom says what to do
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
