@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,6 +24,7 @@ from darkroom.platform.runtime import configure_threads
 from darkroom.serve.spec import ServeSpec
 
 PENDING = "pending"  # a batch member whose group has not run yet
+TICKET = "_ticket"
 
 
 class GroupFailed:
@@ -57,23 +60,50 @@ class ImageModel:
             initargs=(self.spec.runtime, self.generator.device),
         )
         self._batched.set_max_batch_size(self.spec.batching.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.spec.batching.batch_wait_timeout_s)
+        self._wait_s = self.spec.batching.batch_wait_timeout_s
+        self._busy_until = 0.0  # when the running pipeline call is expected to end
+        self._last_run_s = 0.0
+        self._seconds_per_work = 0.0  # of the last pipeline call, per image x steps x pixels
+        self._waiting: set[int] = set()  # tickets of rows in Serve's batch queue, not started
+        self._tickets = itertools.count()
 
     async def generate(self, row: dict[str, Any]) -> dict[str, Any]:
         """One request row in, one answer out (see `_answer`)."""
         if self.class_conditional and row.get("class_label") is None:
             row = {**row, "class_label": row.get("prompt")}
+        self._batched.set_batch_wait_timeout_s(self._batch_wait_s())
+        ticket = next(self._tickets)
+        self._waiting.add(ticket)
         result: Any = PENDING
-        # consume the whole stream, so no batch future is left unread
-        async for item in self._batched(row):
-            if not isinstance(item, str):
-                result = item
+        try:
+            # consume the whole stream, so no batch future is left unread
+            async for item in self._batched({**row, TICKET: ticket}):
+                if not isinstance(item, str):
+                    result = item
+        finally:  # also when the caller went away before its batch started
+            self._waiting.discard(ticket)
         if isinstance(result, GroupFailed):
             raise result.error
         return result
 
+    def _batch_wait_s(self) -> float:
+        """How long a batch that starts forming now may wait for more requests.
+
+        Serve forms the next batch while earlier ones run or wait, and closes a batch
+        `batch_wait_timeout_s` after its first request. While the pipeline is busy there is no
+        hurry: a batch may keep filling until the pipeline is expected to be free for it (the
+        running call, then the full batches already waiting), so busy periods give full batches
+        and only an idle pipeline pays the configured wait.
+        """
+        ahead = len(self._waiting) // self.spec.batching.max_batch_size
+        busy_s = self._busy_until - time.monotonic() + ahead * self._last_run_s
+        return max(self._wait_s, busy_s)
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
     async def _batched(self, rows: list[dict[str, Any]]) -> AsyncIterator[list[Any]]:
+        rows = [dict(row) for row in rows]
+        for row in rows:
+            self._waiting.discard(row.pop(TICKET))
         groups: dict[tuple, list[int]] = {}
         for index, row in enumerate(rows):
             groups.setdefault(self._settings_key(row), []).append(index)
@@ -81,12 +111,18 @@ class ImageModel:
         loop = asyncio.get_running_loop()
         for key in sorted(groups, key=_cost):
             members = groups[key]
+            started = time.monotonic()
+            work = _cost(key) * len(members)
+            self._busy_until = started + self._seconds_per_work * work
             try:
                 answers = await loop.run_in_executor(
                     self.pool, self._run, [rows[i] for i in members]
                 )
             except Exception as err:  # a failed group fails only its own callers
                 answers = [GroupFailed(err)] * len(members)
+            self._last_run_s = time.monotonic() - started
+            self._seconds_per_work = self._last_run_s / max(work, 1)
+            self._busy_until = 0.0
             by_index = dict(zip(members, answers, strict=True))
             yield [by_index.get(i, StopIteration if i in finished else PENDING)
                    for i in range(len(rows))]
