@@ -58,6 +58,24 @@ def stop(process: subprocess.Popen) -> None:
         pass
 
 
+def stop_leftovers(root: Path, timeout: float = 20.0) -> list[int]:
+    """Ray starts some of its processes in sessions of their own, out of reach of the node's
+    process group; they all name the cluster's unique temp folder, so find them by it. Returns
+    the pids still alive after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True)
+        pids = [int(p) for p in found.stdout.split()]
+        if not pids or time.monotonic() > deadline:
+            return pids
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+
+
 @pytest.fixture
 def cluster():
     root = Path(tempfile.mkdtemp(prefix="drc-", dir="/tmp"))  # short: Ray's socket paths
@@ -80,9 +98,9 @@ def cluster():
     finally:
         for node in reversed(nodes):
             stop(node)
-        leftovers = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True)
+        survivors = stop_leftovers(root)
         shutil.rmtree(root, ignore_errors=True)
-        assert not leftovers.stdout.strip(), "processes of the test cluster survived"
+        assert not survivors, f"processes of the test cluster survived: {survivors}"
 
 
 def test_submit_to_a_two_node_cluster(cluster, tmp_path, monkeypatch, capsys):
