@@ -52,19 +52,21 @@ class ImageModel:
         self.class_conditional = self.generator.family.conditioning == "class"
         self.checker = _safety_checker(self.spec) if self.spec.safety.on else None
         # One thread owns the pipeline: calls never overlap, and the event loop stays free to
-        # collect the next batch while this one runs.
-        self.pool = ThreadPoolExecutor(
+        # collect the next batch while this one runs. The safety checker has its own thread, so
+        # the next batch is generated while this one is checked (a GPU does not wait for it).
+        self.pipeline = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix="pipeline",
             initializer=configure_threads,
             initargs=(self.spec.runtime, self.generator.device),
         )
+        self.safety = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safety")
         self._batched.set_max_batch_size(self.spec.batching.max_batch_size)
         self._wait_s = self.spec.batching.batch_wait_timeout_s
         self._busy_until = 0.0  # when the running pipeline call is expected to end
         self._last_run_s = 0.0
         self._seconds_per_work = 0.0  # of the last pipeline call, per image x steps x pixels
-        self._waiting: set[int] = set()  # tickets of rows in Serve's batch queue, not started
+        self._waiting: set[int] = set()  # tickets of rows not yet in the pipeline
         self._tickets = itertools.count()
 
     async def generate(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -99,11 +101,10 @@ class ImageModel:
         busy_s = self._busy_until - time.monotonic() + ahead * self._last_run_s
         return max(self._wait_s, busy_s)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05, max_concurrent_batches=2)
     async def _batched(self, rows: list[dict[str, Any]]) -> AsyncIterator[list[Any]]:
         rows = [dict(row) for row in rows]
-        for row in rows:
-            self._waiting.discard(row.pop(TICKET))
+        tickets = [row.pop(TICKET) for row in rows]
         groups: dict[tuple, list[int]] = {}
         for index, row in enumerate(rows):
             groups.setdefault(self._settings_key(row), []).append(index)
@@ -111,18 +112,16 @@ class ImageModel:
         loop = asyncio.get_running_loop()
         for key in sorted(groups, key=_cost):
             members = groups[key]
-            started = time.monotonic()
             work = _cost(key) * len(members)
-            self._busy_until = started + self._seconds_per_work * work
             try:
-                answers = await loop.run_in_executor(
-                    self.pool, self._run, [rows[i] for i in members]
+                made = await loop.run_in_executor(
+                    self.pipeline, self._generate, [rows[i] for i in members], work,
+                    [tickets[i] for i in members],
                 )
+                answers = (self._check(made) if self.checker is None
+                           else await loop.run_in_executor(self.safety, self._check, made))
             except Exception as err:  # a failed group fails only its own callers
                 answers = [GroupFailed(err)] * len(members)
-            self._last_run_s = time.monotonic() - started
-            self._seconds_per_work = self._last_run_s / max(work, 1)
-            self._busy_until = 0.0
             by_index = dict(zip(members, answers, strict=True))
             yield [by_index.get(i, StopIteration if i in finished else PENDING)
                    for i in range(len(rows))]
@@ -144,9 +143,22 @@ class ImageModel:
         except (TypeError, ValueError):  # the Generator reports the bad field for this row
             return ("", 0, 0, 0, 0.0)
 
-    def _run(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """On the pipeline thread: the Generator, then the safety checker, for one group."""
-        out = self.generator.generate(rows)
+    def _generate(
+        self, rows: list[dict[str, Any]], work: float, tickets: list[int]
+    ) -> list[dict[str, Any]]:
+        """On the pipeline thread: one group through the Generator, timed for `_batch_wait_s`."""
+        self._waiting.difference_update(tickets)
+        started = time.monotonic()
+        self._busy_until = started + self._seconds_per_work * work
+        try:
+            return self.generator.generate(rows)
+        finally:
+            self._last_run_s = time.monotonic() - started
+            self._seconds_per_work = self._last_run_s / max(work, 1)
+            self._busy_until = 0.0
+
+    def _check(self, out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """On the safety thread: score the group's images; flagged ones are withheld."""
         made = [i for i, row in enumerate(out) if row["error"] is None]
         scores: dict[int, float] = {}
         flags: dict[int, bool] = {}
