@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import time
 
 
@@ -19,11 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from darkroom.platform.models import resolve_source
     from darkroom.serve.app import application
     from darkroom.serve.spec import load_spec
 
     spec = load_spec(args.file)
     app = application(spec)  # also checks the API key variable
+    attached = bool(os.environ.get("RAY_ADDRESS"))
+    if not attached:  # the replicas will see this machine's files: check the model's name now
+        resolve_source(spec.model.model)
     url = f"http://{spec.http.host}:{spec.http.port}{spec.http.route_prefix.rstrip('/')}"
     scaling = spec.autoscaling
     print(
@@ -39,12 +44,19 @@ def _serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    attached = bool(os.environ.get("RAY_ADDRESS"))
     ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
     serve.start(http_options={"host": spec.http.host, "port": spec.http.port})
-    serve.run(app, name=spec.name, route_prefix=spec.http.route_prefix)
-    print(f"serving at {url}/v1 (API docs: {url}/docs); Ctrl-C stops it", flush=True)
+    # SIGTERM (a supervisor, `kill`) stops it like Ctrl-C; SIGINT is restored for shells that
+    # start background jobs with it ignored
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     try:
+        serve.run(app, name=spec.name, route_prefix=spec.http.route_prefix)
+        if attached:  # a cluster's running Serve keeps its own HTTP host and port
+            print(f"serving at route {spec.http.route_prefix} of the Serve proxy of "
+                  f"{os.environ['RAY_ADDRESS']}; Ctrl-C removes the app", flush=True)
+        else:
+            print(f"serving at {url}/v1 (API docs: {url}/docs); Ctrl-C stops it", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -53,4 +65,9 @@ def _serve(args: argparse.Namespace) -> int:
         serve.delete(spec.name)
         if not attached:
             serve.shutdown()
+            ray.shutdown()
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -389,3 +389,37 @@ def test_rays_serve_run_deploys_the_rayservice_import_path(serve_url, tmp_path) 
         assert decode(response.json()["data"][0]["b64_json"]).shape == (64, 64, 3)
     finally:
         serve.delete("cli")
+
+
+def test_darkroom_serve_command_on_a_running_cluster(serve_url, tmp_path) -> None:
+    """`darkroom serve FILE` with RAY_ADDRESS set: deploys, answers, and SIGTERM removes the app."""
+    import signal
+    import subprocess
+    import sys
+
+    import ray
+    from ray import serve
+
+    serve_file = tmp_path / "serve.yaml"
+    serve_file.write_text(
+        "name: cmd\nmodel: {model: 'tiny:dit'}\ndefaults: {steps: 2}\nresources: {num_cpus: 0.5}\n"
+        "runtime: {device: cpu}\nsafety: {on: false}\nhttp: {route_prefix: /cmd}\n"
+    )
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    command = [sys.executable, "-m", "darkroom", "serve", str(serve_file)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        started = time.monotonic()
+        lines = []
+        while not any("serving at" in line for line in lines):
+            assert time.monotonic() - started < 150 and process.poll() is None, lines
+            lines.append(process.stdout.readline())
+        response = httpx.post(f"{serve_url}/cmd/v1/images/generations", timeout=60,
+                              json={"prompt": "two"})
+        assert response.status_code == 200, response.text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        assert "cmd" not in serve.status().applications
+    finally:
+        if process.poll() is None:
+            process.kill()

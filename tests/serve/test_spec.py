@@ -81,6 +81,12 @@ def test_missing_file_and_missing_api_key_are_user_errors(tmp_path, capsys, monk
     assert "DARKROOM_NO_SUCH_KEY, which is not set" in capsys.readouterr().err
 
 
+def test_an_unknown_model_name_is_caught_before_ray_starts(tmp_path, capsys) -> None:
+    path = write(tmp_path, "model: {model: 'tiny:ditt'}\n")
+    assert main(["serve", str(path), "--dry-run"]) == 2
+    assert "did you mean `tiny:dit`" in capsys.readouterr().err
+
+
 def test_dry_run_prints_the_plan(capsys) -> None:
     assert main(["serve", str(ROOT / "configs/serve/tiny.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
