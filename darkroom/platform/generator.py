@@ -177,7 +177,8 @@ class Generator:
 
     def _class_label(self, label: Any, prompt: Any) -> int | None:
         if self.family.conditioning != "class":
-            return None
+            # not conditioning, but recorded: the class a prompt asks for, to judge accuracy by
+            return int(label) if str(label).strip().lstrip("-").isdigit() else None
         if label is None:
             hint = f" (got prompt {str(prompt)[:40]!r})" if prompt else ""
             raise RowError(

@@ -219,3 +219,13 @@ def test_fixed_batch_size_caps_rows_per_call():
     gen = Generator({"model": "tiny:sd"}, runtime={"batch_size": 3}, defaults={"steps": 2})
     out = gen.generate([request(i) for i in range(7)])
     assert [r["batch_size"] for r in out] == [3, 3, 3, 3, 3, 3, 1]
+
+
+def test_text_models_record_the_class_a_prompt_asks_for(generators):
+    asked, unlabeled = generators["sd"].generate([
+        request(0, prompt="a handwritten seven", class_label=7),
+        request(1, prompt="a red fox", class_label=None),
+    ])
+    assert asked["class_label"] == 7 and unlabeled["class_label"] is None
+    plain = generators["sd"].generate([request(0, prompt="a handwritten seven", class_label=None)])
+    assert np.array_equal(pixels(asked), pixels(plain[0]))  # a label never changes a text image
