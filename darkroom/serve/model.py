@@ -151,11 +151,13 @@ class ImageModel:
         started = time.monotonic()
         self._busy_until = started + self._seconds_per_work * work
         try:
-            return self.generator.generate(rows)
+            out = self.generator.generate(rows)
         finally:
+            self._busy_until = 0.0
+        if any(row["error"] is None for row in out):  # rows refused up front cost no time
             self._last_run_s = time.monotonic() - started
             self._seconds_per_work = self._last_run_s / max(work, 1)
-            self._busy_until = 0.0
+        return out
 
     def _check(self, out: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """On the safety thread: score the group's images; flagged ones are withheld."""
