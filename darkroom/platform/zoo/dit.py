@@ -19,7 +19,9 @@ from darkroom.platform.zoo.vae import LATENT_CHANNELS, LATENT_SIZE, encode_train
 # classes (+ the null row); only ids 0-9 and 1000 are ever trained.
 NULL_CLASS = 1000
 LABEL_DROPOUT = 0.1
-DEFAULT_GUIDANCE = 4.0
+# From the sweep in training_report.json: 1.5 keeps class accuracy near 99% while FID on the
+# classifier's features doubles by 2.0 (stronger guidance collapses each class to a few styles).
+DEFAULT_GUIDANCE = 1.5
 
 
 def build_transformer() -> DiTTransformer2DModel:
@@ -59,7 +61,7 @@ def build_dit_pipeline(vae: AutoencoderKL, transformer: DiTTransformer2DModel) -
     return pipe
 
 
-def train_dit(vae: AutoencoderKL, steps: int = 3000, batch_size: int = 128, lr: float = 5e-4,
+def train_dit(vae: AutoencoderKL, steps: int = 5000, batch_size: int = 128, lr: float = 1e-3,
               seed: int = 0, log=print) -> tuple[DiTPipeline, dict[str, Any]]:
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)

@@ -5,7 +5,11 @@ diffusers `StableDiffusionPipeline`, trained with prompt dropout for classifier-
 Conditioning is made easy on purpose: a 2-layer CLIP text encoder over bytes is trained jointly
 with the UNet, and besides one cross-attention block (the 4x4 mid block) the UNet pools the text
 into its time embedding (`addition_embed_type="text"`, as in DeepFloyd IF) with scale-shift norms,
-so every resnet sees the digit, like DiT's adaLN.
+so every resnet sees the digit, like DiT's adaLN. In training only, a linear probe on the mean
+text state must name the digit (an auxiliary cross-entropy), so the encoder learns to tell
+"seven" from "six" at once instead of only through the diffusion loss; the probe is thrown away.
+(Without it, a 1500-step trial reached 43% class accuracy unguided, 76% at guidance 4; the
+4000-step model with it reaches 96% unguided. No 4000-step run without it was made.)
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ from darkroom.platform.zoo.vae import LATENT_CHANNELS, LATENT_SIZE, encode_train
 
 TEXT_HIDDEN = 64
 PROMPT_DROPOUT = 0.1
-DEFAULT_GUIDANCE = 4.0
+AUX_WEIGHT = 0.1  # the probe's cross-entropy starts at ~2.3 and soon falls to ~0
+# From the sweep in training_report.json: class accuracy is already ~100% at 1.5, and FID on the
+# classifier's features grows steadily above it.
+DEFAULT_GUIDANCE = 1.5
 # A few phrasings, with number words and numerals, so ordinary prompts land near training.
 TEMPLATES = (
     "a handwritten digit {word}",
@@ -128,6 +135,8 @@ def train_ldm(vae: AutoencoderKL, steps: int = 4000, batch_size: int = 128, lr: 
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
     empty = len(prompts) - 1
+    prompt_digits = torch.arange(NUM_CLASSES).repeat_interleave(len(TEMPLATES))
+    probe = torch.nn.Linear(TEXT_HIDDEN, NUM_CLASSES)
 
     def loss_fn(step: int) -> torch.Tensor:
         idx = torch.randint(0, len(mean), (batch_size,), generator=generator)
@@ -136,14 +145,16 @@ def train_ldm(vae: AutoencoderKL, steps: int = 4000, batch_size: int = 128, lr: 
         which = labels[idx] * len(TEMPLATES) + template
         which[torch.rand(batch_size, generator=generator) < PROMPT_DROPOUT] = empty
         # The text encoder runs once over the ~80 distinct prompts, not once per sample.
-        context = text_encoder(ids)[0][which]
+        hidden = text_encoder(ids)[0]
+        context = hidden[which]
+        aux = F.cross_entropy(probe(hidden[:empty].mean(1)), prompt_digits)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,),
                           generator=generator)
         noise = torch.randn(z.shape, generator=generator)
         pred = unet(scheduler.add_noise(z, noise, t), t, encoder_hidden_states=context).sample
-        return F.mse_loss(pred, noise)
+        return F.mse_loss(pred, noise) + AUX_WEIGHT * aux
 
-    params = [*unet.parameters(), *text_encoder.parameters()]
+    params = [*unet.parameters(), *text_encoder.parameters(), *probe.parameters()]
     stats = train_diffusion("ldm", params, loss_fn, steps, lr, log=log)
     unet.eval()
     text_encoder.eval()
