@@ -48,6 +48,12 @@ def _save_pipeline(pipe, folder: Path, darkroom_json: dict[str, Any]) -> None:
     from darkroom.platform.zoo.evaluate import DARKROOM_JSON
 
     pipe.save_pretrained(folder, safe_serialization=True)
+    # a component loaded from disk (the VAE when its stage is skipped) remembers where it came
+    # from; that path means nothing in the saved folder
+    for config_file in folder.glob("*/config.json"):
+        config = json.loads(config_file.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (folder / DARKROOM_JSON).write_text(json.dumps(darkroom_json, indent=2) + "\n")
 
 
