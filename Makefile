@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/darkroom run configs/jobs/smoke.yaml
+	$(BIN)/darkroom run configs/jobs/quickstart.yaml
+	$(BIN)/darkroom compare --experiment quickstart --metric fid --html outputs/quickstart/report.html \
+		--real-baseline builtin:digits:digits:500
+	@echo
+	@echo "Open the runs in MLflow's UI:  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: $(STAMP)
 	$(BIN)/ruff check darkroom tests benchmarks

@@ -41,6 +41,10 @@ def register(subparsers) -> None:
     c.add_argument("--metric", help="rank by this metric (default: fid, else the first present)")
     c.add_argument("--html", help="write the HTML report here")
     c.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's)")
+    c.add_argument("--real-baseline", metavar="DATASET:EXTRACTOR:COUNT",
+                   help="also print the FID of COUNT real images against the rest of a built-in "
+                   "dataset, e.g. builtin:digits:digits:500 (the floor a run of COUNT images "
+                   "is measured against)")
     c.set_defaults(handler=run_compare)
 
 
@@ -123,4 +127,15 @@ def run_compare(args: argparse.Namespace) -> int:
     print(text)
     if path is not None:
         print(f"report: {path}")
+    if args.real_baseline:
+        from darkroom.evals.reference import real_vs_real_fid
+
+        dataset, _, rest = args.real_baseline.rpartition(":")
+        dataset, _, extractor = dataset.rpartition(":")
+        if not (dataset and extractor and rest.isdigit()):
+            raise UserError(f"`--real-baseline` takes DATASET:EXTRACTOR:COUNT, e.g. "
+                            f"builtin:digits:digits:500; got {args.real_baseline!r}")
+        fid, others = real_vs_real_fid(dataset, extractor, int(rest))
+        print(f"real vs real: FID {fid:.2f} for {rest} real images of {dataset} against the "
+              f"other {others} ({extractor} features): the floor for a run of that size")
     return 0

@@ -157,3 +157,23 @@ def _count_warnings(stats: Stats, info: dict[str, Any]) -> list[str]:
                 "its covariance is rank-deficient and FID from it is unreliable; use at least "
                 f"{dims} images (ideally 10x that)"]
     return []
+
+
+def real_vs_real_fid(dataset: str, extractor: str, count: int, seed: int = 0) -> tuple[float, int]:
+    """FID of `count` real images against the rest of a built-in dataset, on one extractor.
+
+    The floor a generated set of `count` images is measured against: what two disjoint samples
+    of the real data score with the same features and the same sample size.
+    """
+    from darkroom.evals.distances import cleanfid_fid
+    from darkroom.evals.extractors import load_extractor
+    from darkroom.platform.records import decode_png
+
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset `{dataset}`;{did_you_mean(dataset, DATASETS)}")
+    images = [decode_png(png) for png in DATASETS[dataset]()]
+    if not 2 <= count < len(images) - 1:
+        raise UserError(f"`count` must be between 2 and {len(images) - 2}, got {count}")
+    order = np.random.default_rng(seed).permutation(len(images))
+    features = load_extractor(extractor)([images[i] for i in order])
+    return cleanfid_fid(Stats.of(features[:count]), Stats.of(features[count:])), len(images) - count

@@ -7,7 +7,6 @@ back in an `error_<part>` column and the metrics that need it are recorded as mi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -174,22 +173,20 @@ def score_dataset(ds, plan: ScorePlan, actors: int = 1, batch_size: int = 32,
 
 
 def images_dataset(files: Sequence[str], groups: Sequence[str]):
-    """A Ray dataset over image Parquet files; `group` names the file's run."""
+    """A Ray dataset over image Parquet files; `group` names the file's run.
+
+    The files are read here and handed to Ray as Arrow blocks (one per file, in the object store),
+    not by Ray Data's read tasks: on a machine whose CPUs are all taken by the scoring actors,
+    read tasks would wait for a CPU forever.
+    """
+    import pyarrow.parquet as pq
     import ray
 
-    by_path = {_norm(str(f)): g for f, g in zip(files, groups, strict=True)}
-    ds = ray.data.read_parquet(list(files), include_paths=True).select_columns(
-        [*INPUT_COLUMNS, "path"])
-
-    def add_group(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batch["group"] = np.array([by_path[_norm(p)] for p in batch.pop("path")], dtype=object)
-        return batch
-
-    return ds.map_batches(add_group, batch_format="numpy")
-
-
-def _norm(path: str) -> str:
-    return os.path.realpath(path.removeprefix("file://"))
+    tables = []
+    for path, group in zip(files, groups, strict=True):
+        table = pq.read_table(path, columns=INPUT_COLUMNS)
+        tables.append(table.append_column("group", pa.array([group] * len(table), pa.string())))
+    return ray.data.from_arrow(tables)
 
 
 def table_dataset(table: pa.Table, group: str):

@@ -192,14 +192,15 @@ def connect_ray(log: Callable[[str], None] = print) -> None:
 
 
 def summary(runs: list[Run], result: JobResult) -> str:
-    lines = [f"{'run':<14}{'model':<20}{'sampler':<20}{'steps':>6}{'images':>8}{'new':>6}"
-             f"{'errors':>7}{'seconds':>9}{'images/s':>10}"]
+    lines = [f"{'run':<14}{'model':<20}{'sampler':<20}{'steps':>6}{'guidance':>9}{'images':>8}"
+             f"{'new':>6}{'errors':>7}{'seconds':>9}{'images/s':>10}"]
     for run in runs:
         timing = result.timings.get(run.run_id, {})
         rate = timing.get("images_per_s")
         lines.append(
             f"{run.run_id:<14}{run.model.label[:19]:<20}{run.sampler.name[:19]:<20}{run.steps:>6}"
-            f"{timing.get('images', 0):>8}{result.new.get(run.run_id, 0):>6}"
+            f"{run.guidance_scale:>9g}{timing.get('images', 0):>8}"
+            f"{result.new.get(run.run_id, 0):>6}"
             f"{timing.get('errors', 0):>7}"
             f"{timing.get('seconds', 0):>9.2f}{'-' if rate is None else f'{rate:.1f}':>10}"
         )
