@@ -35,14 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:  # a real missing dependency, not an absent part
-                raise
-            continue
-        if hasattr(module, "register"):
-            module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 
