@@ -23,10 +23,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check darkroom tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check darkroom tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) outputs mlflow.db mlruns

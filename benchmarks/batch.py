@@ -53,12 +53,19 @@ def load_pipeline(args: argparse.Namespace):
     """The model as a plain diffusers pipeline with the sampler's scheduler."""
     import diffusers
 
-    from darkroom.platform.models import ModelSpec, infer_family, quiet_libraries, resolve_source
+    from darkroom.platform.families import ModelSpec
+    from darkroom.platform.models import infer_family
+    from darkroom.platform.quiet import quiet_libraries
     from darkroom.platform.samplers import SAMPLERS
+    from darkroom.platform.sources import resolve_source
 
     quiet_libraries()
     source, local = resolve_source(args.model)
-    family = infer_family(ModelSpec(model=args.model), source, local)
+    if args.model.startswith("tiny:"):
+        from darkroom.platform.tiny import tiny_folder
+
+        source = str(tiny_folder(args.model.split(":", 1)[1]))
+    family = infer_family(ModelSpec(model=args.model))
     pipe = getattr(diffusers, family.pipeline).from_pretrained(source)
     pipe.set_progress_bar_config(disable=True)
     sampler = SAMPLERS[args.sampler]
@@ -109,8 +116,8 @@ def steady_rate(job_dir: Path, actors: int) -> float:
 
 def run_in_process(spec_data: dict, root: Path) -> tuple[float, float]:
     """Run a job through the pipeline in this process (Ray already up); returns (wall s, rate)."""
+    from darkroom.jobs.jobfile import validate
     from darkroom.jobs.pipeline import run_job
-    from darkroom.jobs.spec import validate
 
     spec = validate(spec_data, base=root)
     started = time.perf_counter()
@@ -151,9 +158,10 @@ def main() -> None:
     (root / "prompts.txt").write_text("\n".join(prompts) + "\n")
 
     from darkroom.jobs.plan import row_seed
-    from darkroom.platform.models import resolve_source
+    if args.model.startswith("tiny:"):  # build its folder once, outside every timing
+        from darkroom.platform.tiny import tiny_folder
 
-    resolve_source(args.model)  # build a tiny model's folder once, outside every timing
+        tiny_folder(args.model.split(":", 1)[1])
     seeds = [row_seed(0, f"{i:05d}", 0) for i in range(args.prompts)]
     print(f"model {args.model}, {args.prompts} prompts, batch {args.batch_size}, "
           f"{args.steps} steps, {os.cpu_count()} CPUs")

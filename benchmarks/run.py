@@ -240,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also torch.compile the denoiser in Darkroom's runs (gpu suite)")
     args = parser.parse_args(argv)
 
-    from darkroom.platform.models import builtin_models
     from darkroom.platform.records import encode_png
+    from darkroom.platform.sources import builtin_models
 
     CONTROL = encode_png(np.full((64, 64, 3), 128, np.uint8))
     if args.suite == "gpu":

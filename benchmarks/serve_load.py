@@ -104,10 +104,11 @@ def main() -> int:
     import ray
     from ray import serve
 
+    from darkroom.platform.config import read_yaml_file
     from darkroom.serve.app import application
-    from darkroom.serve.spec import ServeSpec, read_yaml
+    from darkroom.serve.spec import ServeSpec
 
-    data = read_yaml(args.config)
+    data, _ = read_yaml_file(args.config, "serve file")
     if args.model:
         data["model"] = {"model": args.model}
     data["autoscaling"] = {"min_replicas": 1, "max_replicas": 1}  # one replica: batching alone

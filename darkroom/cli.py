@@ -20,7 +20,6 @@ COMMAND_MODULES = [
     "darkroom.evals.commands",
     "darkroom.serve.commands",
     "darkroom.platform.commands",
-    "darkroom.platform.zoo",
 ]
 
 
@@ -39,18 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def format_validation_error(err) -> str:
-    """A pydantic ValidationError as one line per problem: field path, message, bad value."""
-    lines = []
-    for problem in err.errors():
-        path = ".".join(str(p) for p in problem["loc"]) or "(top level)"
-        message = problem["msg"].removeprefix("Value error, ")
-        lines.append(f"  {path}: {message} (got {problem.get('input')!r:.80})")
-    return f"{err.error_count()} problem(s):\n" + "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from pydantic import ValidationError
+    """Run one `darkroom` command; returns its exit code (0 ok, 2 bad input, 1 failure)."""
+    # one line per command, not one MLflow download bar per run an artifact is read from
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from pydantic import BaseModel, ValidationError
 
     args = build_parser().parse_args(argv)
     try:
@@ -58,8 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except ValidationError as err:
-        print(f"error: {format_validation_error(err)}", file=sys.stderr)
+    except ValidationError as err:  # a spec built in code from flags: same format as files
+        from darkroom.platform.config import SpecError, validation_problems
+
+        problems = validation_problems(err, BaseModel)
+        print(f"error: {SpecError(err.title, problems)}", file=sys.stderr)
+        return 2
+    except RecursionError:
+        print("error: the input is nested too deeply to read", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

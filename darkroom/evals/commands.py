@@ -67,10 +67,9 @@ def _job_file(job_dir: Path) -> dict[str, Any]:
     path = job_dir / layout.JOB_SPEC
     if not path.exists():
         return {}
-    import yaml
+    from darkroom.platform.config import read_yaml_file
 
-    loaded = yaml.safe_load(path.read_text())
-    return loaded if isinstance(loaded, dict) else {}
+    return read_yaml_file(path, "job file")[0]
 
 
 def eval_settings(args: argparse.Namespace, job: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +92,7 @@ def eval_settings(args: argparse.Namespace, job: dict[str, Any]) -> dict[str, An
 def run_eval(args: argparse.Namespace) -> int:
     from darkroom.evals.runner import evaluate_job
     from darkroom.evals.spec import EvalSpec, TrackingSpec
+    from darkroom.platform.config import validate
 
     target = Path(args.output_dir).expanduser()
     if not target.is_dir():
@@ -101,8 +101,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if (target / layout.RUN_INFO).exists():  # a single run folder
         target, run_ids = target.parent, [target.name]
     job = _job_file(target)
-    spec = EvalSpec.model_validate(eval_settings(args, job))
-    tracking = TrackingSpec.model_validate(job.get("tracking") or {})
+    spec = validate(EvalSpec, eval_settings(args, job), "eval settings (job.yaml's eval: and flags)")
+    tracking = validate(TrackingSpec, job.get("tracking") or {}, "tracking settings")
     tracking = tracking.model_copy(update={k: v for k, v in {
         "uri": args.tracking_uri, "experiment": args.experiment}.items() if v})
     results = evaluate_job(target, spec, tracking, experiment=job.get("name") or target.name,

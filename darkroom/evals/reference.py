@@ -47,7 +47,7 @@ class Reference:
 
 
 def cache_dir() -> Path:
-    from darkroom.platform.tiny import cache_root
+    from darkroom.platform.sources import cache_root
 
     return cache_root() / "reference"
 

@@ -1,29 +1,45 @@
 """Checks of a job file beyond its types: do the models and prompt sources exist and fit?
 
 Each check looks at a section that is valid on its own, so a file with a typo in one section still
-gets its other sections checked: every problem is reported in one go. Nothing here loads a model.
+gets its other sections checked: every problem is reported in one go. Nothing here loads a model;
+model names are resolved by `platform.sources`, the same resolver the loader uses.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from darkroom.jobs.spec import GenerationSpec, JobSpec, Problem, PromptSource
-from darkroom.platform.errors import did_you_mean
-from darkroom.platform.models import FAMILIES, PIPELINE_TO_FAMILY, ModelSpec
+from darkroom.jobs.prompts import Prompt, PromptError, load_prompts
+from darkroom.jobs.spec import GenerationSpec, JobSpec, PromptSource
+from darkroom.platform.config import Problem
+from darkroom.platform.errors import ModelLoadError, did_you_mean
+from darkroom.platform.families import Family, ModelSpec, device_problems
+from darkroom.platform.runtime import RuntimeSpec
+from darkroom.platform.sources import class_names, local_family
+
+MAX_CLASS_PROBLEMS = 10
 
 
 def semantic_problems(data: dict[str, Any], spec: JobSpec | None) -> list[Problem]:
+    """Every problem of the sections that are valid on their own (types were checked before)."""
     prompts = spec.prompts if spec else _section(PromptSource, data.get("prompts"))
     generation = spec.generation if spec else _section(GenerationSpec, data.get("generation", {}))
+    runtime = spec.runtime if spec else _section(RuntimeSpec, data.get("runtime", {}))
     models = list(enumerate(spec.models)) if spec else _models(data.get("models"))
-    problems = _prompt_problems(prompts) if prompts else []
+    problems: list[Problem] = []
+    loaded: list[Prompt] = []
+    if prompts:
+        try:
+            loaded = load_prompts(prompts)
+        except PromptError as err:
+            problems.append(Problem(err.path, err.message, err.value))
+    if runtime:
+        problems += [Problem(f"runtime.{field}", message)
+                     for field, message in runtime.device_problems()]
     for index, model in models:
-        problems += _model_problems(index, model, prompts, generation)
+        problems += _model_problems(index, model, prompts, loaded, generation, runtime)
     return problems
 
 
@@ -41,79 +57,34 @@ def _models(value: Any) -> list[tuple[int, ModelSpec]]:
     return [(i, m) for i, m in found if m is not None]
 
 
-def _prompt_problems(source: PromptSource) -> list[Problem]:
-    from darkroom.jobs.prompts import PromptError, load_prompts
-
-    try:
-        load_prompts(source)
-    except PromptError as err:
-        return [Problem(err.path, err.message, err.value)]
-    return []
-
-
-def _model_problems(
-    index: int, model: ModelSpec, prompts: PromptSource | None, generation: GenerationSpec | None
-) -> list[Problem]:
+def _model_problems(index: int, model: ModelSpec, prompts: PromptSource | None,
+                    loaded: list[Prompt], generation: GenerationSpec | None,
+                    runtime: RuntimeSpec | None) -> list[Problem]:
     where = f"models.{index}"
-    problem = _source_problem(model.model)
-    if problem:
-        return [Problem(f"{where}.model", problem, model.model)]
-    family = family_of(model)
+    try:
+        family = local_family(model)
+    except ModelLoadError as err:
+        return [Problem(f"{where}.model", str(err), model.model)]
     problems = []
-    if family and prompts:
+    if runtime:
+        problems += [Problem(f"{where}.{field}", message)
+                     for field, message in device_problems(model, runtime.device)]
+    if family is None:  # a hub id: only the hub can tell its family
+        return problems
+    if prompts:
         problems += _fit_problems(where, model, family, prompts)
-    if family == "dit" and generation and (generation.width or generation.height):
+    if family.conditioning == "class" and loaded and prompts:
+        problems += _class_problems(where, model, loaded, prompts.kind)
+    if family.name == "dit" and generation and (generation.width or generation.height):
         problems.append(Problem("generation.width", f"{model.label} is a DiT model: it makes "
                                 "images of its native size only; leave width/height unset"))
     return problems
 
 
-def _source_problem(name: str) -> str | None:
-    """Why a model name cannot be found, or None (hub ids cannot be checked offline)."""
-    from darkroom.platform.models import registry_names
-
-    kind, _, rest = name.partition(":")
-    if kind in ("tiny", "builtin", "random") and rest:
-        known = registry_names()
-        return None if name in known else f"unknown model `{name}`;{did_you_mean(name, known)}"
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "model_index.json").exists():
-            return "folder is not a diffusers pipeline (no model_index.json)"
-        return None
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        return ("neither an existing folder, nor a hub id (org/name), nor a registry name "
-                f"({', '.join(registry_names())})")
-    return None
-
-
-def family_of(model: ModelSpec) -> str | None:
-    """The model's family when it can be told without loading or the network."""
-    if model.family:
-        return model.family
-    kind, _, rest = model.model.partition(":")
-    if kind == "tiny" and rest in FAMILIES:
-        return rest
-    if kind == "random":
-        from darkroom.platform.fullsize import FULLSIZE_BUILDERS
-
-        return FULLSIZE_BUILDERS[rest][0] if rest in FULLSIZE_BUILDERS else None
-    folder = Path(model.model).expanduser()
-    if kind == "builtin":
-        from darkroom.platform.models import builtin_models
-
-        folder = builtin_models().get(rest, Path("/nonexistent"))
-    index = folder / "model_index.json"
-    if index.is_file():
-        return PIPELINE_TO_FAMILY.get(json.loads(index.read_text()).get("_class_name", ""))
-    return None
-
-
-def _fit_problems(
-    where: str, model: ModelSpec, family: str, prompts: PromptSource
-) -> list[Problem]:
+def _fit_problems(where: str, model: ModelSpec, family: Family,
+                  prompts: PromptSource) -> list[Problem]:
     kind = prompts.kind
-    conditioning = FAMILIES[family].conditioning
+    conditioning = family.conditioning
     if conditioning == "class" and not (kind == "classes" or prompts.columns.class_label):
         return [Problem(f"prompts.{kind}", f"{where} ({model.label}) is class-conditional: give "
                         "`prompts.classes` (ids or names) or map `prompts.columns.class_label`")]
@@ -124,3 +95,33 @@ def _fit_problems(
         return [Problem(f"prompts.{kind}", f"{where} ({model.label}) is text-conditioned: give "
                         "`prompts.list` or `prompts.file`")]
     return []
+
+
+def _class_problems(where: str, model: ModelSpec, prompts: list[Prompt],
+                    kind: str) -> list[Problem]:
+    """Class names and ids that the model's own label table refutes (when it is readable)."""
+    names = class_names(model)
+    if names is None:
+        return []
+    classes = max(names.values()) + 1
+    problems = []
+    for index, prompt in enumerate(prompts):
+        label = prompt.class_label
+        if label is None:
+            continue
+        field = f"prompts.classes.{index}" if kind == "classes" else (
+            f"prompts.{kind} (prompt {prompt.prompt_id})")
+        text = str(label).strip()
+        if text.lstrip("-").isdigit():
+            if not 0 <= int(text) < classes:
+                problems.append(Problem(field, f"class id {text} is outside 0..{classes - 1} of "
+                                        f"{where} ({model.label})", label))
+        elif text not in names:
+            problems.append(Problem(field,
+                                    f"{where} ({model.label}) has no class named {text!r};"
+                                    f"{did_you_mean(text, names)}", label))
+    if len(problems) > MAX_CLASS_PROBLEMS:
+        more = len(problems) - MAX_CLASS_PROBLEMS
+        problems = problems[:MAX_CLASS_PROBLEMS] + [
+            Problem("prompts", f"... and {more} more unknown class label(s)")]
+    return problems

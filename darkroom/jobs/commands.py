@@ -77,8 +77,8 @@ def _intermixed(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from darkroom.jobs.jobfile import load
     from darkroom.jobs.pipeline import run_job
-    from darkroom.jobs.spec import load
 
     spec = load(args.job, args.overrides)
     run_job(spec, dry_run=args.dry_run, evaluate=not args.no_eval)
@@ -86,9 +86,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from darkroom.jobs.jobfile import load
     from darkroom.jobs.plan import describe, expand
     from darkroom.jobs.prompts import load_prompts
-    from darkroom.jobs.spec import load
 
     spec = load(args.job, args.overrides)
     print(f"{args.job}: ok")

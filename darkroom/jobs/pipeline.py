@@ -26,7 +26,7 @@ from darkroom.jobs.plan import Run, describe, expand, request_rows, row_id_of, r
 from darkroom.jobs.prompts import Prompt, load_prompts
 from darkroom.jobs.spec import JobSpec
 from darkroom.platform import layout
-from darkroom.platform.models import ModelSpec
+from darkroom.platform.families import ModelSpec
 
 MAX_BLOCKS = 2000  # from_items blocks; one block is about one batch, so a retry redoes one batch
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from darkroom.jobs.prompts import Prompt
 from darkroom.jobs.spec import JobSpec
-from darkroom.platform.models import ModelSpec
+from darkroom.platform.families import ModelSpec
 from darkroom.platform.samplers import SAMPLERS, SamplerSpec
 
 

@@ -114,9 +114,12 @@ def _from_file(path: Path, columns: ColumnMap) -> list[Prompt]:
     if not records:
         raise PromptError("prompts.file", f"{path.name} holds no prompts", str(path))
     prompts = [_from_record(record, i, columns, path.name) for i, record in enumerate(records)]
-    ids = [p.prompt_id for p in prompts]
-    if len(set(ids)) != len(ids):
-        repeated = next(i for n, i in enumerate(ids) if i in ids[:n])
+    seen: set[str] = set()
+    for prompt in prompts:
+        if prompt.prompt_id not in seen:
+            seen.add(prompt.prompt_id)
+            continue
+        repeated = prompt.prompt_id
         raise PromptError("prompts.columns.id", f"id {repeated!r} appears more than once in "
                           f"{path.name}; ids must be unique", columns.id)
     return prompts

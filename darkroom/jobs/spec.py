@@ -1,43 +1,22 @@
-"""The job file: a frozen pydantic `JobSpec`, loaded from YAML with every problem reported at once.
+"""The job file's shape: a frozen pydantic `JobSpec` and its sections.
 
-`load(path, overrides)` reports every problem of a job file at once, each with its field path, the
-bad value and the fix; nothing is loaded or started before it succeeds. Prompt sources and model
-names are checked here too (files exist, are readable and not empty), so `darkroom validate` catches
-what would otherwise fail an hour into a run.
+Imports only pydantic, the standard library and other light specs, so `validate`, `schema` and
+dry runs never load torch. Reading a file and the checks beyond types are in `jobs.jobfile`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from darkroom.evals.spec import EvalSpec, TrackingSpec
-from darkroom.jobs.yamlfile import (
-    NO_VALUE,
-    JobSpecError,
-    Problem,
-    apply_overrides,
-    dotted,
-    parse_yaml,
-)
-from darkroom.platform.errors import UserError, did_you_mean
-from darkroom.platform.models import ModelSpec
+from darkroom.platform.families import ModelSpec
 from darkroom.platform.runtime import RuntimeSpec
 from darkroom.platform.samplers import SamplerSpec
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
 
 # -- sections ---------------------------------------------------------------------------------
@@ -202,7 +181,7 @@ class JobSpec(_Section):
     @field_validator("name")
     @classmethod
     def _folder_name(cls, name: str) -> str:
-        if not re.match(NAME_PATTERN, name):
+        if not re.fullmatch(NAME_PATTERN, name):
             raise ValueError(
                 "`name` names a folder: use letters, digits, '.', '_' and '-', starting with a "
                 "letter or digit"
@@ -263,100 +242,5 @@ class JobSpec(_Section):
 
 
 def json_schema() -> dict[str, Any]:
+    """The JSON Schema of job files (`darkroom schema`)."""
     return JobSpec.model_json_schema(by_alias=True)
-
-
-# -- validation with every problem reported at once ---------------------------------------------
-
-
-def load(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
-    """Read, override and validate a job file; prompt sources are resolved next to it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"job file `{path}` does not exist")
-    data = parse_yaml(path.read_text(), str(path))
-    return validate(data, base=path.parent, overrides=overrides, source=str(path))
-
-
-def validate(
-    data: dict[str, Any], base: str | Path = ".", overrides: Sequence[str] = (),
-    source: str = "job",
-) -> JobSpec:
-    """A JobSpec from plain data, or a JobSpecError listing every problem found."""
-    from darkroom.jobs.checks import semantic_problems
-
-    data = apply_overrides(_copy(data), overrides)
-    _absolute_sources(data, Path(base))
-    problems: list[Problem] = []
-    spec = None
-    try:
-        spec = JobSpec.model_validate(data)
-    except ValidationError as err:
-        problems += [_problem(e) for e in err.errors()]
-    problems += semantic_problems(data, spec)
-    if problems:
-        raise JobSpecError(source, problems)
-    return spec  # type: ignore[return-value]
-
-
-def _copy(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _copy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_copy(v) for v in data]
-    return data
-
-
-def _absolute_sources(data: dict[str, Any], base: Path) -> None:
-    """Prompt files and folders are relative to the job file; made absolute for provenance."""
-    prompts = data.get("prompts")
-    if not isinstance(prompts, dict):
-        return
-    for key in ("file", "control_images"):
-        value = prompts.get(key)
-        if isinstance(value, str) and value and not re.match(r"^[a-z0-9]+://", value):
-            prompts[key] = str((base / Path(value).expanduser()).resolve())
-
-
-def _problem(error: dict[str, Any]) -> Problem:
-    loc = tuple(error["loc"])
-    # a union member's name (int, float, ...) in the location says nothing to a user
-    loc = tuple(p for p in loc if not (isinstance(p, str) and p in _UNION_TAGS))
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        known = _field_names(loc[:-1])
-        hint = did_you_mean(str(loc[-1]), known) if known else ""
-        return Problem(dotted(loc), f"unknown key `{loc[-1]}`;{hint}")
-    if error["type"] == "missing":
-        return Problem(dotted(loc), "required key is missing")
-    return Problem(dotted(loc), message, error.get("input", NO_VALUE))
-
-
-_UNION_TAGS = {"int", "float", "str", "constrained-int", "constrained-float", "function-before"}
-
-
-def _field_names(loc: Sequence[Any]) -> list[str]:
-    """The keys allowed at a location of the job file (for "did you mean")."""
-    model: Any = JobSpec
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) or next(
-            (f for f in model.model_fields.values() if f.alias == part), None
-        )
-        if field is None:
-            return []
-        model = _model_in(field.annotation)
-        if model is None:
-            return []
-    return [f.alias or name for name, f in model.model_fields.items()]
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from darkroom.jobs.spec import load
+from darkroom.jobs.jobfile import load
 from darkroom.platform.errors import UserError
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}

@@ -1,35 +1,60 @@
-"""`darkroom models ...`: build tiny pipelines and list registry names."""
+"""`darkroom models ...` and `darkroom zoo ...`: tiny pipelines, registry names, bundled models.
+
+Building the parser imports nothing heavy; torch and diffusers load inside the handlers.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from darkroom.platform.models import FAMILIES, registry_names
-from darkroom.platform.samplers import SAMPLERS
-from darkroom.platform.tiny import TINY_BUILDERS, save_tiny
+from darkroom.platform.sources import TINY_FAMILIES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `models tiny|list` and `zoo train-digits` to the `darkroom` command."""
+    from darkroom.platform.zoo.train_digits import add_arguments
+
     models = subparsers.add_parser("models", help="model registry: tiny pipelines, names")
     sub = models.add_subparsers(dest="models_command", metavar="ACTION")
     sub.required = True
     tiny = sub.add_parser("tiny", help="save a random-init tiny pipeline to a folder")
-    tiny.add_argument("family", choices=sorted(TINY_BUILDERS))
+    tiny.add_argument("family", choices=TINY_FAMILIES)
     tiny.add_argument("--out", required=True, help="folder to write (diffusers layout)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(handler=_tiny)
     listing = sub.add_parser("list", help="registry names, families and samplers")
     listing.set_defaults(handler=_list)
 
+    zoo = subparsers.add_parser("zoo", help="bundled small trained models")
+    commands = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
+    commands.required = True
+    train = commands.add_parser(
+        "train-digits", help="train the digits classifier, VAE, DiT and LDM (~30 min, 1 thread)"
+    )
+    add_arguments(train)
+    train.set_defaults(handler=_train_digits)
+
 
 def _tiny(args: argparse.Namespace) -> int:
+    from darkroom.platform.tiny import save_tiny
+
     out = save_tiny(args.family, args.out, seed=args.seed)
     print(f"saved tiny {args.family} pipeline to {out}")
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
+    from darkroom.platform.families import FAMILIES
+    from darkroom.platform.samplers import SAMPLERS
+    from darkroom.platform.sources import registry_names
+
     print("models:   " + ", ".join(registry_names()))
     print("families: " + ", ".join(f"{f.name} ({f.description})" for f in FAMILIES.values()))
     print("samplers: " + ", ".join(SAMPLERS))
     return 0
+
+
+def _train_digits(args: argparse.Namespace) -> int:
+    from darkroom.platform.zoo.train_digits import run
+
+    return run(args)

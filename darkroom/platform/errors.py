@@ -20,4 +20,5 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
     if close:
         return f" did you mean `{close[0]}`?"
-    return f" known: {', '.join(known)}"
+    shown = ", ".join(known[:20]) + (f", ... ({len(known)} in all)" if len(known) > 20 else "")
+    return f" known: {shown}"

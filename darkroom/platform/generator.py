@@ -22,7 +22,8 @@ import darkroom
 from darkroom.platform.autobatch import BatchSizeMemory, chunks
 from darkroom.platform.calls import CALLS, Request, Settings
 from darkroom.platform.errors import UserError
-from darkroom.platform.models import LoadedModel, ModelSpec, load_model, resolve_device
+from darkroom.platform.families import ModelSpec
+from darkroom.platform.models import LoadedModel, load_model, resolve_device
 from darkroom.platform.records import IMAGE_COLUMNS, encode_png, sha256, to_uint8
 from darkroom.platform.runtime import RuntimeSpec, apply_options, configure_threads
 from darkroom.platform.samplers import SAMPLERS, SamplerSpec, build_scheduler, scheduler_config_json

@@ -10,10 +10,11 @@ import json
 from collections.abc import Callable
 from typing import Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.platform.errors import UserError
+
+CUDA_ONLY = ("cpu_offload",)
 
 
 class RuntimeSpec(BaseModel):
@@ -42,12 +43,20 @@ class RuntimeSpec(BaseModel):
     attention_slicing: bool = Field(False, description="attention in slices (less memory)")
     cpu_offload: bool = Field(False, description="model CPU offload (GPU only; much less memory)")
 
+    def device_problems(self) -> list[tuple[str, str]]:
+        """(field, message) for options that an explicitly chosen CPU device cannot run."""
+        if self.device != "cpu":
+            return []
+        return [(name, f"needs a CUDA GPU but `runtime.device` is cpu; set `{name}` to false "
+                       "or the device to cuda/auto")
+                for name in CUDA_ONLY if getattr(self, name)]
+
     def recorded(self) -> str:
         """The options as a JSON string for the `runtime_options` column."""
         return json.dumps(self.model_dump(exclude={"device", "batch_size"}), sort_keys=True)
 
 
-def denoiser(pipe: Any) -> torch.nn.Module:
+def denoiser(pipe: Any) -> Any:
     """The network called at every step: a UNet or a transformer."""
     return getattr(pipe, "unet", None) or pipe.transformer
 
@@ -61,6 +70,8 @@ def _eager_attention(pipe: Any, spec: RuntimeSpec) -> None:
 
 
 def _channels_last(pipe: Any, spec: RuntimeSpec) -> None:
+    import torch
+
     for module in (denoiser(pipe), getattr(pipe, "vae", None), getattr(pipe, "controlnet", None)):
         if module is not None:
             module.to(memory_format=torch.channels_last)
@@ -104,6 +115,9 @@ OPTIONS: dict[str, tuple[Callable[[RuntimeSpec], bool], Callable[[Any, RuntimeSp
 
 
 def configure_threads(spec: RuntimeSpec, device: str) -> None:
+    """One torch thread per CPU actor unless the spec says otherwise (threads fight on CPU)."""
+    import torch
+
     if device == "cpu":
         torch.set_num_threads(spec.torch_threads or 1)
 

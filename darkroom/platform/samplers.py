@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import diffusers
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from darkroom.platform.errors import UserError, did_you_mean
@@ -21,6 +20,8 @@ from darkroom.platform.errors import UserError, did_you_mean
 
 @dataclass(frozen=True)
 class Sampler:
+    """A sampler: a diffusers scheduler class name and the config overrides that make it."""
+
     scheduler: str  # a diffusers scheduler class name
     overrides: dict[str, Any] = field(default_factory=dict)
     stochastic: bool = False  # draws fresh noise at every step
@@ -61,6 +62,9 @@ SAMPLERS: dict[str, Sampler] = {
 
 
 def scheduler_class(name: str) -> type:
+    """The diffusers scheduler class of a sampler (imports diffusers)."""
+    import diffusers
+
     return getattr(diffusers, SAMPLERS[name].scheduler)
 
 
@@ -89,6 +93,8 @@ class SamplerSpec(BaseModel):
 
     @model_validator(mode="after")
     def _overrides_fit(self) -> SamplerSpec:
+        if not self.overrides:  # nothing to check: no need to import diffusers
+            return self
         allowed = allowed_overrides(self.name)
         for key in self.overrides:
             if key not in allowed:

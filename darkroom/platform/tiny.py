@@ -7,7 +7,6 @@ is the real one.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -21,8 +20,10 @@ from transformers import (
     CLIPTokenizer,
 )
 
+from darkroom.platform.quiet import quiet_libraries
+from darkroom.platform.sources import TINY_DIT_LABELS, tiny_path
+
 TEXT_HIDDEN = 32
-TINY_FORMAT = "3"  # bump when a builder changes, so cached folders are rebuilt
 
 
 def byte_symbols() -> list[str]:
@@ -159,14 +160,6 @@ def build_sdxl():
     )
 
 
-TINY_DIT_LABELS = {
-    i: name
-    for i, name in enumerate(
-        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-    )
-}
-
-
 def build_dit():
     from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
@@ -226,16 +219,10 @@ def build_tiny(family: str, seed: int = 0):
 
 def save_tiny(family: str, out: str | Path, seed: int = 0) -> Path:
     """Build a tiny pipeline and save it as a standard diffusers folder (safetensors)."""
-    from darkroom.platform.models import quiet_libraries
-
     quiet_libraries()
     out = Path(out)
     build_tiny(family, seed).save_pretrained(out, safe_serialization=True)
     return out
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("DARKROOM_CACHE", Path.home() / ".cache" / "darkroom"))
 
 
 def tiny_folder(family: str) -> Path:
@@ -244,7 +231,7 @@ def tiny_folder(family: str) -> Path:
     Built in a temporary folder and renamed into place, so concurrent actors never read half a
     pipeline; whoever renames second finds the folder there and throws its copy away.
     """
-    folder = cache_root() / "tiny" / f"{family}-v{TINY_FORMAT}"
+    folder = tiny_path(family)
     if (folder / "model_index.json").exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)

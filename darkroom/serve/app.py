@@ -9,19 +9,18 @@ and what a Serve config file (`serve deploy`) or a KubeRay RayService names as i
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import time
 from typing import Any
 
 from ray.serve import Application
 
+from darkroom.platform.config import validate
 from darkroom.platform.errors import UserError
 from darkroom.platform.samplers import SAMPLERS
 from darkroom.serve.ingress import Ingress, IngressSettings
 from darkroom.serve.model import ImageModel
-from darkroom.serve.spec import ServeSpec, read_yaml
+from darkroom.serve.spec import ServeSpec, api_key_digest, load_spec
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -38,8 +37,8 @@ def spec_from_args(args: dict[str, Any]) -> ServeSpec:
                 f"give either `config` or the serve file's keys inline, not both (also got "
                 f"{', '.join(sorted(args))})"
             )
-        return ServeSpec.model_validate(read_yaml(path))
-    return ServeSpec.model_validate(args)
+        return load_spec(path)
+    return validate(ServeSpec, args, "serve app arguments")
 
 
 def application(spec: ServeSpec) -> Application:
@@ -76,17 +75,3 @@ def application(spec: ServeSpec) -> Application:
         ray_actor_options={"num_cpus": spec.ingress.num_cpus},
         backpressure_config=backpressure,
     ).bind(model, settings.model_dump())
-
-
-def api_key_digest(spec: ServeSpec) -> str | None:
-    """SHA-256 of the API key, read where the app is built; the key itself is never shipped."""
-    if spec.auth is None:
-        return None
-    name = spec.auth.api_key_env
-    key = os.environ.get(name, "")
-    if not key:
-        raise UserError(
-            f"`auth.api_key_env` names {name}, which is not set here: export {name}=... before "
-            "starting the server, or remove `auth` to serve without a key"
-        )
-    return hashlib.sha256(key.encode()).hexdigest()

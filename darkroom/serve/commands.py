@@ -20,12 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from darkroom.platform.models import resolve_source
-    from darkroom.serve.app import application
-    from darkroom.serve.spec import load_spec
+    from darkroom.platform.sources import resolve_source
+    from darkroom.serve.spec import api_key_digest, load_spec
 
     spec = load_spec(args.file)
-    app = application(spec)  # also checks the API key variable
+    api_key_digest(spec)  # the key's variable must be set before anything starts
     attached = bool(os.environ.get("RAY_ADDRESS"))
     if not attached:  # the replicas will see this machine's files: check the model's name now
         resolve_source(spec.model.model)
@@ -44,6 +43,9 @@ def _serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    from darkroom.serve.app import application
+
+    app = application(spec)
     ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
     serve.start(http_options={"host": spec.http.host, "port": spec.http.port})
     # SIGTERM (a supervisor, `kill`) stops it like Ctrl-C; SIGINT is restored for shells that

@@ -15,22 +15,18 @@ http: {host: 127.0.0.1, port: 8000}
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from darkroom.platform.errors import UserError, did_you_mean
-from darkroom.platform.models import ModelSpec
+from darkroom.evals.spec import SafetySpec as EvalSafetySpec
+from darkroom.platform.config import read_yaml_file, validate
+from darkroom.platform.errors import UserError
+from darkroom.platform.families import ModelSpec, device_problems
 from darkroom.platform.runtime import RuntimeSpec
 from darkroom.platform.samplers import SamplerSpec
 from darkroom.serve.protocol import Limits
@@ -111,25 +107,10 @@ class ResourcesSpec(_Spec):
         return options
 
 
-class SafetySpec(_Spec):
+class SafetySpec(EvalSafetySpec):
     """The safety filter: a flagged image is withheld, and the response says so."""
 
-    checker: str = Field("nudenet", description="safety checker registry name: nudenet | sd")
     on: bool = Field(True, description="false serves every image unchecked")
-    threshold: float | None = Field(
-        None, ge=0, le=1, description="flag at this score or above; default: the checker's"
-    )
-    weights: str | None = Field(None, description="local weights of the checker (sd needs them)")
-
-    @field_validator("checker")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        from darkroom.evals.safety import SAFETY_CHECKERS
-
-        if name not in SAFETY_CHECKERS:
-            hint = did_you_mean(name, SAFETY_CHECKERS)
-            raise ValueError(f"unknown safety checker `{name}`;{hint}")
-        return name
 
 
 class AuthSpec(_Spec):
@@ -201,6 +182,10 @@ class ServeSpec(_Spec):
 
     @model_validator(mode="after")
     def _consistent(self) -> ServeSpec:
+        for field, message in device_problems(self.model, self.runtime.device):
+            raise ValueError(f"`model.{field}`: {message}")
+        for field, message in self.runtime.device_problems():
+            raise ValueError(f"`runtime.{field}`: {message}")
         if self.defaults.steps > self.limits.max_steps:
             raise ValueError(
                 f"`defaults.steps` ({self.defaults.steps}) exceeds `limits.max_steps` "
@@ -213,51 +198,21 @@ class ServeSpec(_Spec):
         return self.model.label
 
 
-# -- YAML ---------------------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML with YAML 1.2 booleans (only true/false, so `on:` stays a key) and no duplicate keys."""
-
-
-_BOOL = "tag:yaml.org,2002:bool"
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regex) for tag, regex in resolvers if tag != _BOOL]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode) -> dict:
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            raise UserError(
-                f"duplicate key `{key}` at line {key_node.start_mark.line + 1}: keep one of them"
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"serve file `{path}` does not exist")
-    try:
-        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as err:
-        raise UserError(f"`{path}` is not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise UserError(f"`{path}` must hold a mapping (model:, defaults:, ...), got {data!r:.60}")
-    return data
-
-
 def load_spec(path: str | Path) -> ServeSpec:
-    """Read and validate a serve file; a pydantic ValidationError names every bad field."""
-    return ServeSpec.model_validate(read_yaml(path))
+    """Read and validate a serve file; every problem at once, in the one config error format."""
+    data, problems = read_yaml_file(path, "serve file")
+    return validate(ServeSpec, data, str(path), problems)
+
+
+def api_key_digest(spec: ServeSpec) -> str | None:
+    """SHA-256 of the API key, read where the app is built; the key itself is never shipped."""
+    if spec.auth is None:
+        return None
+    name = spec.auth.api_key_env
+    key = os.environ.get(name, "")
+    if not key:
+        raise UserError(
+            f"`auth.api_key_env` names {name}, which is not set here: export {name}=... before "
+            "starting the server, or remove `auth` to serve without a key"
+        )
+    return hashlib.sha256(key.encode()).hexdigest()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +14,6 @@ from darkroom.evals.extractors import to_float_nchw
 from darkroom.evals.metrics import CLASSIFIERS, Classifier, Context, RunScores, class_accuracy
 from darkroom.evals.scoring import PARTS, ScorePlan
 from darkroom.evals.spec import EvalSpec
-
-DIGITS_WEIGHTS = (Path(__file__).parents[2] / "darkroom" / "platform" / "zoo" / "weights"
-                  / "digits-classifier" / "config.json")
 
 
 @pytest.mark.ray
@@ -39,10 +35,17 @@ def test_eval_a_run_folder_with_settings_from_job_yaml(ray_session, make_run, tm
     assert [r["run_id"] for r in results] == ["run-dit"]
     result = results[0]
     assert result["metrics"]["nsfw_rate"] == 1.0  # the flag's threshold over the yaml's default
-    if DIGITS_WEIGHTS.exists():
-        assert 0.0 <= result["metrics"]["class_accuracy"] <= 1.0
-    else:
-        assert "darkroom zoo train-digits" in result["missing"]["class_accuracy"]
+    # class accuracy is the agreement of the classifier's reading (scores) with the asked label
+    import pyarrow.parquet as pq
+
+    from darkroom.platform import layout
+
+    asked = layout.read_table(run_dir / layout.IMAGES, ["row_id", "class_label"])
+    read = pq.read_table(run_dir / layout.SCORES / "scores.parquet", columns=[
+        "row_id", "predicted_label"]).join(asked, "row_id").to_pylist()
+    assert len(read) == 6
+    agreement = np.mean([int(r["class_label"]) == r["predicted_label"] for r in read])
+    assert result["metrics"]["class_accuracy"] == pytest.approx(agreement)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("from-yaml")
     assert experiment.artifact_location == (tmp_path / "mlruns").as_uri()
@@ -102,7 +105,6 @@ def test_class_accuracy_is_agreement_with_the_requested_label(monkeypatch):
         class_accuracy(scores, ctx)
 
 
-@pytest.mark.skipif(not DIGITS_WEIGHTS.exists(), reason="digits classifier not trained yet")
 def test_digits_class_accuracy_and_fid_against_builtin_digits():
     from darkroom.evals.distances import Stats
     from darkroom.evals.extractors import load_extractor

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,9 +15,6 @@ from darkroom.evals.extractors import (
     load_extractor,
 )
 from darkroom.platform.errors import UserError
-
-DIGITS_WEIGHTS = (Path(extractors.__file__).parents[1] / "platform" / "zoo" / "weights"
-                  / "digits-classifier" / "config.json")
 
 
 def _images(count: int, size: int = 40, seed: int = 0) -> list[np.ndarray]:
@@ -106,7 +101,6 @@ def test_unknown_extractor_suggests_a_name():
         load_extractor("inceptoin")
 
 
-@pytest.mark.skipif(not DIGITS_WEIGHTS.exists(), reason="digits classifier not trained yet")
 def test_digits_extractor_uses_the_bundled_classifier():
     from darkroom.platform.zoo.classifier import load_digits_classifier
     from darkroom.platform.zoo.data import digits_dataset

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
 
-from darkroom.cli import format_validation_error
 from darkroom.evals.spec import EvalSpec
+from darkroom.platform.config import SpecError, validate
 
 
 def _error(**fields) -> str:
-    with pytest.raises(ValidationError) as info:
-        EvalSpec.model_validate(fields)
-    return format_validation_error(info.value)
+    with pytest.raises(SpecError) as info:
+        validate(EvalSpec, fields, "eval")
+    return str(info.value)
 
 
 def test_defaults_need_no_reference():
@@ -41,7 +40,8 @@ def test_listed_distances_need_a_reference():
 def test_values_out_of_range_and_unknown_fields():
     assert "safety.threshold" in _error(safety={"threshold": 1.5})
     assert "backend" in _error(backend="scipy")
-    assert "refrence" in _error(refrence={"folder": "x"})
+    assert "refrence: unknown key `refrence`; did you mean `reference`?" in _error(
+        refrence={"folder": "x"})
     assert "metrics: `metrics` is empty" in _error(metrics=[])
     assert "exactly one of dataset, folder, parquet, stats" in _error(
         reference={"folder": "a", "stats": "b.npz"})

@@ -14,9 +14,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from darkroom.jobs.jobfile import validate
 from darkroom.jobs.pipeline import run_job
 from darkroom.jobs.plan import expand, row_id_of
-from darkroom.jobs.spec import validate
 from darkroom.platform import layout
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

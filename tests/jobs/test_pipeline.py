@@ -8,9 +8,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from darkroom.jobs.jobfile import validate
 from darkroom.jobs.pipeline import run_job
 from darkroom.jobs.plan import expand, row_id_of, row_seed
-from darkroom.jobs.spec import validate
 from darkroom.platform import layout
 from darkroom.platform.records import ERROR_SCHEMA, IMAGE_SCHEMA, decode_png
 

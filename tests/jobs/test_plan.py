@@ -9,9 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from darkroom.cli import main
+from darkroom.jobs.jobfile import validate
+from darkroom.platform.config import SpecError
 from darkroom.jobs.plan import expand, request_rows, row_seed, run_info
 from darkroom.jobs.prompts import PromptError, load_prompts
-from darkroom.jobs.spec import validate
 
 
 def job(tmp_path, **changes):
@@ -102,9 +103,12 @@ def test_limit_takes_the_first_prompts(tmp_path):
 
 
 def test_classes_and_control_folder(tmp_path):
-    dit = validate({"name": "d", "prompts": {"classes": [3, "golden retriever"]},
+    dit = validate({"name": "d", "prompts": {"classes": [3, "seven"]},
                     "models": [{"model": "tiny:dit"}]}, base=tmp_path)
-    assert [p.class_label for p in load_prompts(dit.prompts)] == [3, "golden retriever"]
+    assert [p.class_label for p in load_prompts(dit.prompts)] == [3, "seven"]
+    with pytest.raises(SpecError, match="prompts.classes.1: .* no class named 'golden retr"):
+        validate({"name": "d", "prompts": {"classes": [3, "golden retriever"]},
+                  "models": [{"model": "tiny:dit"}]}, base=tmp_path)
     folder = tmp_path / "control"
     folder.mkdir()
     for name in ("b.png", "a.jpg", "notes.txt"):

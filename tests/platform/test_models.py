@@ -11,8 +11,9 @@ import pytest
 from pydantic import ValidationError
 
 from darkroom.platform.errors import ModelLoadError, UserError
+from darkroom.platform.families import ModelSpec
 from darkroom.platform.generator import Generator
-from darkroom.platform.models import ModelSpec, load_model
+from darkroom.platform.models import load_model
 from darkroom.platform.records import decode_png
 from darkroom.platform.runtime import RuntimeSpec
 from darkroom.platform.samplers import SamplerSpec, build_scheduler

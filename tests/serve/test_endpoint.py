@@ -321,25 +321,28 @@ def test_autoscaling_grows_under_load_and_shrinks_after(serve_url) -> None:
 
 
 def test_digits_model_serves_a_digit(serve_url) -> None:
-    from darkroom.platform.models import builtin_models
-
-    folder = builtin_models().get("digits-dit")
-    if folder is None or not (folder / "model_index.json").exists():
-        pytest.skip("builtin:digits-dit weights are not built yet")
+    """The bundled DiT, served, draws the digit asked for: the bundled classifier reads it."""
+    import torch
     from ray import serve
 
-    from darkroom.serve.spec import read_yaml
+    from darkroom.platform.config import read_yaml_file
+    from darkroom.platform.zoo.classifier import load_digits_classifier
+    from darkroom.platform.zoo.data import to_tensor
 
-    spec = read_yaml(Path(__file__).resolve().parents[2] / "configs/serve/digits.yaml")
+    spec, _ = read_yaml_file(Path(__file__).resolve().parents[2] / "configs/serve/digits.yaml",
+                             "serve file")
     spec.update(resources=SMALL, runtime={"device": "cpu"}, safety={"on": False})
     url = deploy(serve_url, "digits", spec)
     try:
         response = httpx.post(f"{url}/v1/images/generations", timeout=60,
-                              json={"prompt": "seven", "n": 2, "steps": 4})
+                              json={"prompt": "seven", "n": 4, "steps": 20, "seed": 3})
         assert response.status_code == 200, response.text
-        assert all(decode(d["b64_json"]).ndim == 3 for d in response.json()["data"])
+        images = np.stack([decode(d["b64_json"]) for d in response.json()["data"]])
     finally:
         serve.delete("digits")
+    with torch.no_grad():
+        read = load_digits_classifier()(to_tensor(images)).argmax(dim=1).tolist()
+    assert read.count(7) >= 3, f"the classifier read {read} for four sevens"
 
 
 

@@ -44,7 +44,7 @@ def test_duplicate_keys_are_rejected_with_the_line(tmp_path: Path, capsys) -> No
                            "max_queued_requests: 8\n")
     assert main(["serve", str(path), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert "duplicate key `max_queued_requests` at line 3" in err
+    assert "duplicate key `max_queued_requests` (lines 2 and 3)" in err
     assert "Traceback" not in err
 
 
@@ -57,7 +57,7 @@ def test_duplicate_keys_are_rejected_with_the_line(tmp_path: Path, capsys) -> No
         ("autoscaling: {min_replicas: 3, max_replicas: 2}\n", "autoscaling", "must not exceed"),
         ("safety: {checker: nudnet}\n", "safety.checker", "did you mean `nudenet`"),
         ("limits: {max_n: 0}\n", "limits.max_n", "greater than or equal to 1"),
-        ("batching: {max_batch: 4}\n", "batching.max_batch", "Extra inputs"),
+        ("batching: {max_batch: 4}\n", "batching.max_batch", "did you mean `max_batch_size`?"),
         ("defaults: {steps: 200}\nlimits: {max_steps: 50}\n", "(top level)", "max_steps"),
         ("auth: {api_key_env: 'not a name'}\n", "auth.api_key_env", "environment variable"),
     ],

@@ -22,22 +22,3 @@ def weights_folder(name: str) -> Path:
         raise KeyError(f"no bundled model `{name}`; known: {', '.join(BUNDLED_FOLDERS)}")
     return WEIGHTS_ROOT / name
 
-
-def _train_digits(args) -> int:
-    from darkroom.platform.zoo.train_digits import run
-
-    return run(args)
-
-
-def register(subparsers) -> None:
-    """Add `zoo train-digits [--out DIR] [--quick]` to the `darkroom` command."""
-    from darkroom.platform.zoo.train_digits import add_arguments
-
-    zoo = subparsers.add_parser("zoo", help="bundled small trained models")
-    commands = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
-    commands.required = True
-    train = commands.add_parser(
-        "train-digits", help="train the digits classifier, VAE, DiT and LDM (~30 min, 1 thread)"
-    )
-    add_arguments(train)
-    train.set_defaults(handler=_train_digits)

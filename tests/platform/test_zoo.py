@@ -149,7 +149,7 @@ def test_quick_training_run(tmp_path):
 def test_cli_registers_train_digits():
     import argparse
 
-    from darkroom.platform.zoo import register
+    from darkroom.platform.commands import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))

@@ -1,0 +1,62 @@
+"""Reading a job file: YAML, `KEY=VALUE` overrides, types, then the checks beyond types.
+
+`load(path, overrides)` reports every problem of a job file at once (duplicate keys, unknown keys,
+bad values, missing prompt files, unknown models, samplers that do not fit), each with its field
+path, the bad value and the fix. Nothing is loaded or started before it succeeds, and nothing here
+imports torch, diffusers or Ray.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from darkroom.jobs.checks import semantic_problems
+from darkroom.jobs.spec import JobSpec
+from darkroom.platform.config import (
+    Problem,
+    SpecError,
+    apply_overrides,
+    read_yaml_file,
+    validation_problems,
+)
+
+
+def load(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
+    """Read, override and validate a job file; prompt sources are resolved next to it."""
+    data, problems = read_yaml_file(path, "job file")
+    return validate(data, base=Path(path).parent, overrides=overrides, source=str(path),
+                    problems=problems)
+
+
+def validate(data: dict[str, Any], base: str | Path = ".", overrides: Sequence[str] = (),
+             source: str = "job", problems: Sequence[Problem] = ()) -> JobSpec:
+    """A JobSpec from plain data, or a SpecError listing every problem found."""
+    from pydantic import ValidationError
+
+    data = apply_overrides(copy.deepcopy(data), overrides)
+    _absolute_sources(data, Path(base))
+    found = list(problems)
+    spec = None
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as err:
+        found += validation_problems(err, JobSpec)
+    found += semantic_problems(data, spec)
+    if found:
+        raise SpecError(source, found)
+    return spec  # type: ignore[return-value]
+
+
+def _absolute_sources(data: dict[str, Any], base: Path) -> None:
+    """Prompt files and folders are relative to the job file; made absolute for provenance."""
+    prompts = data.get("prompts")
+    if not isinstance(prompts, dict):
+        return
+    for key in ("file", "control_images"):
+        value = prompts.get(key)
+        if isinstance(value, str) and value and not re.match(r"^[a-z0-9]+://", value):
+            prompts[key] = str((base / Path(value).expanduser()).resolve())

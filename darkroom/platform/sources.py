@@ -1,0 +1,142 @@
+"""Where a model name points, and what can be told about it without loading it.
+
+The one resolver of model names: registry names (`tiny:sd`, `builtin:digits-dit`,
+`random:sdxl`), local diffusers folders and hub ids. `validate` and the loader both use it, so a
+name that passes one passes the other. Imports only the standard library: no torch, no network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from darkroom.platform.errors import ModelLoadError, did_you_mean
+from darkroom.platform.families import FAMILIES, PIPELINE_TO_FAMILY, Family, ModelSpec
+
+TINY_FAMILIES = ("sd", "sdxl", "dit", "controlnet")  # `tiny:<family>`, built by platform.tiny
+TINY_FORMAT = "3"  # bump when a tiny builder changes, so cached folders are rebuilt
+TINY_DIT_LABELS = {i: name for i, name in enumerate(
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])}
+# `random:<name>`: full-size architectures with random weights (platform.fullsize) -> family
+FULLSIZE_FAMILIES = {"sd15": "sd", "sdxl": "sdxl", "dit-xl-2": "dit",
+                     "sd15-controlnet": "controlnet"}
+FULLSIZE_DIT_LABELS = {i: f"class {i}" for i in range(1000)}
+PIPELINE_INDEX = "model_index.json"
+
+
+def cache_root() -> Path:
+    """Where Darkroom caches what it builds (tiny pipelines, reference statistics)."""
+    return Path(os.environ.get("DARKROOM_CACHE", Path.home() / ".cache" / "darkroom"))
+
+
+def tiny_path(family: str) -> Path:
+    """The cache folder of `tiny:<family>` (built on first load by platform.tiny)."""
+    return cache_root() / "tiny" / f"{family}-v{TINY_FORMAT}"
+
+
+def builtin_models() -> dict[str, Path]:
+    """`builtin:<name>` -> the bundled folder (the zoo's trained digits models)."""
+    from darkroom.platform.zoo import BUILTIN_MODELS
+
+    return dict(BUILTIN_MODELS)
+
+
+def registry_names() -> list[str]:
+    """Every registry model name: tiny:*, builtin:*, random:*."""
+    return ([f"tiny:{f}" for f in TINY_FAMILIES]
+            + [f"builtin:{n}" for n in builtin_models()]
+            + [f"random:{n}" for n in FULLSIZE_FAMILIES])
+
+
+def resolve_source(model: str, marker: str = PIPELINE_INDEX) -> tuple[str, bool]:
+    """`model` -> (a local folder, `random:NAME` or a hub id; whether it is local).
+
+    A local folder must hold `marker`: model_index.json for a pipeline, config.json for a single
+    component such as ControlNet weights. Hub ids cannot be checked offline and pass as they are.
+    """
+    kind, _, name = model.partition(":")
+    known = {"tiny": TINY_FAMILIES, "builtin": builtin_models(), "random": FULLSIZE_FAMILIES}
+    if kind in known and name:
+        if name not in known[kind]:
+            raise ModelLoadError(f"unknown model `{model}`;{did_you_mean(model, registry_names())}")
+        if kind == "tiny":
+            return str(tiny_path(name)), True
+        if kind == "builtin":
+            return str(builtin_models()[name]), True
+        return model, True  # built in memory by the loader
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / marker).is_file():
+            what = "a diffusers pipeline" if marker == PIPELINE_INDEX else "a diffusers model"
+            raise ModelLoadError(
+                f"`{model}` is a folder but not {what} (no {marker}); save one with "
+                "`save_pretrained(folder)` or `darkroom models tiny`"
+            )
+        return str(path), True
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ModelLoadError(
+            f"model `{model}` is neither a folder that exists nor a hub id (org/name) nor a "
+            f"registry name ({', '.join(registry_names())})"
+        )
+    return model, False
+
+
+def pipeline_index(spec: ModelSpec) -> dict[str, Any] | None:
+    """The model's model_index.json when it is on this machine (not for tiny/random names)."""
+    kind = spec.model.partition(":")[0]
+    if kind in ("tiny", "random"):
+        return None
+    source, local = resolve_source(spec.model)
+    index = Path(source) / PIPELINE_INDEX
+    return json.loads(index.read_text()) if local and index.is_file() else None
+
+
+def local_family(spec: ModelSpec) -> Family | None:
+    """The spec's family when it can be told offline; None for a hub id without `family`."""
+    if spec.family:
+        return FAMILIES[spec.family]
+    kind, _, name = spec.model.partition(":")
+    if kind == "tiny":
+        resolve_source(spec.model)  # an unknown name fails here
+        return FAMILIES[name]
+    if kind == "random":
+        resolve_source(spec.model)
+        return FAMILIES[FULLSIZE_FAMILIES[name]]
+    _, local = resolve_source(spec.model)
+    if not local:
+        return None
+    return family_of_pipeline(spec.model, pipeline_index(spec) or {})
+
+
+def family_of_pipeline(model: str, index: dict[str, Any]) -> Family:
+    """The family of a pipeline from its model_index.json's `_class_name`."""
+    class_name = index.get("_class_name", "")
+    if class_name not in PIPELINE_TO_FAMILY:
+        raise ModelLoadError(
+            f"model `{model}` is a {class_name or 'unknown pipeline'}; supported: "
+            f"{', '.join(PIPELINE_TO_FAMILY)}; set `family` to force one"
+        )
+    return FAMILIES[PIPELINE_TO_FAMILY[class_name]]
+
+
+def class_names(spec: ModelSpec) -> dict[str, int] | None:
+    """A class-conditional model's label names -> ids, when readable offline (else None).
+
+    Names split on commas as DiTPipeline does ("tench, Tinca tinca" is two names of class 0).
+    """
+    kind, _, name = spec.model.partition(":")
+    if kind == "tiny":
+        id2label: dict[Any, str] | None = TINY_DIT_LABELS if name == "dit" else None
+    elif kind == "random":
+        id2label = FULLSIZE_DIT_LABELS if FULLSIZE_FAMILIES.get(name) == "dit" else None
+    else:
+        id2label = (pipeline_index(spec) or {}).get("id2label")
+    if not id2label:
+        return None
+    names = {}
+    for key, value in id2label.items():
+        for label in str(value).split(","):
+            names[label.strip()] = int(key)
+    return names
