@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +30,93 @@ def ray_session():
                  runtime_env={"env_vars": {"DARKROOM_CACHE": os.environ["DARKROOM_CACHE"]}})
     yield ray
     ray.shutdown()
+
+
+# -- a real multi-process Ray cluster, started with `ray start` ----------------------------------
+
+# outside Ray's worker port range (10002-19999) and the defaults of any other local Ray
+GCS_PORT, DASHBOARD_PORT = 26379, 28265
+DASHBOARD = f"http://127.0.0.1:{DASHBOARD_PORT}"
+BIN = Path(sys.executable).parent
+
+
+def start_node(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """`ray start ... --block` in its own process group: everything it spawns can be stopped."""
+    process = subprocess.Popen(
+        [str(BIN / "ray"), "start", *args, "--disable-usage-stats", "--block"],
+        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.monotonic() + 180
+    while "Ray runtime started" not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            pytest.fail(f"`ray start {' '.join(args)}` did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    return process
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM (Ray drains and stops its processes), then SIGKILL what is left of the group."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=5)  # a head node can take much longer to drain; not needed here
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop_leftovers(root: Path, timeout: float = 20.0) -> list[int]:
+    """Ray starts some of its processes in sessions of their own, out of reach of the node's
+    process group; they all name the cluster's unique temp folder, so find them by it. Returns
+    the pids still alive after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True)
+        pids = [int(p) for p in found.stdout.split()]
+        if not pids or time.monotonic() > deadline:
+            return pids
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def ray_cluster():
+    """Start a real local cluster with `ray start` (head + `workers` worker nodes, one CPU each,
+    token auth, dashboard on DASHBOARD_PORT); returns (temp root, token file). All of its
+    processes are stopped afterwards, and the test fails if any survive."""
+    started: list[tuple[Path, list[subprocess.Popen]]] = []
+
+    def start(workers: int = 0) -> tuple[Path, Path]:
+        root = Path(tempfile.mkdtemp(prefix="drc-", dir="/tmp"))  # short: Ray's socket paths
+        token = root / "token"
+        token.write_text(secrets.token_hex(16))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
+                   PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+        nodes: list[subprocess.Popen] = []
+        started.append((root, nodes))
+        nodes.append(start_node(
+            ["--head", f"--port={GCS_PORT}", f"--dashboard-port={DASHBOARD_PORT}",
+             "--ray-client-server-port=26380", "--dashboard-agent-listen-port=26381",
+             "--include-dashboard=true", "--num-cpus=1", f"--temp-dir={root / 'ray'}"],
+            env, root / "head.log"))
+        for i in range(workers):
+            nodes.append(start_node(
+                [f"--address=127.0.0.1:{GCS_PORT}", f"--dashboard-agent-listen-port={26382 + i}",
+                 "--num-cpus=1"], env, root / f"worker{i}.log"))
+        return root, token
+
+    yield start
+    for root, nodes in started:
+        for node in reversed(nodes):
+            stop(node)
+        survivors = stop_leftovers(root)
+        shutil.rmtree(root, ignore_errors=True)
+        assert not survivors, f"processes of the test cluster survived: {survivors}"

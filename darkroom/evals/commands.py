@@ -101,7 +101,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if (target / layout.RUN_INFO).exists():  # a single run folder
         target, run_ids = target.parent, [target.name]
     job = _job_file(target)
-    spec = validate(EvalSpec, eval_settings(args, job), "eval settings (job.yaml's eval: and flags)")
+    spec = validate(EvalSpec, eval_settings(args, job), "eval settings (job.yaml and flags)")
     tracking = validate(TrackingSpec, job.get("tracking") or {}, "tracking settings")
     tracking = tracking.model_copy(update={k: v for k, v in {
         "uri": args.tracking_uri, "experiment": args.experiment}.items() if v})

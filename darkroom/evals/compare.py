@@ -23,6 +23,8 @@ QUALITY = [m.key for m in METRICS.values()]
 
 @dataclass
 class RunRow:
+    """One evaluated run of an experiment: its params, metrics and why any metric is missing."""
+
     run_id: str
     name: str
     params: dict[str, str]
@@ -30,6 +32,7 @@ class RunRow:
     missing: dict[str, str] = field(default_factory=dict)
 
     def value(self, key: str) -> float | None:
+        """The run's value of a metric, or None when it has none or it is NaN."""
         value = self.metrics.get(key)
         return None if value is None or math.isnan(value) else value
 
@@ -54,6 +57,8 @@ def load_runs(client, experiment: str) -> list[RunRow]:
 
 
 def pick_metric(rows: list[RunRow], metric: str | None) -> str:
+    """The metric key to rank by: the one asked for (a metric name or a raw key some run
+    has), else the first quality metric any run has, else images/s."""
     present = sorted({k for r in rows for k in r.metrics if r.value(k) is not None})
     if metric is None:
         for key in QUALITY:
@@ -73,6 +78,8 @@ def rank(rows: list[RunRow], key: str) -> list[RunRow]:
 
 
 def table_rows(rows: list[RunRow], key: str) -> tuple[list[str], list[list[str]]]:
+    """The table's header and cells: run params, the ranking metric, images/s, then the
+    other quality metrics some run has; absent values read `missing`."""
     extra = [k for k in QUALITY if k != key and any(r.value(k) is not None for r in rows)]
     header = ["run", "model", "sampler", "steps", "guidance", "images", key, SPEED, *extra]
     body = []
@@ -92,6 +99,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def format_table(header: list[str], body: list[list[str]]) -> str:
+    """The table as plain text: columns padded to width, a dashed rule under the header."""
     widths = [max(len(str(c)) for c in column) for column in zip(header, *body, strict=True)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True))
              for row in [header, ["-" * w for w in widths], *body]]
@@ -123,6 +131,7 @@ def _svg(figure) -> str:
 
 
 def scatter_svg(rows: list[RunRow], key: str) -> str:
+    """Inline SVG of the metric against images/s, runs labelled, Pareto front dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,6 +155,7 @@ def scatter_svg(rows: list[RunRow], key: str) -> str:
 
 
 def steps_svg(rows: list[RunRow], key: str) -> str:
+    """Inline SVG of the metric against steps, one line per model and sampler."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,6 +191,7 @@ def contact_sheet_uri(client, run_id: str) -> str | None:
 
 
 def report_html(client, experiment: str, rows: list[RunRow], key: str) -> str:
+    """The self-contained HTML report: the table, contact sheets and both plots."""
     header, body = table_rows(rows, key)
     esc = html.escape
     table = "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>" + "".join(
@@ -233,9 +244,8 @@ def compare(experiment: str, metric: str | None = None, html_path: str | Path | 
     page = report_html(client, experiment, rows, key)
     path.write_text(page)
     exp = tracking.experiment_id(client, experiment)
-    run = tracking.open_run(client, exp, tracking.path_key("compare", experiment), "compare",
-                            {tracking.KIND: "compare", "darkroom.compare.metric": key})
-    tracking.log_files(client, run, {"report.html": page, "table.txt": text + "\n"})
-    tracking.finish(client, run)
+    with tracking.run_scope(client, exp, tracking.path_key("compare", experiment), "compare",
+                            {tracking.KIND: "compare", "darkroom.compare.metric": key}) as run:
+        tracking.log_files(client, run, {"report.html": page, "table.txt": text + "\n"})
     return text, path
 

@@ -25,6 +25,7 @@ class Stats:
 
     @classmethod
     def of(cls, features: np.ndarray) -> Stats:
+        """Stats of an N x d feature array (N >= 2), keeping the features."""
         features = np.asarray(features, dtype=np.float64)
         if features.ndim != 2 or len(features) < 2:
             raise ValueError(f"need at least 2 feature rows, got shape {features.shape}")
@@ -32,6 +33,7 @@ class Stats:
 
 
 def cleanfid_fid(gen: Stats, ref: Stats) -> float:
+    """FID (Heusel et al. 2017): the Frechet distance between two Gaussians, by clean-fid."""
     from cleanfid.fid import frechet_distance
 
     return float(frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma))
@@ -39,6 +41,8 @@ def cleanfid_fid(gen: Stats, ref: Stats) -> float:
 
 def cleanfid_kid(gen: np.ndarray, ref: np.ndarray, subsets: int, subset_size: int,
                  seed: int = 0) -> float:
+    """KID (Binkowski et al. 2018) by clean-fid: the mean polynomial-kernel MMD^2 over `subsets`
+    random subsets of at most `subset_size` rows, drawn with `seed`."""
     from cleanfid.fid import kernel_distance
 
     # clean-fid draws its subsets from numpy's global generator: seed it, then put it back
@@ -68,6 +72,7 @@ def _identity(num_features: int):
 
 
 def torchmetrics_fid(gen: Stats, ref: Stats) -> float:
+    """FID (Heusel et al. 2017) by torchmetrics; both Stats must keep their features."""
     import torch
     from torchmetrics.image.fid import FrechetInceptionDistance
 
@@ -82,6 +87,8 @@ def torchmetrics_fid(gen: Stats, ref: Stats) -> float:
 
 def torchmetrics_kid(gen: np.ndarray, ref: np.ndarray, subsets: int, subset_size: int,
                      seed: int = 0) -> float:
+    """KID (Binkowski et al. 2018) by torchmetrics: the mean over `subsets` random subsets of
+    `subset_size` rows (capped at the smaller set), drawn with `seed`."""
     import torch
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -98,6 +105,8 @@ def torchmetrics_kid(gen: np.ndarray, ref: np.ndarray, subsets: int, subset_size
 
 @dataclass(frozen=True)
 class Backend:
+    """One implementation of the corpus math: its FID and KID functions."""
+
     fid: Callable[[Stats, Stats], float]
     kid: Callable[..., float]
 

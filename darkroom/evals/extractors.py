@@ -47,6 +47,7 @@ class FeatureExtractor:
     fn: Callable[[Sequence[np.ndarray]], np.ndarray] = field(repr=False)
 
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Features of a batch as float32 N x num_features; no images give 0 rows."""
         if not len(images):
             return np.zeros((0, self.num_features), np.float32)
         return np.asarray(self.fn(images), dtype=np.float32).reshape(len(images), -1)
@@ -66,6 +67,7 @@ EXTRACTORS: dict[str, ExtractorEntry] = {}
 
 
 def register_extractor(name: str, entry: ExtractorEntry) -> None:
+    """Add an extractor under `name`; a name already taken raises ValueError."""
     if name in EXTRACTORS:
         raise ValueError(f"feature extractor `{name}` is already registered")
     EXTRACTORS[name] = entry
@@ -246,6 +248,8 @@ def _digits_check(weights: str | None) -> str | None:
 
 
 def load_digits(weights: str | None = None):
+    """The digits classifier saved in `weights` (a folder), or the bundled one when None;
+    raises `WeightsMissing` when it has not been trained."""
     reason = _digits_check(weights)
     if reason:
         raise WeightsMissing(reason)

@@ -44,13 +44,12 @@ class Context:
 
     spec: Any  # EvalSpec
     reference: Stats | None = None
-    reference_missing: str | None = None
     warnings: list[str] = field(default_factory=list)
 
 
 def _reference(ctx: Context) -> Stats:
     if ctx.reference is None:
-        raise Unavailable(ctx.reference_missing or "no reference images (eval.reference)")
+        raise Unavailable("no reference images (eval.reference)")
     return ctx.reference
 
 

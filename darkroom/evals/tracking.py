@@ -10,9 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from darkroom.evals.metrics import METRICS
+from darkroom.evals.results import RunResult, contact_sheet_png, first_value
+from darkroom.evals.spec import EvalSpec, TrackingSpec
 
 KIND = "darkroom.kind"  # job | run | compare
 KEY = "darkroom.key"
@@ -84,6 +89,19 @@ def open_run(mlflow_client, experiment: str, key: str, name: str, tags: Mapping[
     return run_id
 
 
+@contextmanager
+def run_scope(mlflow_client, experiment: str, key: str, name: str,
+              tags: Mapping[str, Any]) -> Iterator[str]:
+    """An MLflow run found by `key` (or new) for the body: FINISHED after it, FAILED on error."""
+    run_id = open_run(mlflow_client, experiment, key, name, tags)
+    ok = False
+    try:
+        yield run_id
+        ok = True
+    finally:
+        finish(mlflow_client, run_id, ok)
+
+
 def log_params(mlflow_client, run_id: str, params: Mapping[str, Any]) -> list[str]:
     """Log params; an existing param keeps its value (MLflow params are immutable): the changed
     ones are returned so the caller can warn."""
@@ -141,3 +159,82 @@ def finish(mlflow_client, run_id: str, ok: bool = True) -> None:
 
 def to_json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str) + "\n"
+
+
+# -- a job's evaluation in MLflow ------------------------------------------------------------
+
+
+def log_job(results: list[RunResult], protocol: dict, job_dir: Path, tracking_spec: TrackingSpec,
+            *, experiment: str, job_spec: dict, eval_spec: EvalSpec) -> None:
+    """A parent run for this invocation (job folder + spec hash), a child run per result."""
+    mlflow_client = client(tracking_spec.uri)
+    exp = experiment_id(mlflow_client, tracking_spec.experiment or experiment)
+    digest = spec_hash(job_spec)
+    stamped = {f"darkroom.version.{k}": v for k, v in versions().items()}
+    key, name = path_key("job", job_dir, digest), f"{job_dir.name}-{digest[:8]}"
+    tags = {KIND: "job", "darkroom.spec_hash": digest, "darkroom.output": job_dir, **stamped}
+    with run_scope(mlflow_client, exp, key, name, tags) as parent:
+        log_params(mlflow_client, parent, {"job": job_dir.name, "runs": len(results)})
+        for result in results:
+            result.mlflow_run_id = _log_run(mlflow_client, exp, parent, result, protocol,
+                                            job_spec, digest, stamped, eval_spec)
+        log_files(mlflow_client, parent, {
+            "job_spec.json": to_json(job_spec),
+            "metrics.json": to_json([r.summary() for r in results]),
+            "eval_protocol.json": to_json(protocol),
+        })
+
+
+def _log_run(mlflow_client, exp: str, parent: str, result: RunResult, protocol: dict,
+             job_spec: dict, digest: str, stamped: dict, eval_spec: EvalSpec) -> str:
+    info = result.info
+    name = run_name(info, result.run_id)
+    tags = {KIND: "run", PARENT: parent, "darkroom.run_id": result.run_id,
+            "darkroom.spec_hash": digest, "darkroom.output": result.run_dir, **stamped,
+            "darkroom.eval.feature_extractor": eval_spec.feature_extractor,
+            "darkroom.eval.backend": eval_spec.backend}
+    with run_scope(mlflow_client, exp, path_key("run", result.run_dir), name, tags) as run:
+        changed = log_params(mlflow_client, run, run_params(info, result))
+        if changed:
+            result.warnings.append(f"params changed since this run was first logged (kept the "
+                                   f"first values): {', '.join(changed)}")
+        metrics = dict(result.metrics)
+        if result.timing.get("images_per_s"):
+            metrics["images_per_s"] = result.timing["images_per_s"]
+        if result.timing.get("images"):
+            metrics["seconds_per_image"] = result.timing["seconds"] / result.timing["images"]
+        metrics["images"] = result.count
+        log_metrics(mlflow_client, run, metrics, result.missing,
+                    [METRICS[name].key for name in result.missing])
+        mlflow_client.set_tag(run, "darkroom.warnings", "\n".join(result.warnings)[:5000] or "none")
+        log_files(mlflow_client, run, {
+            "contact_sheet.png": contact_sheet_png(result.run_dir, eval_spec.contact_sheet),
+            "job_spec.json": to_json(job_spec),
+            "run.json": to_json(info),
+            "metrics.json": to_json({**result.summary(), "logged": metrics}),
+            "eval_protocol.json": to_json(protocol),
+        })
+    return run
+
+
+def run_name(info: dict[str, Any], fallback: str) -> str:
+    """A run's name in MLflow: model, sampler, steps and guidance."""
+    sampler = (info.get("sampler") or {}).get("name", "?")
+    label = info.get("model_label") or (info.get("model") or {}).get("model") or fallback
+    return f"{label}-{sampler}-s{info.get('steps', '?')}-g{info.get('guidance_scale', '?')}"
+
+
+def run_params(info: dict[str, Any], result: RunResult) -> dict[str, Any]:
+    """A run's MLflow params, from its run.json."""
+    model = info.get("model") or {}
+    sampler = info.get("sampler") or {}
+    return {
+        "model": info.get("model_label") or model.get("model"), "model.source": model.get("model"),
+        "model.revision": model.get("revision") or first_value(result.run_dir, "model_revision"),
+        "sampler": sampler.get("name"),
+        "sampler.overrides": to_json(sampler.get("overrides") or {}).strip(),
+        "steps": info.get("steps"), "guidance_scale": info.get("guidance_scale"),
+        "eta": info.get("eta"), "width": info.get("width"), "height": info.get("height"),
+        "seed": info.get("seed"), "images_per_prompt": info.get("images_per_prompt"),
+        "prompt_count": info.get("prompt_count"), "image_count": result.count,
+    }

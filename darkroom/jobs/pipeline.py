@@ -11,8 +11,6 @@ rerun generates only the rows that are missing.
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
 import warnings
 from collections import defaultdict
@@ -26,6 +24,7 @@ from darkroom.jobs.plan import Run, describe, expand, request_rows, row_id_of, r
 from darkroom.jobs.prompts import Prompt, load_prompts
 from darkroom.jobs.spec import JobSpec
 from darkroom.platform import layout
+from darkroom.platform.cluster import connect_ray
 from darkroom.platform.families import ModelSpec
 
 MAX_BLOCKS = 2000  # from_items blocks; one block is about one batch, so a retry redoes one batch
@@ -75,7 +74,11 @@ def run_job(spec: JobSpec, *, dry_run: bool = False, evaluate: bool = True,
     else:
         log(f"generating {missing} of {total} rows ({total - missing} already done) "
             f"into {job_dir}")
-        connect_ray(log)
+        # torch before Ray: loaded after Ray's and Arrow's libraries in a cluster job's driver,
+        # libtorch_cpu failed to load ("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so")
+        import darkroom.platform.generator  # noqa: F401
+
+        connect_ray(log, log_to_driver=True)
         writer = output.Writer(job_dir, spec.compute.checkpoint_rows,
                                spec.compute.checkpoint_seconds, log)
         failed = earlier_errors
@@ -166,29 +169,6 @@ def dataset(spec: JobSpec, model: ModelSpec, rows: list[dict]) -> Any:
             max_restarts=compute.max_restarts,
             max_task_retries=compute.max_task_retries,
         )
-
-
-def connect_ray(log: Callable[[str], None] = print) -> None:
-    """Join RAY_ADDRESS if set (a cluster, or the job's own under `ray job submit`), else start a
-    local Ray for this process, without the dashboard (one process less to start)."""
-    address = os.environ.get("RAY_ADDRESS")
-    if not address and "ray" not in sys.modules:
-        # Ray's own default for a new local instance (token auth), chosen explicitly so Ray does
-        # not warn about it; Ray reads the mode when it is imported
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address:
-        from darkroom.jobs.submit import enable_token_auth
-
-        enable_token_auth()
-        log(f"joining Ray at {address}")
-        ray.init(address=address, log_to_driver=True)
-    else:
-        # "local": never join a cluster that `ray start` left running on this machine
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
 
 
 def summary(runs: list[Run], result: JobResult) -> str:

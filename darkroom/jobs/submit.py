@@ -5,9 +5,8 @@ environment's `working_dir` together with copies of its prompt file or control-i
 cluster the entrypoint is `python -m darkroom run job.yaml`, which joins the cluster through the
 RAY_ADDRESS that Ray Jobs sets.
 
-Ray 2.60 `ray start` turns on token authentication by default (when a token exists): clients must
-send the cluster's token. It is read the way Ray itself reads it: $RAY_AUTH_TOKEN, the file named
-by $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token (copy it from the head node).
+Ray 2.60 `ray start` turns on token authentication by default: the client sends the cluster's
+token (`platform.cluster.read_token`).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import sys
 import tempfile
 import time
 import uuid
@@ -26,41 +24,22 @@ from typing import Any
 import yaml
 
 from darkroom.jobs.jobfile import load
+from darkroom.platform.cluster import TOKEN_HELP, read_token
 from darkroom.platform.errors import UserError
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-TOKEN_HELP = (
-    "the cluster uses token authentication (Ray's default for `ray start`): copy the head "
-    "node's ~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
+# Ray Jobs runs the entrypoint with the PATH the cluster was started with, whose `python` may
+# not be the one Darkroom is installed in (a venv that was not activated): use $DARKROOM_PYTHON
+# when given, else `python`, and say so plainly when that cannot import darkroom.
+ENTRYPOINT = (
+    'py="${DARKROOM_PYTHON:-python}"; '
+    'if ! "$py" -c "import darkroom" 2>/dev/null; then '
+    'echo "error: the cluster\'s Python ($py, from the PATH Ray was started with) cannot '
+    'import darkroom: start the cluster from the environment Darkroom is installed in '
+    '(e.g. source .venv/bin/activate before ray start), or submit with '
+    '--env DARKROOM_PYTHON=/path/to/that/python" >&2; exit 1; fi; '
+    'exec "$py" -m darkroom run job.yaml'
 )
-
-
-def read_token() -> str | None:
-    """The Ray auth token, from the same places Ray looks (in Ray's order)."""
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return os.environ["RAY_AUTH_TOKEN"].strip()
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    candidate = Path(path) if path else Path.home() / ".ray" / "auth_token"
-    if candidate.is_file():
-        return candidate.read_text().strip() or None
-    if path:
-        raise UserError(f"RAY_AUTH_TOKEN_PATH names {path}, which is not a readable file")
-    return None
-
-
-def enable_token_auth() -> None:
-    """Before joining a cluster with `ray.init(address=...)`: use the token when there is one.
-
-    Ray only turns token mode on by itself for a cluster it finds on this machine, never for an
-    explicit address, and it reads the mode when it is imported.
-    """
-    if os.environ.get("RAY_AUTH_MODE") or not read_token():
-        return
-    os.environ["RAY_AUTH_MODE"] = "token"
-    if "ray" in sys.modules:  # already imported: have Ray read its configuration again
-        from ray._raylet import Config
-
-        Config.initialize("")
 
 
 def dashboard_address(address: str | None) -> str:
@@ -143,7 +122,7 @@ def submit(job_path: str | Path, overrides: Sequence[str], address: str | None,
         if ship_package:
             runtime_env["py_modules"] = [str(Path(__file__).resolve().parents[1])]
         job_id = client.submit_job(
-            entrypoint="python -m darkroom run job.yaml",
+            entrypoint=ENTRYPOINT,
             runtime_env=runtime_env,
             submission_id=f"darkroom-{data['name']}-{uuid.uuid4().hex[:8]}",
             metadata={"darkroom_job": data["name"]},

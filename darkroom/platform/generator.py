@@ -277,7 +277,7 @@ class Generator:
             )
         images = images[: len(members)]
         seconds = (time.perf_counter() - started) / len(members)
-        created = dt.datetime.now(dt.timezone.utc)
+        created = dt.datetime.now(dt.UTC)
         out = []
         for (index, request, row), image in zip(members, images, strict=True):
             png = encode_png(to_uint8(np.asarray(image)))
@@ -315,7 +315,7 @@ class Generator:
             "seed": None if _missing(seed) else int(seed),
             "prompt": row.get("prompt"),
             "sampler": row.get("sampler") or self.sampler.name,
-            "created_at": dt.datetime.now(dt.timezone.utc),
+            "created_at": dt.datetime.now(dt.UTC),
             "error": reason,
         })
         return out

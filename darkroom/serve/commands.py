@@ -1,14 +1,25 @@
-"""`darkroom serve SERVE.yaml`: start the online endpoint on local Ray (or RAY_ADDRESS)."""
+"""`darkroom serve SERVE.yaml`: start the online endpoint on a private local Ray (or RAY_ADDRESS).
+
+Without RAY_ADDRESS it starts its own local Ray and Serve, and stops both on exit. With
+RAY_ADDRESS it deploys into that cluster's Serve and, on exit, deletes only its own application.
+Exit is bounded: SIGINT or SIGTERM, to the process or its whole group, ends it within
+`STOP_SECONDS` even when the signal also took down the local Ray it started.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import signal
+import socket
+import threading
 import time
+
+STOP_SECONDS = 12  # the clean-up's budget; then the process exits regardless
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `serve SERVE.yaml [--dry-run]` to the `darkroom` command."""
     serve = subparsers.add_parser(
         "serve", help="serve a model over HTTP (OpenAI Images API) on Ray Serve"
     )
@@ -28,7 +39,6 @@ def _serve(args: argparse.Namespace) -> int:
     attached = bool(os.environ.get("RAY_ADDRESS"))
     if not attached:  # the replicas will see this machine's files: check the model's name now
         resolve_source(spec.model.model)
-    url = f"http://{spec.http.host}:{spec.http.port}{spec.http.route_prefix.rstrip('/')}"
     scaling = spec.autoscaling
     print(
         f"{spec.name}: {spec.model_id}, {scaling.min_replicas}-{scaling.max_replicas} replica(s), "
@@ -37,38 +47,89 @@ def _serve(args: argparse.Namespace) -> int:
         f"{'API key ' + spec.auth.api_key_env if spec.auth else 'no API key'}"
     )
     if args.dry_run:
-        print(f"would serve at {url}/v1")
+        print(f"would serve at {_url(spec.http.host, spec.http.port, spec.http.route_prefix)}/v1")
         return 0
+    if not attached:
+        _check_port_free(spec.http.host, spec.http.port)
 
-    import ray
     from ray import serve
 
+    from darkroom.platform.cluster import connect_ray
     from darkroom.serve.app import application
 
     app = application(spec)
-    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
-    serve.start(http_options={"host": spec.http.host, "port": spec.http.port})
+    connect_ray(log_to_driver=False)
     # SIGTERM (a supervisor, `kill`) stops it like Ctrl-C; SIGINT is restored for shells that
     # start background jobs with it ignored
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
     try:
+        if not attached:
+            serve.start(http_options={"host": spec.http.host, "port": spec.http.port})
         serve.run(app, name=spec.name, route_prefix=spec.http.route_prefix)
-        if attached:  # a cluster's running Serve keeps its own HTTP host and port
-            print(f"serving at route {spec.http.route_prefix} of the Serve proxy of "
-                  f"{os.environ['RAY_ADDRESS']}; Ctrl-C removes the app", flush=True)
-        else:
-            print(f"serving at {url}/v1 (API docs: {url}/docs); Ctrl-C stops it", flush=True)
+        host, port = _proxy_address()
+        print(f"serving at {_url(host, port, spec.http.route_prefix)}/v1 (API docs: "
+              f"{_url(host, port, spec.http.route_prefix)}/docs); Ctrl-C "
+              f"{'removes the app' if attached else 'stops it'}", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("stopping", flush=True)
     finally:
-        serve.delete(spec.name)
+        _stop(spec.name, attached)
+    return 0
+
+
+def _url(host: str, port: int, route_prefix: str) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{shown}:{port}{route_prefix.rstrip('/')}"
+
+
+def _proxy_address() -> tuple[str, int]:
+    """Where Serve's HTTP proxy really listens (a joined cluster keeps its own host and port)."""
+    from ray.serve.context import _get_global_client
+
+    config = _get_global_client().http_config
+    return config.host, config.port
+
+
+def _check_port_free(host: str, port: int) -> None:
+    from darkroom.platform.errors import UserError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise UserError(f"port {port} on {host} is in use ({err.strerror}); stop what holds "
+                            "it or set `http.port` in the serve file") from err
+
+
+def _stop(name: str, attached: bool) -> None:
+    """Delete our application (and, when the Ray is our own, Serve and Ray), within a budget.
+
+    A SIGTERM sent to the whole process group also ends the local Ray's processes, after which
+    Ray's clean-up calls would wait for them forever: past the budget the process just exits.
+    """
+
+    def clean_up() -> None:
+        import ray
+        from ray import serve
+
+        serve.delete(name)  # only ever our own application on a shared cluster
         if not attached:
             serve.shutdown()
             ray.shutdown()
-    return 0
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut it short
+        signal.signal(sig, signal.SIG_IGN)
+    worker = threading.Thread(target=clean_up, daemon=True)
+    worker.start()
+    worker.join(STOP_SECONDS)
+    if worker.is_alive():
+        print(f"clean-up did not finish in {STOP_SECONDS} s (Ray's processes already gone?); "
+              "exiting", flush=True)
+        os._exit(0)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -22,8 +22,9 @@ from PIL import Image
 
 from darkroom.cli import main
 from darkroom.evals.compare import pareto_front
-from darkroom.evals.runner import RunResult, log_job
+from darkroom.evals.results import RunResult
 from darkroom.evals.spec import EvalSpec, TrackingSpec
+from darkroom.evals.tracking import log_job
 from darkroom.platform import layout
 
 CHROMIUM = shutil.which("chromium")

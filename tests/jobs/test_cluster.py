@@ -7,15 +7,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -24,83 +18,14 @@ from darkroom.platform import layout
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-# outside Ray's worker port range (10002-19999) and the defaults of any other local Ray
-GCS_PORT, DASHBOARD_PORT = 26379, 28265
+DASHBOARD_PORT = 28265  # the `ray_cluster` fixture's (tests/conftest.py)
 DASHBOARD = f"http://127.0.0.1:{DASHBOARD_PORT}"
-BIN = Path(sys.executable).parent
-
-
-def start_node(args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    """`ray start ... --block` in its own process group: everything it spawns can be stopped."""
-    process = subprocess.Popen(
-        [str(BIN / "ray"), "start", *args, "--disable-usage-stats", "--block"],
-        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    deadline = time.monotonic() + 180
-    while "Ray runtime started" not in log.read_text():
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop(process)
-            pytest.fail(f"`ray start {' '.join(args)}` did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    return process
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM (Ray drains and stops its processes), then SIGKILL what is left of the group."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=5)  # a head node can take much longer to drain; not needed here
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def stop_leftovers(root: Path, timeout: float = 20.0) -> list[int]:
-    """Ray starts some of its processes in sessions of their own, out of reach of the node's
-    process group; they all name the cluster's unique temp folder, so find them by it. Returns
-    the pids still alive after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True)
-        pids = [int(p) for p in found.stdout.split()]
-        if not pids or time.monotonic() > deadline:
-            return pids
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.5)
 
 
 @pytest.fixture
-def cluster():
-    root = Path(tempfile.mkdtemp(prefix="drc-", dir="/tmp"))  # short: Ray's socket paths
-    token = root / "token"
-    token.write_text(secrets.token_hex(16))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
-               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
-    nodes = []
-    try:
-        nodes.append(start_node(
-            ["--head", f"--port={GCS_PORT}", f"--dashboard-port={DASHBOARD_PORT}",
-             "--ray-client-server-port=26380", "--dashboard-agent-listen-port=26381",
-             "--include-dashboard=true", "--num-cpus=1", f"--temp-dir={root / 'ray'}"],
-            env, root / "head.log"))
-        nodes.append(start_node(
-            [f"--address=127.0.0.1:{GCS_PORT}", "--dashboard-agent-listen-port=26382",
-             "--num-cpus=1"], env, root / "worker.log"))
-        yield root, token
-    finally:
-        for node in reversed(nodes):
-            stop(node)
-        survivors = stop_leftovers(root)
-        shutil.rmtree(root, ignore_errors=True)
-        assert not survivors, f"processes of the test cluster survived: {survivors}"
+def cluster(ray_cluster):
+    """A head node and a worker node, one CPU each."""
+    return ray_cluster(workers=1)
 
 
 def test_submit_to_a_two_node_cluster(cluster, tmp_path, monkeypatch, capsys):
@@ -160,3 +85,20 @@ def test_submit_refuses_a_relative_output(tmp_path, capsys):
         "models": [{"model": "tiny:sd"}]}))
     assert main(["submit", str(tmp_path / "job.yaml"), "--address", "http://127.0.0.1:9"]) == 2
     assert "absolute path" in capsys.readouterr().err
+
+
+def test_submit_entrypoint_checks_the_clusters_python(tmp_path):
+    """The entrypoint refuses clearly when the cluster's `python` lacks darkroom, and uses
+    $DARKROOM_PYTHON when given (here it runs darkroom, which refuses a bad job.yaml: exit 2)."""
+    from darkroom.jobs.submit import ENTRYPOINT
+
+    (tmp_path / "job.yaml").write_text("name: [not a name]\n")
+    bare = {"PATH": "/nonexistent", "HOME": str(tmp_path)}
+    done = subprocess.run(["/bin/sh", "-c", ENTRYPOINT], cwd=tmp_path, env=bare,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "cannot import darkroom" in done.stderr
+    assert "DARKROOM_PYTHON" in done.stderr
+    done = subprocess.run(["/bin/sh", "-c", ENTRYPOINT], cwd=tmp_path, timeout=120,
+                          env={**bare, "DARKROOM_PYTHON": sys.executable},
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "name" in done.stderr, done.stderr

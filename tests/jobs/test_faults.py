@@ -46,7 +46,7 @@ def test_killed_actor_is_restarted_and_every_row_is_written_once(ray_session, tm
         try:
             helpers.wait_for(lambda: helpers.finished_files(job_dir), 180, "a first checkpoint")
             (victim,) = [p for p in helpers.generator_actors() if p.pid not in others]
-            seen["killed_at"] = dt.datetime.now(dt.timezone.utc)
+            seen["killed_at"] = dt.datetime.now(dt.UTC)
             victim.send_signal(signal.SIGKILL)
             seen["victim"] = victim.pid
             seen["restarted"] = helpers.wait_for(

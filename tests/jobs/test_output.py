@@ -15,7 +15,7 @@ from darkroom.platform.records import ERROR_SCHEMA, IMAGE_SCHEMA
 
 def batch(run_id: str, ids: list[int], failed: set[int] = frozenset()) -> pa.Table:
     """Rows shaped like the Generator's output: image columns plus `error`."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     rows = []
     for i in ids:
         row = {name: None for name in IMAGE_SCHEMA.names}

@@ -10,9 +10,9 @@ import pytest
 
 from darkroom.cli import main
 from darkroom.jobs.jobfile import validate
-from darkroom.platform.config import SpecError
 from darkroom.jobs.plan import expand, request_rows, row_seed, run_info
 from darkroom.jobs.prompts import PromptError, load_prompts
+from darkroom.platform.config import SpecError
 
 
 def job(tmp_path, **changes):

@@ -394,8 +394,9 @@ def test_rays_serve_run_deploys_the_rayservice_import_path(serve_url, tmp_path) 
         serve.delete("cli")
 
 
-def test_darkroom_serve_command_on_a_running_cluster(serve_url, tmp_path) -> None:
-    """`darkroom serve FILE` with RAY_ADDRESS set: deploys, answers, and SIGTERM removes the app."""
+def test_darkroom_serve_command_on_a_running_cluster(serve_url, dit, tmp_path) -> None:
+    """`darkroom serve FILE` with RAY_ADDRESS set: deploys, prints the URL where the cluster's
+    proxy answers, and SIGTERM removes its own app only (the cluster's `dit` app stays)."""
     import signal
     import subprocess
     import sys
@@ -417,12 +418,14 @@ def test_darkroom_serve_command_on_a_running_cluster(serve_url, tmp_path) -> Non
         while not any("serving at" in line for line in lines):
             assert time.monotonic() - started < 150 and process.poll() is None, lines
             lines.append(process.stdout.readline())
+        assert f"serving at {serve_url}/cmd/v1" in "".join(lines)
         response = httpx.post(f"{serve_url}/cmd/v1/images/generations", timeout=60,
                               json={"prompt": "two"})
         assert response.status_code == 200, response.text
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
-        assert "cmd" not in serve.status().applications
+        applications = serve.status().applications
+        assert "cmd" not in applications and "dit" in applications
     finally:
         if process.poll() is None:
             process.kill()

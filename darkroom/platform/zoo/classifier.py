@@ -69,6 +69,7 @@ class DigitsClassifier(nn.Module):
         return self.body(self._prepare(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits, N x num_classes (dropout is active in train mode)."""
         return self.head(self.dropout(self.act(self.features(x))))
 
     @torch.no_grad()
@@ -81,6 +82,7 @@ class DigitsClassifier(nn.Module):
         return out
 
     def save(self, folder: str | Path) -> Path:
+        """Write model.safetensors and config.json into `folder` (made if need be); returns it."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
@@ -103,6 +105,8 @@ class DigitsFeatureExtractor(nn.Module):
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's features, N x num_features: uint8 input is read as 0-255, floats
+        are divided by `scale`; one-channel input is repeated to RGB."""
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float() / self.scale
         if x.shape[1] == 1:  # grayscale input
             x = x.expand(-1, 3, -1, -1)
@@ -110,6 +114,7 @@ class DigitsFeatureExtractor(nn.Module):
 
 
 def default_folder() -> Path:
+    """The bundled classifier's folder: `weights/digits-classifier` beside this module."""
     return Path(__file__).parent / "weights" / CLASSIFIER_NAME
 
 
@@ -138,6 +143,7 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def accuracy(model: DigitsClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """The fraction of `images` whose predicted class is their label, in [0, 1]."""
     return (model.predict(images) == labels).float().mean().item()
 
 

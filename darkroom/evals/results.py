@@ -1,0 +1,147 @@
+"""One run's evaluation results on disk: per-image scores Parquet, counts, contact sheets.
+
+`RunResult` is what evaluating one run gives (metrics, missing metrics with reasons, warnings);
+`write_scores` keeps per-image scores beside the run's images, keyed by row_id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from darkroom.evals.metrics import RunScores
+from darkroom.platform import layout
+from darkroom.platform.records import contact_sheet
+
+SCORES_FILE = "scores.parquet"
+PASSED_THROUGH = {"row_id", "group", "prompt", "class_label", "features"}
+
+
+@dataclass
+class RunResult:
+    """One run's evaluation: its images, metrics, missing metrics with reasons, warnings."""
+
+    run_id: str
+    run_dir: Path
+    info: dict[str, Any]
+    timing: dict[str, Any]
+    count: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "mlflow_run_id": self.mlflow_run_id, "images": self.count,
+                "metrics": dict(self.metrics), "missing": dict(self.missing),
+                "warnings": list(self.warnings)}
+
+
+def run_scores(run_id: str, columns: dict[str, np.ndarray]) -> RunScores:
+    """One run's rows of the scoring pass (all runs' columns, `group` naming the run)."""
+    if not columns:
+        return RunScores(run_id, {"row_id": np.array([], dtype=object)})
+    mine = columns["group"] == run_id
+    order = np.argsort(columns["row_id"][mine].astype(str), kind="stable")
+    picked = {k: v[mine][order] for k, v in columns.items() if not k.startswith("error_")}
+    errors = {k.removeprefix("error_"): str(v[mine][0]) for k, v in columns.items()
+              if k.startswith("error_") and mine.any()}
+    return RunScores(run_id, picked, errors)
+
+
+def write_scores(run_dir: Path, scores: RunScores) -> Path | None:
+    """Per-image scores keyed by row_id into <run>/scores/scores.parquet, merged with columns an
+    earlier evaluation wrote; written under a dot-name and renamed, so readers never see half."""
+    new = {k: v for k, v in scores.columns.items() if k not in PASSED_THROUGH}
+    if not new or not scores.count:
+        return None
+    table = pa.table({"row_id": pa.array(scores.columns["row_id"].astype(str)),
+                      **{k: pa.array(list(v)) for k, v in new.items()}})
+    table = table.append_column("evaluated_at", pa.array(
+        [dt.datetime.now(dt.UTC)] * len(table), pa.timestamp("us", tz="UTC")))
+    folder = run_dir / layout.SCORES
+    folder.mkdir(exist_ok=True)
+    target = folder / SCORES_FILE
+    if target.exists():
+        old = pq.read_table(target)
+        keep = [c for c in old.column_names if c not in table.column_names or c == "row_id"]
+        if len(keep) > 1:
+            table = table.join(old.select(keep), "row_id", join_type="left outer")
+    fd, staging = tempfile.mkstemp(prefix=".scores-", suffix=".parquet", dir=folder)
+    os.close(fd)
+    try:
+        pq.write_table(table.sort_by("row_id"), staging)
+        os.replace(staging, target)
+    finally:
+        if os.path.exists(staging):
+            os.unlink(staging)
+    return target
+
+
+def read_timing(run_dir: Path) -> dict[str, Any]:
+    """The run's timing.json (images, seconds, images/s of its generation), or {}."""
+    path = run_dir / layout.TIMING
+    return layout.read_json(path) if path.exists() else {}
+
+
+def count_rows(run_dir: Path) -> int:
+    """Image rows of the run, from the Parquet footers (no image is read)."""
+    return sum(pq.ParquetFile(f).metadata.num_rows
+               for f in layout.parquet_files(run_dir / layout.IMAGES))
+
+
+def first_value(run_dir: Path, column: str) -> Any:
+    """A column's value in the run's first image row (for settings all rows share)."""
+    files = layout.parquet_files(run_dir / layout.IMAGES)
+    if not files:
+        return None
+    values = pq.read_table(files[0], columns=[column]).column(column).to_pylist()
+    return values[0] if values else None
+
+
+def contact_sheet_png(run_dir: Path, count: int) -> bytes:
+    """The first `count` images (by row_id) with their prompts or class labels under them.
+
+    Images the safety checker flagged (`nsfw_flag` in the run's scores) are withheld: a grey
+    tile takes their place, so no flagged image reaches MLflow or a report.
+    """
+    table = layout.read_table(run_dir / layout.IMAGES,
+                              columns=["row_id", "image", "prompt", "class_label"])
+    images, labels = [], []
+    if table is not None and len(table):
+        flagged = _flagged(run_dir)
+        table = table.sort_by("row_id").slice(0, count)
+        rows = zip(table.column("row_id").to_pylist(), table.column("image").to_pylist(),
+                   table.column("prompt").to_pylist(), table.column("class_label").to_pylist(),
+                   strict=True)
+        for row_id, image, prompt, label in rows:
+            caption = prompt or (f"class {label}" if label is not None else "")
+            if row_id in flagged:
+                image, caption = WITHHELD, f"withheld: {caption}"
+            images.append(image)
+            labels.append(caption)
+    buffer = io.BytesIO()
+    contact_sheet(images, labels or None, columns=min(8, max(len(images), 1)),
+                  cell=64).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+WITHHELD = np.full((64, 64, 3), 128, np.uint8)
+
+
+def _flagged(run_dir: Path) -> set[str]:
+    path = run_dir / layout.SCORES / SCORES_FILE
+    if not path.exists() or "nsfw_flag" not in pq.read_schema(path).names:
+        return set()
+    table = pq.read_table(path, columns=["row_id", "nsfw_flag"])
+    return {r for r, f in zip(table.column("row_id").to_pylist(),
+                              table.column("nsfw_flag").to_pylist(), strict=True) if f}

@@ -1,0 +1,81 @@
+"""Joining Ray: a private local instance unless RAY_ADDRESS names a cluster, with its token.
+
+Without RAY_ADDRESS every command starts its own local Ray (`address="local"`): a cluster that
+`ray start` left running on this machine is never joined by accident. With RAY_ADDRESS the
+cluster's auth token is sent when there is one. Ray 2.60's `ray start` turns on token
+authentication by default; the token is read the way Ray itself reads it: $RAY_AUTH_TOKEN, the
+file named by $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token (copy it from the head node).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from darkroom.platform.errors import UserError
+
+TOKEN_HELP = (
+    "if the cluster uses token authentication (Ray's default for `ray start`), copy the head "
+    "node's ~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
+)
+
+
+def read_token() -> str | None:
+    """The Ray auth token, from the same places Ray looks (in Ray's order)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    candidate = Path(path) if path else Path.home() / ".ray" / "auth_token"
+    if candidate.is_file():
+        return candidate.read_text().strip() or None
+    if path:
+        raise UserError(f"RAY_AUTH_TOKEN_PATH names {path}, which is not a readable file")
+    return None
+
+
+def enable_token_auth() -> None:
+    """Before joining a cluster with `ray.init(address=...)`: use the token when there is one.
+
+    Ray only turns token mode on by itself for a cluster it finds on this machine, never for an
+    explicit address, and it reads the mode when it is imported.
+    """
+    if os.environ.get("RAY_AUTH_MODE") or not read_token():
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "ray" in sys.modules:  # already imported: have Ray read its configuration again
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
+def connect_ray(log: Callable[[str], None] = print, **init_options: Any) -> bool:
+    """Join RAY_ADDRESS if set, else start a private local Ray; True when joined a cluster.
+
+    An already initialised Ray (a test session, a Ray job's driver) is used as it is.
+    """
+    address = os.environ.get("RAY_ADDRESS")
+    if not address and "ray" not in sys.modules:
+        # Ray's own default for a new local instance (token auth), chosen explicitly so Ray does
+        # not warn about it; Ray reads the mode when it is imported
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray
+
+    if ray.is_initialized():
+        return bool(address)
+    if not address:
+        # "local": never join a cluster that `ray start` left running on this machine
+        ray.init(address="local", include_dashboard=False, **init_options)
+        return False
+    enable_token_auth()
+    log(f"joining Ray at {address}")
+    try:
+        ray.init(address=address, **init_options)
+    except (ConnectionError, RuntimeError, PermissionError) as err:
+        raise UserError(f"cannot join the Ray cluster at RAY_ADDRESS={address} "
+                        f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); is it up, "
+                        f"and is this its GCS address (port 6379 by default)? {TOKEN_HELP}"
+                        ) from err
+    return True
