@@ -25,11 +25,13 @@ COMMAND_MODULES = [
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own exit code is already 2
+        """Usage and the message on stderr, exit code 2 (bad input)."""
         self.print_usage(sys.stderr)
         self.exit(2, f"error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `darkroom` parser, with every part's subcommands registered."""
     parser = _Parser(prog="darkroom", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True

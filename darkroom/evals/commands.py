@@ -12,6 +12,7 @@ from darkroom.platform.errors import UserError
 
 
 def register(subparsers) -> None:
+    """Add `eval` and `compare` to the `darkroom` command."""
     p = subparsers.add_parser(
         "eval", help="score existing output and log it to MLflow",
         description="Evaluate a job folder (OUTPUT/<job>) or one run folder in it. Settings "
@@ -90,6 +91,7 @@ def eval_settings(args: argparse.Namespace, job: dict[str, Any]) -> dict[str, An
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """`darkroom eval`: score a job or run folder and log it to MLflow."""
     from darkroom.evals.runner import evaluate_job
     from darkroom.evals.spec import EvalSpec, TrackingSpec
     from darkroom.platform.config import validate
@@ -121,6 +123,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    """`darkroom compare`: rank an experiment's runs; optionally write the HTML report."""
     from darkroom.evals.compare import compare
 
     text, path = compare(args.experiment, args.metric, args.html, args.tracking_uri)

@@ -30,9 +30,11 @@ class RunScores:
 
     @property
     def count(self) -> int:
+        """The number of images (rows) in the run."""
         return len(self.columns["row_id"])
 
     def column(self, name: str) -> np.ndarray:
+        """The named per-image column; raises `Unavailable` when it was not computed."""
         if name not in self.columns:
             raise Unavailable(f"no `{name}` column was computed")
         return self.columns[name]
@@ -134,6 +136,9 @@ def class_accuracy(scores: RunScores, ctx: Context) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Metric:
+    """A registered metric: its direction, the per-image part it needs, and its corpus math
+    (`compute` returns the MLflow metrics it logs, `key` among them)."""
+
     name: str
     key: str  # the MLflow metric it is ranked by
     higher_is_better: bool

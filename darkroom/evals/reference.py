@@ -41,12 +41,15 @@ DATASETS: dict[str, Callable[[], list[bytes]]] = {"builtin:digits": _digits_imag
 
 @dataclass
 class Reference:
+    """Reference statistics with where they came from (`info`) and any warnings about them."""
+
     stats: Stats
     info: dict[str, Any]  # source, count, fingerprint, protocol, cache file, cached
     warnings: list[str] = field(default_factory=list)
 
 
 def cache_dir() -> Path:
+    """Where computed reference statistics are cached: `reference/` under the cache root."""
     from darkroom.platform.sources import cache_root
 
     return cache_root() / "reference"
@@ -80,6 +83,7 @@ def load_images(spec: ReferenceSpec) -> tuple[str, list[bytes]]:
 
 
 def fingerprint(images: list[bytes]) -> str:
+    """SHA-256 hex of the images' bytes in order, each prefixed with its length."""
     digest = hashlib.sha256()
     for data in images:
         digest.update(len(data).to_bytes(8, "little"))

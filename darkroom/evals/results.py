@@ -41,6 +41,7 @@ class RunResult:
     mlflow_run_id: str | None = None
 
     def summary(self) -> dict[str, Any]:
+        """The result as plain data (what `darkroom eval --json` prints)."""
         return {"run_id": self.run_id, "mlflow_run_id": self.mlflow_run_id, "images": self.count,
                 "metrics": dict(self.metrics), "missing": dict(self.missing),
                 "warnings": list(self.warnings)}

@@ -37,6 +37,8 @@ NUDENET_EXPOSED = (
 
 
 class SafetyChecker(Protocol):
+    """What a safety checker offers: NSFW scores per image, and flags at its `threshold`."""
+
     name: str
     threshold: float
 
@@ -86,6 +88,8 @@ class NudeNetChecker:
             weights or Path(nudenet.__file__).parent / "320n.onnx")
 
     def score(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """One NSFW score per uint8 HxWx3 RGB image: the highest confidence among `labels`
+        detections, 0 when there are none."""
         # NudeNet reads arrays as OpenCV does: BGR channel order
         bgr = [np.ascontiguousarray(image[:, :, ::-1]) for image in _check_images(images)]
         if not bgr:
@@ -97,6 +101,7 @@ class NudeNetChecker:
         ], dtype=np.float64)
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
+        """True where a score reaches the threshold (>=)."""
         return _flags(scores, self.threshold)
 
 
@@ -165,12 +170,15 @@ class SDSafetyChecker:
         return concept.max(dim=1).values.double().cpu().numpy()
 
     def score(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """One NSFW score per uint8 HxWx3 RGB image: clip(0.5 + margin, 0, 1), so 0.5 is where
+        the checker itself would flag."""
         images = _check_images(images)
         if not images:
             return np.zeros(0)
         return np.clip(0.5 + self.margins(images), 0.0, 1.0)
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
+        """True where a score reaches the threshold (>=)."""
         return _flags(scores, self.threshold)
 
 

@@ -36,6 +36,7 @@ class ScorePlan(BaseModel):
     device: str = "cpu"  # "cuda" on actors that hold a GPU
 
     def parts(self) -> list[str]:
+        """The per-image passes this plan runs (those whose setting is given)."""
         return [name for name in PARTS if getattr(self, _PLAN_FIELD[name]) is not None]
 
 
@@ -138,6 +139,7 @@ class Scorer:
                 self.errors[name] = _reason(err)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Decode a batch's images and run every part on them; unloadable parts as errors."""
         images = [decode_png(data) for data in batch["image"]]
         out = {k: np.asarray(batch[k]) for k in ("row_id", "group", "prompt", "class_label")
                if k in batch}

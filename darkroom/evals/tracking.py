@@ -36,14 +36,17 @@ def client(uri: str | None = None):
 
 
 def spec_hash(spec: Mapping[str, Any]) -> str:
+    """The first 16 hex digits of the SHA-256 of the spec as sorted-key JSON."""
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def path_key(*parts: Any) -> str:
+    """A `darkroom.key` value: the first 24 hex digits of the SHA-256 of the parts, joined."""
     return hashlib.sha256("\0".join(str(p) for p in parts).encode()).hexdigest()[:24]
 
 
 def versions() -> dict[str, str]:
+    """The installed versions of the VERSIONED packages; those not installed are left out."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
@@ -65,6 +68,7 @@ def artifact_root(uri: str) -> str | None:
 
 
 def experiment_id(mlflow_client, name: str) -> str:
+    """The named experiment's id: restored if deleted, created (see `artifact_root`) if absent."""
     found = mlflow_client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":
@@ -154,10 +158,12 @@ def log_files(mlflow_client, run_id: str, files: Mapping[str, bytes | str]) -> N
 
 
 def finish(mlflow_client, run_id: str, ok: bool = True) -> None:
+    """Mark the run FINISHED, or FAILED when not `ok`."""
     mlflow_client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
 
 
 def to_json(value: Any) -> str:
+    """`value` as indented sorted-key JSON with a final newline; non-JSON values as str()."""
     return json.dumps(value, indent=2, sort_keys=True, default=str) + "\n"
 
 

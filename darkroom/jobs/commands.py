@@ -14,6 +14,7 @@ ADDRESS_HELP = "Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_API_
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `run`, `validate`, `schema`, `submit`, `status` and `logs` to `darkroom`."""
     run = subparsers.add_parser("run", help="run a job file on local Ray (or $RAY_ADDRESS)")
     _job_arguments(run)
     run.add_argument("--dry-run", action="store_true", help="print the plan, generate nothing")

@@ -52,6 +52,7 @@ def _settings(spec: JobSpec, model: ModelSpec, sampler: SamplerSpec, steps: int,
 
 
 def run_id_of(settings: dict[str, Any]) -> str:
+    """A run id: 12 hex digits of the SHA-256 of the run's resolved settings."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -98,6 +99,7 @@ def row_seed(job_seed: int, prompt_id: str, sample_idx: int) -> int:
 
 
 def row_id_of(run_id: str, prompt_id: str, sample_idx: int) -> str:
+    """A row id: `<run_id>/<prompt_id>/<sample_idx>`, unique within a job."""
     return f"{run_id}/{prompt_id}/{sample_idx}"
 
 

@@ -62,10 +62,12 @@ class PromptSource(_Section):
         return self
 
     def source(self, kind: str) -> Any:
+        """The value given for a source kind (`list` is the `list_` field)."""
         return self.list_ if kind == "list" else getattr(self, kind)
 
     @property
     def kind(self) -> str:
+        """Which of list, file, classes, control_images this source is."""
         return next(k for k in ("list", "file", "classes", "control_images") if self.source(k))
 
 
@@ -112,6 +114,8 @@ class SweepSpec(_Section):
 
 
 class GenerationSpec(_Section):
+    """Image size, rows per Generator call, and the default negative prompt."""
+
     width: int | None = Field(None, gt=0, description="default: the model's native size")
     height: int | None = Field(None, gt=0, description="default: the model's native size")
     batch_size: int = Field(4, ge=1, description="rows per Generator call")
@@ -130,6 +134,8 @@ class GenerationSpec(_Section):
 
 
 class Actors(_Section):
+    """The size of the actor pool: started with `min`, grown to at most `max`."""
+
     min: int = Field(1, ge=1, description="actors started at once")
     max: int = Field(1, ge=1, description="actors the pool may grow to")
 

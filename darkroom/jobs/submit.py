@@ -43,6 +43,7 @@ ENTRYPOINT = (
 
 
 def dashboard_address(address: str | None) -> str:
+    """The Ray dashboard URL: --address, else $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS."""
     address = (address or os.environ.get("RAY_API_SERVER_ADDRESS")
                or os.environ.get("RAY_ADDRESS"))
     if not address:

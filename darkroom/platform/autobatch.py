@@ -27,9 +27,11 @@ class BatchSizeMemory:
             return {}
 
     def get(self, key: str) -> int | None:
+        """The batch size remembered for `key`, or None when there is none."""
         return self._read().get(key)
 
     def remember(self, key: str, size: int) -> None:
+        """Record `size` for `key`, replacing the file atomically; no write when unchanged."""
         known = self._read()
         if known.get(key) == size:
             return
@@ -42,6 +44,7 @@ class BatchSizeMemory:
 
 
 def chunks(items: list, size: int | None) -> list[list]:
+    """`items` in consecutive lists of at most `size`; all in one list when size is None or 0."""
     if not size or size >= len(items):
         return [items]
     return [items[i : i + size] for i in range(0, len(items), size)]

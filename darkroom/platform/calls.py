@@ -51,6 +51,7 @@ def _text(requests: list[Request]) -> dict[str, list[str]]:
 
 
 def call_sd(pipe, refiner, settings: Settings, requests, generators, spec) -> np.ndarray:
+    """Call an SD pipeline on the rows' prompts; float N x H x W x 3 images in [0, 1]."""
     return pipe(
         **_text(requests),
         num_inference_steps=settings.steps,
@@ -84,6 +85,8 @@ def call_sdxl(pipe, refiner, settings: Settings, requests, generators, spec) -> 
 
 
 def call_dit(pipe, refiner, settings: Settings, requests, generators, spec) -> np.ndarray:
+    """Call a DiT pipeline on the rows' class labels, each row's sampler noise from its own
+    generator; float N x H x W x 3 images in [0, 1]."""
     # DiTPipeline does not pass its generator to scheduler.step, so stochastic samplers would
     # draw from the global RNG and a row would depend on its batch-mates. Bind the per-row
     # generators to this call's step. With guidance the pipeline steps a doubled batch whose
@@ -108,6 +111,8 @@ def call_dit(pipe, refiner, settings: Settings, requests, generators, spec) -> n
 
 
 def call_controlnet(pipe, refiner, settings: Settings, requests, generators, spec) -> np.ndarray:
+    """Call a ControlNet pipeline (Zhang et al. 2023) on the rows' prompts and control images
+    at the spec's conditioning scale; float N x H x W x 3 images in [0, 1]."""
     return pipe(
         **_text(requests),
         image=[r.control_image for r in requests],

@@ -72,6 +72,7 @@ def _sd_scheduler():
 
 
 def build_sd15():
+    """SD 1.5 (Rombach et al. 2022) with random weights; PNDM scheduler, no safety checker."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     tokenizer = byte_level_clip_tokenizer()
@@ -90,6 +91,7 @@ def build_sd15():
 
 
 def build_sdxl():
+    """SDXL base (Podell et al. 2023) with random weights: CLIP-L and OpenCLIP bigG, Euler."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
     tokenizer, tokenizer_2 = byte_level_clip_tokenizer(), byte_level_clip_tokenizer(pad_token="!")
@@ -114,6 +116,7 @@ def build_sdxl():
 
 
 def build_dit_xl_2():
+    """DiT-XL/2 256 px (Peebles & Xie 2023) with random weights: 1000 classes, DDIM scheduler."""
     from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
     transformer = _make(
@@ -126,6 +129,7 @@ def build_dit_xl_2():
 
 
 def build_sd15_controlnet():
+    """SD 1.5 with a ControlNet (Zhang et al. 2023) made from its UNet, random weights."""
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
     sd = build_sd15()

@@ -121,6 +121,13 @@ class Generator:
     # -- one row -> settings + request ---------------------------------------------------------
 
     def _prepare(self, row: Mapping[str, Any]) -> tuple[Settings, Request]:
+        """One request row -> the settings it shares with others (rows with equal settings are
+        one pipeline call) and its own request (prompt, class, control image, seed).
+
+        Missing settings take the Generator's defaults; a row that cannot be generated (no seed,
+        a class name the model lacks, a size off the VAE's grid) raises RowError, which fails
+        that row only.
+        """
         value = lambda key: None if _missing(row.get(key)) else row.get(key)  # noqa: E731
         if value("seed") is None:
             raise RowError("`seed` is missing")

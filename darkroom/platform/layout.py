@@ -31,6 +31,7 @@ def run_dirs(job_dir: str | Path) -> list[Path]:
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
+    """A JSON file (run.json, timing.json) as a dict."""
     return json.loads(Path(path).read_text())
 
 

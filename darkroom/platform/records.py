@@ -68,6 +68,7 @@ ERROR_SCHEMA = pa.schema(
 
 
 def sha256(data: bytes) -> str:
+    """Hex SHA-256 of bytes (image and control-image hashes in the rows)."""
     return hashlib.sha256(data).hexdigest()
 
 

@@ -87,6 +87,7 @@ def tiny_vae():
 
 
 def tiny_unet(**extra):
+    """A random-init UNet on the 8x8x4 latent, 32/64 channels; `extra` overrides settings."""
     from diffusers import UNet2DConditionModel
 
     settings = dict(
@@ -105,6 +106,7 @@ def tiny_unet(**extra):
 
 
 def sd_scheduler():
+    """Stable Diffusion's scaled-linear schedule as a DDIM scheduler (Song et al. 2021)."""
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(
@@ -118,6 +120,7 @@ def sd_scheduler():
 
 
 def build_sd():
+    """A random-init tiny `StableDiffusionPipeline`, without safety checker."""
     from diffusers import StableDiffusionPipeline
 
     tokenizer = byte_level_clip_tokenizer()
@@ -134,6 +137,8 @@ def build_sd():
 
 
 def build_sdxl():
+    """A random-init tiny `StableDiffusionXLPipeline` (SDXL: Podell et al. 2023): two text
+    encoders and the size/crop micro-conditioning in the UNet."""
     from diffusers import StableDiffusionXLPipeline
 
     tokenizer = byte_level_clip_tokenizer()
@@ -161,6 +166,7 @@ def build_sdxl():
 
 
 def build_dit():
+    """A random-init tiny `DiTPipeline` (Peebles & Xie 2023) that learns variance, as DiT-XL/2."""
     from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
     transformer = DiTTransformer2DModel(
@@ -181,6 +187,8 @@ def build_dit():
 
 
 def build_controlnet():
+    """A tiny SD pipeline with a ControlNet (Zhang et al. 2023) made from its UNet, the zero
+    convolutions randomised so that the control image changes the output."""
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
     sd = build_sd()

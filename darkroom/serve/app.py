@@ -29,6 +29,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 
 def spec_from_args(args: dict[str, Any]) -> ServeSpec:
+    """The serve spec from builder args: the serve file at `config`, or its keys, not both."""
     args = dict(args)
     if "config" in args:
         path = args.pop("config")

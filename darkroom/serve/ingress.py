@@ -75,6 +75,8 @@ class Overloaded(Exception):
 
 
 class BadRequest(Exception):
+    """A request the front refuses: 400 with the message and the field (`param`)."""
+
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param

@@ -78,6 +78,7 @@ class ImageRequest(BaseModel):
         return size
 
     def dimensions(self) -> tuple[int | None, int | None]:
+        """(width, height) from `size`, or (None, None) for the model's native size."""
         if self.size is None:
             return None, None
         width, height = SIZE_PATTERN.match(self.size).groups()
@@ -119,6 +120,8 @@ class ImageData(BaseModel):
 
 
 class ImagesResponse(BaseModel):
+    """The answer to `POST /v1/images/generations`: OpenAI's shape, plus the model and size."""
+
     created: int = Field(description="Unix time")
     data: list[ImageData]
     model: str
@@ -126,6 +129,8 @@ class ImagesResponse(BaseModel):
 
 
 class ModelCard(BaseModel):
+    """One model as OpenAI's `GET /v1/models` lists it."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
@@ -133,11 +138,15 @@ class ModelCard(BaseModel):
 
 
 class ModelList(BaseModel):
+    """`GET /v1/models`: OpenAI's list of models, here only the served one."""
+
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
 
 class ErrorBody(BaseModel):
+    """The `error` of an `ErrorResponse`: OpenAI's message, type, param and code."""
+
     message: str
     type: str
     param: str | None = None

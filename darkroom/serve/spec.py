@@ -53,6 +53,7 @@ class DefaultsSpec(_Spec):
 
     @property
     def sampler_spec(self) -> SamplerSpec:
+        """The default sampler and its overrides as a `SamplerSpec`."""
         return SamplerSpec(name=self.sampler, overrides=self.sampler_overrides)
 
 
@@ -87,6 +88,7 @@ class AutoscalingSpec(_Spec):
         return self
 
     def ray_config(self) -> dict[str, Any]:
+        """Serve's `autoscaling_config`: the keys that are set (the rest are Serve's defaults)."""
         return self.model_dump(exclude_none=True)
 
 
@@ -99,6 +101,7 @@ class ResourcesSpec(_Spec):
     accelerator_type: str | None = Field(None, description="e.g. A100, L4 (Ray's names)")
 
     def ray_actor_options(self) -> dict[str, Any]:
+        """A replica's Ray actor options: CPUs, GPUs, and memory (bytes) and accelerator if set."""
         options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
         if self.memory_gb is not None:
             options["memory"] = int(self.memory_gb * 2**30)
@@ -195,6 +198,7 @@ class ServeSpec(_Spec):
 
     @property
     def model_id(self) -> str:
+        """The model's id in the API (`model` of requests, `GET /v1/models`): its label."""
         return self.model.label
 
 

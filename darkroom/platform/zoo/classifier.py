@@ -69,7 +69,7 @@ class DigitsClassifier(nn.Module):
         return self.body(self._prepare(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits, N x num_classes (dropout is active in train mode)."""
+        """Class logits, N x num_classes, of float NCHW images in [0, 1] of any size."""
         return self.head(self.dropout(self.act(self.features(x))))
 
     @torch.no_grad()

@@ -23,6 +23,8 @@ class EMA:
 
     @torch.no_grad()
     def update(self) -> None:
+        """Move the average toward the current parameters: shadow += (1 - decay)(p - shadow),
+        the decay capped at (1 + n)/(10 + n) for the n-th update."""
         self.updates += 1
         # early on the average would be dominated by the random init; (1+n)/(10+n) ramps it in
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
@@ -30,6 +32,7 @@ class EMA:
 
     @torch.no_grad()
     def copy_to_params(self) -> None:
+        """Overwrite the parameters with their moving average, in place."""
         for p, s in zip(self.params, self.shadow, strict=True):
             p.copy_(s)
 

@@ -55,6 +55,7 @@ def dit_scheduler() -> DDIMScheduler:
 
 
 def build_dit_pipeline(vae: AutoencoderKL, transformer: DiTTransformer2DModel) -> DiTPipeline:
+    """A `DiTPipeline` of these parts with the DDIM scheduler (id2label kept in its config)."""
     pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=dit_scheduler(),
                        id2label=ID2LABEL)
     pipe.register_to_config(id2label=ID2LABEL)  # otherwise id2label is not saved
@@ -63,6 +64,9 @@ def build_dit_pipeline(vae: AutoencoderKL, transformer: DiTTransformer2DModel) -
 
 def train_dit(vae: AutoencoderKL, steps: int = 5000, batch_size: int = 128, lr: float = 1e-3,
               seed: int = 0, log=print) -> tuple[DiTPipeline, dict[str, Any]]:
+    """Train the DiT (Peebles & Xie 2023) on the VAE's train latents, labels dropped to the
+    null class 10% of the time for classifier-free guidance (Ho & Salimans 2022); returns the
+    pipeline (EMA weights) and the training stats."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     mean, std = encode_train_latents(vae)

@@ -53,10 +53,12 @@ EVAL_TEMPLATE = TEMPLATES[0]
 
 
 def prompt_for(digit: int, template: str = EVAL_TEMPLATE) -> str:
+    """The prompt for a digit in `template` ({word}: its number word, {num}: its numeral)."""
     return template.format(word=DIGIT_WORDS[digit], num=digit)
 
 
 def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    """A fresh 2-layer, 64-wide CLIP text encoder sized to the tokenizer (untrained)."""
     return CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=TEXT_HIDDEN,
@@ -107,6 +109,7 @@ def ldm_scheduler() -> DDIMScheduler:
 def build_ldm_pipeline(vae: AutoencoderKL, unet: UNet2DConditionModel,
                        text_encoder: CLIPTextModel,
                        tokenizer: CLIPTokenizer) -> StableDiffusionPipeline:
+    """A `StableDiffusionPipeline` of these parts with the DDIM scheduler, no safety checker."""
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -121,6 +124,9 @@ def build_ldm_pipeline(vae: AutoencoderKL, unet: UNet2DConditionModel,
 
 def train_ldm(vae: AutoencoderKL, steps: int = 4000, batch_size: int = 128, lr: float = 1e-3,
               seed: int = 0, log=print) -> tuple[StableDiffusionPipeline, dict[str, Any]]:
+    """Train the UNet and text encoder jointly (Latent Diffusion: Rombach et al. 2022), prompts
+    emptied 10% of the time for classifier-free guidance (Ho & Salimans 2022); returns the
+    pipeline (EMA weights) and the training stats."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     mean, std = encode_train_latents(vae)

@@ -177,6 +177,7 @@ def evaluate_all(out: Path, settings: dict[str, Any], report: dict[str, Any],
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the train-digits options (--out, --quick, --stages, --seed, step overrides)."""
     from darkroom.platform.zoo import WEIGHTS_ROOT
 
     parser.add_argument("--out", default=str(WEIGHTS_ROOT),
@@ -192,6 +193,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `main` with the parsed options; the exit code: 0, or 2 on a ValueError (printed)."""
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     try:
         overrides = {k: getattr(args, k) for k in ("vae_steps", "dit_steps", "ldm_steps")
