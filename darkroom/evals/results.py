@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -20,9 +22,11 @@ import pyarrow.parquet as pq
 
 from darkroom.evals.metrics import RunScores
 from darkroom.platform import layout
-from darkroom.platform.records import contact_sheet
+from darkroom.platform.records import contact_sheet, decode_png
 
+PENDING_FILE = "eval_pending.json"
 SCORES_FILE = "scores.parquet"
+UNREADABLE_FILE = "unreadable.parquet"
 PASSED_THROUGH = {"row_id", "group", "prompt", "class_label", "features"}
 
 
@@ -38,25 +42,98 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)  # row_id -> why it was left out
     mlflow_run_id: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """The result as plain data (what `darkroom eval --json` prints)."""
         return {"run_id": self.run_id, "mlflow_run_id": self.mlflow_run_id, "images": self.count,
                 "metrics": dict(self.metrics), "missing": dict(self.missing),
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings), "rows_unreadable": len(self.unreadable)}
 
 
-def run_scores(run_id: str, columns: dict[str, np.ndarray]) -> RunScores:
-    """One run's rows of the scoring pass (all runs' columns, `group` naming the run)."""
+class PendingResults:
+    """Computed metrics not yet in MLflow: `<job>/eval_pending.json`, valid while the runs'
+    image files and the eval settings are those it was computed from."""
+
+    def __init__(self, job_dir: Path, run_dirs: list[Path], spec: Any) -> None:
+        self.path = job_dir / PENDING_FILE
+        files = [(str(f.relative_to(job_dir)), f.stat().st_size, f.stat().st_mtime_ns)
+                 for d in run_dirs for f in layout.parquet_files(d / layout.IMAGES)]
+        self.key = hashlib.sha256(json.dumps(
+            [spec.model_dump(mode="json"), [d.name for d in run_dirs], files],
+            sort_keys=True).encode()).hexdigest()
+
+    def save(self, results: list[RunResult], protocol: dict) -> None:
+        """Write the results and protocol (atomically) before anything is logged."""
+        body = {"key": self.key, "protocol": protocol, "results": [
+            {**r.summary(), "unreadable": r.unreadable} for r in results]}
+        staging = self.path.with_name(f".{self.path.name}.tmp")
+        staging.write_text(json.dumps(body, default=str))
+        os.replace(staging, self.path)
+
+    def load(self) -> tuple[list[RunResult], dict] | None:
+        """The saved results if they are for exactly these files and settings, else None."""
+        try:
+            body = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        if body.get("key") != self.key:
+            return None
+        results = []
+        for saved in body["results"]:
+            run_dir = self.path.parent / saved["run_id"]
+            results.append(RunResult(
+                saved["run_id"], run_dir, layout.read_json(run_dir / layout.RUN_INFO),
+                read_timing(run_dir), count=saved["images"], metrics=saved["metrics"],
+                missing=saved["missing"], warnings=saved["warnings"],
+                unreadable=saved["unreadable"]))
+        return results, body["protocol"]
+
+
+def run_scores(run_id: str, columns: dict[str, np.ndarray]) -> tuple[RunScores, dict[str, str]]:
+    """One run's rows of the scoring pass (all runs' columns, `group` naming the run), each row
+    id once, in row_id order; and the rows left out as unreadable (row_id -> reason)."""
     if not columns:
-        return RunScores(run_id, {"row_id": np.array([], dtype=object)})
-    mine = columns["group"] == run_id
-    order = np.argsort(columns["row_id"][mine].astype(str), kind="stable")
-    picked = {k: v[mine][order] for k, v in columns.items() if not k.startswith("error_")}
-    errors = {k.removeprefix("error_"): str(v[mine][0]) for k, v in columns.items()
-              if k.startswith("error_") and mine.any()}
-    return RunScores(run_id, picked, errors)
+        return RunScores(run_id, {"row_id": np.array([], dtype=object)}), {}
+    mine = np.flatnonzero(columns["group"] == run_id)
+    ids = columns["row_id"][mine].astype(str)
+    _, first = np.unique(ids, return_index=True)  # sorted by row_id, first occurrence of each
+    rows = mine[first]
+    reasons = columns.get("unreadable", np.full(len(columns["row_id"]), "", dtype=object))
+    unreadable = {str(columns["row_id"][i]): reasons[i] for i in rows
+                  if isinstance(reasons[i], str) and reasons[i]}
+    rows = np.array([i for i in rows if str(columns["row_id"][i]) not in unreadable],
+                    dtype=np.int64)
+    picked = {k: v[rows] for k, v in columns.items()
+              if not k.startswith("error_") and k != "unreadable"}
+    errors = {k.removeprefix("error_"): str(v[mine[0]]) for k, v in columns.items()
+              if k.startswith("error_") and len(mine)}
+    return RunScores(run_id, picked, errors), unreadable
+
+
+def write_unreadable(run_dir: Path, unreadable: dict[str, str]) -> Path:
+    """<run>/scores/unreadable.parquet: the rows evaluation left out, each with its reason
+    (rewritten by every evaluation, so it lists exactly the current ones)."""
+    folder = run_dir / layout.SCORES
+    folder.mkdir(exist_ok=True)
+    table = pa.table({"row_id": pa.array(sorted(unreadable), pa.string()),
+                      "reason": pa.array([unreadable[r] for r in sorted(unreadable)], pa.string())})
+    target = folder / UNREADABLE_FILE
+    _write_atomic(table, target)
+    return target
+
+
+def _write_atomic(table: pa.Table, target: Path) -> None:
+    fd, staging = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".parquet",
+                                   dir=target.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, staging, write_page_checksum=True)
+        os.replace(staging, target)
+    finally:
+        if os.path.exists(staging):
+            os.unlink(staging)
 
 
 def write_scores(run_dir: Path, scores: RunScores) -> Path | None:
@@ -77,14 +154,7 @@ def write_scores(run_dir: Path, scores: RunScores) -> Path | None:
         keep = [c for c in old.column_names if c not in table.column_names or c == "row_id"]
         if len(keep) > 1:
             table = table.join(old.select(keep), "row_id", join_type="left outer")
-    fd, staging = tempfile.mkstemp(prefix=".scores-", suffix=".parquet", dir=folder)
-    os.close(fd)
-    try:
-        pq.write_table(table.sort_by("row_id"), staging)
-        os.replace(staging, target)
-    finally:
-        if os.path.exists(staging):
-            os.unlink(staging)
+    _write_atomic(table.sort_by("row_id"), target)
     return target
 
 
@@ -95,9 +165,9 @@ def read_timing(run_dir: Path) -> dict[str, Any]:
 
 
 def count_rows(run_dir: Path) -> int:
-    """Image rows of the run, from the Parquet footers (no image is read)."""
-    return sum(pq.ParquetFile(f).metadata.num_rows
-               for f in layout.parquet_files(run_dir / layout.IMAGES))
+    """Distinct image rows of the run (only the row_id column is read)."""
+    table = layout.read_table(run_dir / layout.IMAGES, columns=["row_id"])
+    return 0 if table is None else len(set(table.column("row_id").to_pylist()))
 
 
 def first_value(run_dir: Path, column: str) -> Any:
@@ -128,6 +198,11 @@ def contact_sheet_png(run_dir: Path, count: int) -> bytes:
             caption = prompt or (f"class {label}" if label is not None else "")
             if row_id in flagged:
                 image, caption = WITHHELD, f"withheld: {caption}"
+            else:
+                try:
+                    image = decode_png(image)
+                except Exception:  # left out of the metrics; shown as a grey tile here
+                    image, caption = WITHHELD, f"unreadable: {caption}"
             images.append(image)
             labels.append(caption)
     buffer = io.BytesIO()

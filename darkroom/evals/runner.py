@@ -17,11 +17,13 @@ from darkroom.evals.extractors import check_extractor, extractor_protocol
 from darkroom.evals.metrics import METRICS, Context, Unavailable
 from darkroom.evals.reference import reference_stats
 from darkroom.evals.results import (
+    PendingResults,
     RunResult,
     count_rows,
     read_timing,
     run_scores,
     write_scores,
+    write_unreadable,
 )
 from darkroom.evals.scoring import ScorePlan, images_dataset, score_dataset, table_dataset
 from darkroom.evals.spec import EvalSpec, TrackingSpec
@@ -43,9 +45,21 @@ def evaluate_job(job_dir: Path, eval_spec: EvalSpec, tracking: TrackingSpec, *,
     job_dir = Path(job_dir).resolve()
     eval_spec = EvalSpec.model_validate(eval_spec)
     tracking = TrackingSpec.model_validate(tracking or {})
-    results, protocol = evaluate_runs(select_runs(job_dir, run_ids), eval_spec)
+    runs = select_runs(job_dir, run_ids)
+    track.check_reachable(tracking.uri)  # before the expensive part
+    # Metrics are kept on disk until MLflow has them: if logging fails, the next evaluation of
+    # the same images with the same settings logs them without computing them again.
+    pending = PendingResults(job_dir, runs, eval_spec)
+    saved = pending.load()
+    if saved is None:
+        results, protocol = evaluate_runs(runs, eval_spec)
+        pending.save(results, protocol)
+    else:
+        results, protocol = saved
+        log.warning("logging the metrics an earlier evaluation computed (%s)", pending.path)
     track.log_job(results, protocol, job_dir, tracking, experiment=experiment,
                   job_spec=job_spec, eval_spec=eval_spec)
+    pending.path.unlink(missing_ok=True)
     return [r.summary() for r in results]
 
 
@@ -93,25 +107,28 @@ def evaluate_runs(run_dirs: list[Path], spec: EvalSpec) -> tuple[list[RunResult]
             plan = plan.model_copy(update={"features": None})
             skipped.update({m: reason for m in DISTANCES if m in spec.metrics})
 
-    # 3. one pass over every run's images
+    # 3. one pass over every run's images; unreadable files and images are left out, with reasons
     files, groups = [], []
     for result in results:
         for f in layout.parquet_files(result.run_dir / layout.IMAGES):
             files.append(str(f))
             groups.append(result.run_id)
     columns: dict[str, np.ndarray] = {}
+    bad_files: list[tuple[str, str]] = []
     if files and plan.parts():
         _ensure_ray()
-        columns = score_dataset(images_dataset(files, groups), plan, spec.actors, spec.batch_size,
-                                spec.gpus_per_actor)
+        columns = score_dataset(images_dataset(files, groups, bad_files), plan, spec.actors,
+                                spec.batch_size, spec.gpus_per_actor)
 
     # 4. per run
     for result in results:
-        scores = run_scores(result.run_id, columns)
+        scores, result.unreadable = run_scores(result.run_id, columns)
         result.count = scores.count if columns else count_rows(result.run_dir)
         if columns:
             write_scores(result.run_dir, scores)
+            write_unreadable(result.run_dir, result.unreadable)
         ctx = Context(spec, shared.reference, warnings=list(shared.warnings))
+        ctx.warnings += _unreadable_warnings(result, bad_files)
         for name in spec.metrics:
             metric = METRICS[name]
             reason = skipped.get(name) or scores.part_errors.get(metric.part)
@@ -129,6 +146,18 @@ def evaluate_runs(run_dirs: list[Path], spec: EvalSpec) -> tuple[list[RunResult]
             log.warning("%s: %s missing: %s", result.run_id, name, reason)
     protocol.update(_protocol(spec, plan))
     return results, protocol
+
+
+def _unreadable_warnings(result: RunResult, bad_files: list[tuple[str, str]]) -> list[str]:
+    warnings = [f"file {path} is unreadable ({reason}); it was left out: `darkroom run` the job "
+                "again to move it aside and generate its rows again"
+                for path, reason in bad_files if Path(path).parent.parent == result.run_dir]
+    if result.unreadable:
+        first = next(iter(result.unreadable.items()))
+        warnings.append(f"{len(result.unreadable)} image(s) could not be read and were left out "
+                        f"of every metric (e.g. {first[0]}: {first[1]}); see "
+                        f"{layout.SCORES}/unreadable.parquet")
+    return warnings
 
 
 def _plan(spec: EvalSpec) -> tuple[ScorePlan, dict[str, str]]:

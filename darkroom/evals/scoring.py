@@ -139,15 +139,37 @@ class Scorer:
                 self.errors[name] = _reason(err)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Decode a batch's images and run every part on them; unloadable parts as errors."""
-        images = [decode_png(data) for data in batch["image"]]
+        """Decode a batch's images and run every part on them; unloadable parts as errors.
+
+        An image that does not decode does not sink the batch: a blank stand-in takes its
+        place in the parts (so every column keeps one value per row) and its `unreadable`
+        column gives the reason; the driver leaves such rows out of every metric.
+        """
+        images, unreadable = decode_all(batch["image"])
         out = {k: np.asarray(batch[k]) for k in ("row_id", "group", "prompt", "class_label")
                if k in batch}
+        out["unreadable"] = unreadable
         for part in self.parts.values():
             out.update(part(images, batch))
         for name, reason in self.errors.items():
             out[f"error_{name}"] = np.array([reason] * len(images), dtype=object)
         return out
+
+
+def decode_all(encoded: Sequence[Any]) -> tuple[list[np.ndarray], np.ndarray]:
+    """PNG bytes -> images, with a blank stand-in and a reason for each one that fails ("" for
+    the others: an all-None column would come back from Arrow as NaNs)."""
+    images: list[np.ndarray | None] = []
+    reasons = np.full(len(encoded), "", dtype=object)
+    for i, data in enumerate(encoded):
+        try:
+            images.append(decode_png(data))
+        except Exception as err:  # any undecodable image is that row's problem alone
+            images.append(None)
+            reasons[i] = f"undecodable image: {type(err).__name__}: {str(err)[:200]}"
+    shape = next((image.shape for image in images if image is not None), (64, 64, 3))
+    blank = np.zeros(shape, np.uint8)
+    return [blank if image is None else image for image in images], reasons
 
 
 def scored_dataset(ds, plan: ScorePlan, actors: int = 1, batch_size: int = 32,
@@ -174,21 +196,35 @@ def score_dataset(ds, plan: ScorePlan, actors: int = 1, batch_size: int = 32,
     return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
 
-def images_dataset(files: Sequence[str], groups: Sequence[str]):
+def images_dataset(files: Sequence[str], groups: Sequence[str],
+                   skipped: list[tuple[str, str]] | None = None):
     """A Ray dataset over image Parquet files; `group` names the file's run.
 
     The files are read here and handed to Ray as Arrow blocks (one per file, in the object store),
     not by Ray Data's read tasks: on a machine whose CPUs are all taken by the scoring actors,
-    read tasks would wait for a CPU forever.
+    read tasks would wait for a CPU forever. Page checksums are verified; a file that cannot be
+    read is left out and listed in `skipped` as (path, reason). A row id seen in an earlier file
+    of the same group is left out too, so no image counts twice.
     """
     import pyarrow.parquet as pq
     import ray
 
     tables = []
+    seen: set[tuple[str, str]] = set()
     for path, group in zip(files, groups, strict=True):
-        table = pq.read_table(path, columns=INPUT_COLUMNS)
+        try:
+            table = pq.read_table(path, columns=INPUT_COLUMNS, page_checksum_verification=True)
+        except Exception as err:  # reported with the run; the other files are still scored
+            if skipped is not None:
+                skipped.append((str(path), f"{type(err).__name__}: {str(err)[:200]}"))
+            continue
+        fresh = []
+        for row_id in table.column("row_id").to_pylist():
+            fresh.append((group, row_id) not in seen)
+            seen.add((group, row_id))
+        table = table.filter(pa.array(fresh, pa.bool_()))
         tables.append(table.append_column("group", pa.array([group] * len(table), pa.string())))
-    return ray.data.from_arrow(tables)
+    return ray.data.from_arrow(tables) if tables else ray.data.from_items([])
 
 
 def table_dataset(table: pa.Table, group: str):

@@ -18,7 +18,7 @@ def _known(kind: str, name: str, registry) -> str:
 class ReferenceSpec(BaseModel):
     """Real images to compare against: exactly one source."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     dataset: str | None = Field(None, description="a built-in dataset, e.g. builtin:digits")
     folder: str | None = Field(None, description="a folder of images")
@@ -38,7 +38,7 @@ class ReferenceSpec(BaseModel):
 class SafetySpec(BaseModel):
     """The safety checker of the `safety` metric."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     checker: str = Field("nudenet", description="nudenet (offline) or sd (needs its weights)")
     threshold: float | None = Field(
@@ -57,7 +57,7 @@ class SafetySpec(BaseModel):
 class EvalSpec(BaseModel):
     """Which metrics to compute on a job's images, and against what."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     metrics: list[str] = Field(
         default_factory=lambda: ["fid", "kid", "clip_score", "safety"],
@@ -77,11 +77,13 @@ class EvalSpec(BaseModel):
     )
     classifier: str = Field("digits", description="the judge of class_accuracy")
     safety: SafetySpec = Field(default_factory=SafetySpec)
-    kid_subsets: int = Field(100, ge=1, description="KID: number of random subsets")
-    kid_subset_size: int = Field(1000, ge=2, description="KID: images per subset (at most all)")
-    actors: int = Field(1, ge=1, description="feature-extraction actors")
-    gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per actor; > 0 runs on CUDA")
-    batch_size: int = Field(32, ge=1, description="images per extraction batch")
+    kid_subsets: int = Field(100, ge=1, le=10_000, description="KID: number of random subsets")
+    kid_subset_size: int = Field(1000, ge=2, le=1_000_000,
+                                 description="KID: images per subset (at most all)")
+    actors: int = Field(1, ge=1, le=10_000, description="feature-extraction actors")
+    gpus_per_actor: float = Field(0.0, ge=0.0, le=64,
+                                  description="GPUs per actor; > 0 runs on CUDA")
+    batch_size: int = Field(32, ge=1, le=4096, description="images per extraction batch")
     contact_sheet: int = Field(16, ge=1, le=256, description="images on each run's contact sheet")
 
     @field_validator("metrics")
@@ -132,7 +134,7 @@ class EvalSpec(BaseModel):
 class TrackingSpec(BaseModel):
     """Where results are logged in MLflow."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     experiment: str | None = Field(None, description="MLflow experiment; default: the job name")
     uri: str | None = Field(None, description="tracking URI; default: MLflow's (sqlite:///mlflow.db)")

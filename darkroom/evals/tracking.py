@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,6 +34,32 @@ def client(uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
+
+
+def check_reachable(uri: str | None) -> str:
+    """Fail fast, before hours of scoring, when the tracking store cannot be reached: one quick
+    request with no retries (MLflow's default retries take minutes). Returns the store's URI."""
+    from darkroom.platform.errors import UserError
+
+    mlflow_client = client(uri)
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    saved = {k: os.environ.get(k) for k in quick}
+    os.environ.update(quick)
+    try:
+        mlflow_client.search_experiments(max_results=1)
+    except Exception as err:  # any failure means the same fix
+        raise UserError(
+            f"cannot reach the MLflow tracking store {mlflow_client.tracking_uri} "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); start it, or give "
+            "another with --tracking-uri / `tracking.uri`"
+        ) from err
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return mlflow_client.tracking_uri
 
 
 def spec_hash(spec: Mapping[str, Any]) -> str:
@@ -210,6 +237,7 @@ def _log_run(mlflow_client, exp: str, parent: str, result: RunResult, protocol: 
         if result.timing.get("images"):
             metrics["seconds_per_image"] = result.timing["seconds"] / result.timing["images"]
         metrics["images"] = result.count
+        metrics["rows_unreadable"] = len(result.unreadable)
         log_metrics(mlflow_client, run, metrics, result.missing,
                     [METRICS[name].key for name in result.missing])
         mlflow_client.set_tag(run, "darkroom.warnings", "\n".join(result.warnings)[:5000] or "none")

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from darkroom.jobs.prompts import Prompt, PromptError, load_prompts
-from darkroom.jobs.spec import GenerationSpec, JobSpec, PromptSource
+from darkroom.jobs.spec import MAX_ROWS_PER_RUN, GenerationSpec, JobSpec, PromptSource
 from darkroom.platform.config import Problem
 from darkroom.platform.errors import ModelLoadError, did_you_mean
 from darkroom.platform.families import Family, ModelSpec, device_problems
@@ -35,6 +35,12 @@ def semantic_problems(data: dict[str, Any], spec: JobSpec | None) -> list[Proble
             loaded = load_prompts(prompts)
         except PromptError as err:
             problems.append(Problem(err.path, err.message, err.value))
+        rows = len(loaded) * prompts.images_per_prompt
+        if rows > MAX_ROWS_PER_RUN:
+            problems.append(Problem(
+                "prompts.images_per_prompt", f"{len(loaded)} prompts x "
+                f"{prompts.images_per_prompt} images = {rows} rows per run, more than "
+                f"{MAX_ROWS_PER_RUN}; split the prompts over several jobs or use `limit`"))
     if runtime:
         problems += [Problem(f"runtime.{field}", message)
                      for field, message in runtime.device_problems()]

@@ -27,6 +27,7 @@ from darkroom.platform.records import ERROR_SCHEMA, IMAGE_SCHEMA
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Write a text file under a staging name and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     staging.write_text(text)
@@ -45,45 +46,59 @@ def write_job_files(job_dir: Path, job_spec: dict[str, Any], infos: list[dict[st
         write_atomic(run_dir / layout.RUN_INFO, json.dumps(info, indent=2) + "\n")
 
 
-def done_rows(run_dir: Path, expected_prompts: dict[str, str],
+# What defines a row besides its id: a row written under the same id with any of these different
+# would be a different image, so a rerun refuses rather than mix them.
+ROW_INPUTS = ("prompt", "negative_prompt", "class_label", "control_image_sha256")
+
+
+def done_rows(run_dir: Path, expected: dict[str, dict[str, Any]],
               warn: Callable[[str], None] = print) -> tuple[set[str], int]:
     """Row ids already written (images or errors) and how many of them are errors.
 
-    A file that cannot be read is moved aside (dot-prefixed, so readers skip it) and its rows are
-    generated again. A row whose prompt differs from the job's prompt for that row id means the
-    prompt source changed under the same job name: an error, since mixing them would be silent.
+    Every file is read whole with its page checksums verified, so a file corrupted anywhere
+    (even with a valid header and footer) is found: it is moved aside (dot-prefixed, so readers
+    skip it) and its rows are generated again. A row whose inputs (`ROW_INPUTS`) differ from
+    what the job now asks for that row id means the inputs changed under the same job name: an
+    error, since mixing them would be silent.
     """
     done: set[str] = set()
     errors = 0
-    for sub, columns in ((layout.IMAGES, ["row_id", "prompt"]), (layout.ERRORS, ["row_id"])):
+    for sub in (layout.IMAGES, layout.ERRORS):
         for path in layout.parquet_files(run_dir / sub):
             try:
-                table = pq.read_table(path, columns=columns)
+                table = pq.read_table(path, page_checksum_verification=True)
             except Exception as err:  # unreadable: regenerate its rows rather than fail the job
                 aside = path.with_name(f".unreadable-{path.name}")
                 os.replace(path, aside)
-                warn(f"warning: {path} is unreadable ({type(err).__name__}); moved it to "
-                     f"{aside.name}, its rows will be generated again")
+                warn(f"warning: {path} is unreadable ({type(err).__name__}: {str(err)[:120]}); "
+                     f"moved it to {aside.name}, its rows will be generated again")
                 continue
             ids = table.column("row_id").to_pylist()
             if sub == layout.IMAGES:
-                _check_prompts(path, ids, table.column("prompt").to_pylist(), expected_prompts)
+                _check_inputs(path, table.select(["row_id", *ROW_INPUTS]).to_pylist(), expected)
             else:
                 errors += len(set(ids) - done)
             done.update(ids)
     return done, errors
 
 
-def _check_prompts(path: Path, ids: list[str], prompts: list[str | None],
-                   expected: dict[str, str]) -> None:
-    for row_id, prompt in zip(ids, prompts, strict=True):
-        want = expected.get(row_id)
-        if want is not None and prompt != want:
-            raise UserError(
-                f"{path} holds row {row_id} with prompt {prompt!r}, but the job now gives "
-                f"{want!r} for it: the prompt source changed under the same job name. Use a new "
-                "`name` (or delete the job folder) so old and new images are not mixed"
-            )
+def _check_inputs(path: Path, rows: list[dict[str, Any]],
+                  expected: dict[str, dict[str, Any]]) -> None:
+    for row in rows:
+        want = expected.get(row["row_id"])
+        if want is None:
+            continue
+        for column, value in want.items():
+            if value is not ANY and row[column] != value:
+                raise UserError(
+                    f"{path} holds row {row['row_id']} with {column} {row[column]!r}, but the "
+                    f"job now gives {value!r} for it: the job's inputs changed under the same "
+                    "job name. Use a new `name` (or delete the job folder) so old and new images "
+                    "are not mixed"
+                )
+
+
+ANY = object()  # an expected input that cannot be told before generation (a class name)
 
 
 class Writer:
@@ -127,6 +142,7 @@ class Writer:
         return errors.num_rows
 
     def flush(self) -> None:
+        """Write every buffered run's rows as one new Parquet file each (staged, renamed)."""
         for (run_id, kind), tables in self.buffers.items():
             if not tables:
                 continue
@@ -134,7 +150,7 @@ class Writer:
             name = f"{time.time_ns() // 1000:016d}-{uuid.uuid4().hex[:8]}.parquet"
             folder = self.job_dir / run_id / kind
             staging = folder / f".{name}.tmp"
-            pq.write_table(table, staging)
+            pq.write_table(table, staging, write_page_checksum=True)
             os.replace(staging, folder / name)
             counts = self.written if kind == layout.IMAGES else self.failed
             counts[run_id] += table.num_rows
@@ -151,15 +167,18 @@ def write_timing(run_dir: Path) -> dict[str, Any]:
     `images_per_s` is the throughput of one actor; it is comparable across the runs of a sweep
     whatever the pool size.
     """
-    table = layout.read_table(run_dir / layout.IMAGES, columns=["gen_seconds"])
-    images = 0 if table is None else table.num_rows
-    seconds = 0.0 if table is None else float(pc.sum(table.column("gen_seconds")).as_py() or 0.0)
+    table = layout.read_table(run_dir / layout.IMAGES, columns=["row_id", "gen_seconds"])
+    per_row = {} if table is None else dict(zip(table.column("row_id").to_pylist(),
+                                                table.column("gen_seconds").to_pylist(),
+                                                strict=True))  # a repeated row counts once
+    images = len(per_row)
+    seconds = float(sum(s or 0.0 for s in per_row.values()))
     errors = layout.read_table(run_dir / layout.ERRORS, columns=["row_id"])
     timing = {
         "images": images,
         "seconds": round(seconds, 4),
         "images_per_s": round(images / seconds, 4) if seconds else None,
-        "errors": 0 if errors is None else errors.num_rows,
+        "errors": 0 if errors is None else len(set(errors.column("row_id").to_pylist())),
     }
     write_atomic(run_dir / layout.TIMING, json.dumps(timing, indent=2) + "\n")
     return timing

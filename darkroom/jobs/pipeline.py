@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from darkroom.jobs import output
-from darkroom.jobs.plan import Run, describe, expand, request_rows, row_id_of, run_info
+from darkroom.jobs.lease import JobLease
+from darkroom.jobs.plan import Run, describe, expand, request_rows, run_info
 from darkroom.jobs.prompts import Prompt, load_prompts
 from darkroom.jobs.spec import JobSpec
 from darkroom.platform import layout
 from darkroom.platform.cluster import connect_ray
 from darkroom.platform.families import ModelSpec
+from darkroom.platform.records import sha256
 
 MAX_BLOCKS = 2000  # from_items blocks; one block is about one batch, so a retry redoes one batch
 
@@ -36,6 +38,8 @@ class JobFailed(RuntimeError):
 
 @dataclass
 class JobResult:
+    """What one invocation of a job did: rows made and failed, timings, metrics."""
+
     job_dir: Path
     runs: list[Run]
     generated: int = 0
@@ -47,14 +51,19 @@ class JobResult:
 
 
 def job_dir_of(spec: JobSpec) -> Path:
+    """OUTPUT/<job name>: where a job's runs are written."""
     return Path(spec.output).expanduser() / spec.name
 
 
 def run_job(spec: JobSpec, *, dry_run: bool = False, evaluate: bool = True,
             log: Callable[[str], None] = print) -> JobResult:
-    """Generate every missing row of the job, then (if the spec says so) evaluate it."""
+    """Generate every missing row of the job, then (if the spec says so) evaluate it.
+
+    One invocation at a time writes a job folder: a second one is refused (`JobBusy`) while the
+    first holds the folder's lease.
+    """
     started = time.perf_counter()
-    # 1. Plan: prompts, runs, and what earlier invocations already wrote.
+    # 1. Plan: prompts and runs.
     prompts = load_prompts(spec.prompts)
     runs = expand(spec)
     job_dir = job_dir_of(spec)
@@ -63,49 +72,60 @@ def run_job(spec: JobSpec, *, dry_run: bool = False, evaluate: bool = True,
         log(describe(spec, runs, len(prompts)))
         return result
     log(describe(spec, runs, len(prompts)).splitlines()[0])
-    output.write_job_files(job_dir, spec.dump(), [run_info(spec, r, len(prompts)) for r in runs])
-    todo, earlier_errors, total = _missing_rows(spec, runs, prompts, job_dir, log)
-    allowed = spec.allowed_errors(total)
+    with JobLease(job_dir):
+        # 2. What earlier invocations wrote, checked against this spec before anything is
+        #    written: a refused spec leaves the folder (job.yaml included) as it was.
+        todo, earlier_errors, total = _missing_rows(spec, runs, prompts, job_dir, log)
+        output.write_job_files(job_dir, spec.dump(),
+                               [run_info(spec, r, len(prompts)) for r in runs])
+        allowed = spec.allowed_errors(total)
 
-    # 2. Generate, one actor pool per model.
-    missing = sum(len(rows) for rows in todo.values())
-    if missing == 0:
-        log(f"nothing to generate: all {total} rows of {len(runs)} run(s) are already in {job_dir}")
-    else:
-        log(f"generating {missing} of {total} rows ({total - missing} already done) "
-            f"into {job_dir}")
-        # torch before Ray: loaded after Ray's and Arrow's libraries in a cluster job's driver,
-        # libtorch_cpu failed to load ("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so")
-        import darkroom.platform.generator  # noqa: F401
+        # 3. Generate, one actor pool per model.
+        missing = sum(len(rows) for rows in todo.values())
+        if missing == 0:
+            log(f"nothing to generate: all {total} rows of {len(runs)} run(s) are already in "
+                f"{job_dir}")
+        else:
+            log(f"generating {missing} of {total} rows ({total - missing} already done) "
+                f"into {job_dir}")
+            _generate_all(spec, todo, job_dir, earlier_errors, allowed, result, log)
 
-        connect_ray(log, log_to_driver=True)
-        writer = output.Writer(job_dir, spec.compute.checkpoint_rows,
-                               spec.compute.checkpoint_seconds, log)
-        failed = earlier_errors
-        try:
-            for label, rows in todo.items():
-                if rows:
-                    failed = _generate(spec, label, rows, writer, failed, allowed, log)
-        finally:
-            writer.flush()
-            result.new = dict(writer.written)
-            result.generated = sum(writer.written.values())
-            result.failed = sum(writer.failed.values())
-
-    # 3. Timing, summary, error budget, evaluation.
-    for run in runs:
-        result.timings[run.run_id] = output.write_timing(job_dir / run.run_id)
-    result.seconds = time.perf_counter() - started
-    log(summary(runs, result))
-    errors = sum(t["errors"] for t in result.timings.values())
-    if errors > allowed:
-        raise JobFailed(
-            f"{errors} row(s) failed, more than the error budget allows ({allowed} of {total}); "
-            f"reasons are in {job_dir}/*/{layout.ERRORS}/; fix the inputs or raise `error_budget`"
-        )
-    if spec.eval and evaluate:
-        result.metrics = _evaluate(spec, job_dir, runs)
+        # 4. Timing, summary, error budget, evaluation.
+        for run in runs:
+            result.timings[run.run_id] = output.write_timing(job_dir / run.run_id)
+        result.seconds = time.perf_counter() - started
+        log(summary(runs, result))
+        errors = sum(t["errors"] for t in result.timings.values())
+        if errors > allowed:
+            raise JobFailed(
+                f"{errors} row(s) failed, more than the error budget allows ({allowed} of "
+                f"{total}); reasons are in {job_dir}/*/{layout.ERRORS}/; fix the inputs or raise "
+                "`error_budget`"
+            )
+        if spec.eval and evaluate:
+            result.metrics = _evaluate(spec, job_dir, runs)
     return result
+
+
+def _generate_all(spec: JobSpec, todo: dict[str, list[dict]], job_dir: Path, failed: int,
+                  allowed: int, result: JobResult, log: Callable[[str], None]) -> None:
+    """Every model's missing rows through its actor pool, written as they come."""
+    # torch before Ray: loaded after Ray's and Arrow's libraries in a cluster job's driver,
+    # libtorch_cpu failed to load ("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so")
+    import darkroom.platform.generator  # noqa: F401
+
+    connect_ray(log, log_to_driver=True)
+    writer = output.Writer(job_dir, spec.compute.checkpoint_rows,
+                           spec.compute.checkpoint_seconds, log)
+    try:
+        for label, rows in todo.items():
+            if rows:
+                failed = _generate(spec, label, rows, writer, failed, allowed, log)
+    finally:
+        writer.flush()
+        result.new = dict(writer.written)
+        result.generated = sum(writer.written.values())
+        result.failed = sum(writer.failed.values())
 
 
 def _missing_rows(spec: JobSpec, runs: list[Run], prompts: list[Prompt], job_dir: Path,
@@ -113,16 +133,30 @@ def _missing_rows(spec: JobSpec, runs: list[Run], prompts: list[Prompt], job_dir
     """Rows still to generate, grouped by model label; errors already recorded; all rows."""
     todo: dict[str, list[dict]] = defaultdict(list)
     earlier_errors = total = 0
-    samples = range(spec.prompts.images_per_prompt)
     for run in runs:
-        expected = {
-            row_id_of(run.run_id, p.prompt_id, i): p.prompt for p in prompts for i in samples
-        }
+        rows = request_rows(spec, run, prompts)
+        expected = {row["row_id"]: row_inputs(row) for row in rows}
         done, errors = output.done_rows(job_dir / run.run_id, expected, log)
         earlier_errors += errors
-        total += len(expected)
-        todo[run.model.label] += request_rows(spec, run, prompts, skip=done)
+        total += len(rows)
+        todo[run.model.label] += [row for row in rows if row["row_id"] not in done]
     return todo, earlier_errors, total
+
+
+def row_inputs(row: dict[str, Any]) -> dict[str, Any]:
+    """A request row's inputs as its image row records them (`output.ROW_INPUTS`)."""
+    label = row.get("class_label")
+    if label is not None and not str(label).lstrip("-").isdigit():
+        recorded: Any = output.ANY  # a class name: the model resolves it to an id
+    else:
+        recorded = None if label is None else int(label)
+    control = row.get("control_image")
+    return {
+        "prompt": row.get("prompt") or "",
+        "negative_prompt": row.get("negative_prompt") or "",
+        "class_label": recorded,
+        "control_image_sha256": None if control is None else sha256(control),
+    }
 
 
 def _generate(spec: JobSpec, label: str, rows: list[dict], writer: output.Writer, failed: int,
@@ -172,6 +206,7 @@ def dataset(spec: JobSpec, model: ModelSpec, rows: list[dict]) -> Any:
 
 
 def summary(runs: list[Run], result: JobResult) -> str:
+    """The table printed at the end of `darkroom run`: one line per run."""
     lines = [f"{'run':<14}{'model':<20}{'sampler':<20}{'steps':>6}{'guidance':>9}{'images':>8}"
              f"{'new':>6}{'errors':>7}{'seconds':>9}{'images/s':>10}"]
     for run in runs:

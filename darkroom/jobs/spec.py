@@ -17,13 +17,21 @@ from darkroom.platform.runtime import RuntimeSpec
 from darkroom.platform.samplers import SamplerSpec
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+# Upper bounds: well past any real use, low enough that a typo (1e9) is an error, not a plan that
+# exhausts the driver's memory or an actor that runs for a year.
+MAX_STEPS = 1000
+MAX_GUIDANCE = 100.0
+MAX_SIDE = 8192
+MAX_IMAGES_PER_PROMPT = 10_000
+MAX_ROWS_PER_RUN = 1_000_000  # request rows are planned in the driver's memory
 
 
 # -- sections ---------------------------------------------------------------------------------
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
+                              populate_by_name=True)
 
 
 class ColumnMap(_Section):
@@ -48,7 +56,8 @@ class PromptSource(_Section):
         None, description="folder of control/input images (ControlNet); relative to the job file"
     )
     control_prompt: str = Field("", description="the prompt used with every control image")
-    images_per_prompt: int = Field(1, ge=1, description="images generated for each prompt")
+    images_per_prompt: int = Field(1, ge=1, le=MAX_IMAGES_PER_PROMPT,
+                                   description="images generated for each prompt")
     limit: int | None = Field(None, ge=1, description="use only the first N prompts (smoke runs)")
 
     @model_validator(mode="after")
@@ -101,8 +110,9 @@ class SweepSpec(_Section):
         default_factory=lambda: [SamplerSpec(name="ddim")], min_length=1,
         description="sampler names, or {name, overrides}",
     )
-    steps: list[Annotated[int, Field(ge=1)]] = Field([25], min_length=1)
-    guidance_scale: list[Annotated[float, Field(ge=0)]] = Field([5.0], min_length=1)
+    steps: list[Annotated[int, Field(ge=1, le=MAX_STEPS)]] = Field([25], min_length=1)
+    guidance_scale: list[Annotated[float, Field(ge=0, le=MAX_GUIDANCE)]] = Field(
+        [5.0], min_length=1)
     eta: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         [0.0], min_length=1, description="DDIM eta (Song et al. 2021); ignored by other samplers"
     )
@@ -116,9 +126,11 @@ class SweepSpec(_Section):
 class GenerationSpec(_Section):
     """Image size, rows per Generator call, and the default negative prompt."""
 
-    width: int | None = Field(None, gt=0, description="default: the model's native size")
-    height: int | None = Field(None, gt=0, description="default: the model's native size")
-    batch_size: int = Field(4, ge=1, description="rows per Generator call")
+    width: int | None = Field(None, gt=0, le=MAX_SIDE,
+                              description="default: the model's native size")
+    height: int | None = Field(None, gt=0, le=MAX_SIDE,
+                               description="default: the model's native size")
+    batch_size: int = Field(4, ge=1, le=4096, description="rows per Generator call")
     negative_prompt: str = Field("", description="for rows whose source gives none")
 
     @field_validator("width", "height")
@@ -136,8 +148,8 @@ class GenerationSpec(_Section):
 class Actors(_Section):
     """The size of the actor pool: started with `min`, grown to at most `max`."""
 
-    min: int = Field(1, ge=1, description="actors started at once")
-    max: int = Field(1, ge=1, description="actors the pool may grow to")
+    min: int = Field(1, ge=1, le=10_000, description="actors started at once")
+    max: int = Field(1, ge=1, le=10_000, description="actors the pool may grow to")
 
     @model_validator(mode="after")
     def _ordered(self) -> Actors:
@@ -150,19 +162,21 @@ class ComputeSpec(_Section):
     """The actor pool, and how much of a crash Ray repairs before the job fails."""
 
     actors: Actors = Field(default_factory=Actors)
-    gpus_per_actor: float = Field(0, ge=0, description="GPUs per actor (fractions share a GPU)")
-    cpus_per_actor: float = Field(1, gt=0, description="CPUs per actor")
+    gpus_per_actor: float = Field(0, ge=0, le=64,
+                                  description="GPUs per actor (fractions share a GPU)")
+    cpus_per_actor: float = Field(1, gt=0, le=1024, description="CPUs per actor")
     max_restarts: int = Field(
-        3, ge=-1, description="times Ray restarts a crashed actor (-1: forever)"
+        3, ge=-1, le=1000, description="times Ray restarts a crashed actor (-1: forever)"
     )
     max_task_retries: int = Field(
-        3, ge=-1, description="times Ray retries a batch lost with its actor (-1: forever)"
+        3, ge=-1, le=1000, description="times Ray retries a batch lost with its actor (-1: forever)"
     )
     checkpoint_rows: int = Field(
-        256, ge=1, description="rows per Parquet file; a crash loses at most this many"
+        256, ge=1, le=1_000_000,
+        description="rows per Parquet file; a crash loses at most this many"
     )
     checkpoint_seconds: float = Field(
-        30, gt=0, description="write what is buffered at least this often"
+        30, gt=0, le=86_400, description="write what is buffered at least this often"
     )
 
 
@@ -170,7 +184,8 @@ class JobSpec(_Section):
     """One YAML job file: prompts x models x sweep -> images in Parquet, optionally scored."""
 
     name: str = Field(description="experiment name in MLflow; folder name under output")
-    seed: int = Field(0, ge=0, description="job seed; each row's seed derives from it")
+    seed: int = Field(0, ge=0, le=2**63 - 1,
+                      description="job seed; each row's seed derives from it")
     output: str = Field("outputs", description="rows land in OUTPUT/<name>/<run_id>/")
     prompts: PromptSource
     models: list[ModelSpec] = Field(min_length=1)

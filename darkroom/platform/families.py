@@ -40,7 +40,7 @@ PIPELINE_TO_FAMILY["LDMTextToImagePipeline"] = "sd"
 class ControlSpec(BaseModel):
     """How a ControlNet row's image becomes the control image."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     preprocessor: Literal["none", "canny"] = Field(
         "none", description="none: the row's image is the control image; canny: edges of it"
@@ -62,7 +62,8 @@ class ControlSpec(BaseModel):
 class ModelSpec(BaseModel):
     """One model: where its weights are and how to load them."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
+                              protected_namespaces=())
 
     name: str | None = Field(None, description="label in outputs and MLflow; default: `model`")
     model: str = Field(description="tiny:FAMILY, builtin:NAME, a local folder, or a hub id")

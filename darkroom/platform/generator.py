@@ -32,6 +32,10 @@ OUTPUT_COLUMNS = [*IMAGE_COLUMNS, "error"]
 IDENTITY_DEFAULTS = {"job_id": "", "run_id": "", "row_id": "", "prompt_id": "", "sample_idx": 0}
 
 
+NON_FINITE = ("the image came out non-finite (NaN or inf pixels), usually an overflow: use fp32 or "
+              "bf16 instead of fp16, or a lower guidance_scale")
+
+
 class RowError(Exception):
     """This row cannot be generated; the reason goes into its `error` column."""
 
@@ -287,7 +291,11 @@ class Generator:
         created = dt.datetime.now(dt.UTC)
         out = []
         for (index, request, row), image in zip(members, images, strict=True):
-            png = encode_png(to_uint8(np.asarray(image)))
+            pixels = np.asarray(image)
+            if not np.isfinite(pixels).all():  # would be saved as a black image, silently
+                out.append((index, self._error_row(row, NON_FINITE)))
+                continue
+            png = encode_png(to_uint8(pixels))
             out.append((index, {
                 **{k: row.get(k, default) for k, default in IDENTITY_DEFAULTS.items()},
                 **self._provenance,

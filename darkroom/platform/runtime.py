@@ -20,11 +20,11 @@ CUDA_ONLY = ("cpu_offload",)
 class RuntimeSpec(BaseModel):
     """Device, threads and the speed options of one Generator."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     torch_threads: int | None = Field(
-        None, ge=1, description="torch threads on CPU; default 1 per actor"
+        None, ge=1, le=1024, description="torch threads on CPU; default 1 per actor"
     )
     batch_size: int | Literal["auto"] | None = Field(
         None, description="most rows per pipeline call; auto: halve on GPU out-of-memory and "

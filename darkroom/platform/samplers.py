@@ -77,7 +77,7 @@ def allowed_overrides(name: str) -> set[str]:
 class SamplerSpec(BaseModel):
     """A sampler by registry name, with optional scheduler config overrides."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field("ddim", description="registry name, e.g. ddim, dpmpp_2m, euler_a")
     overrides: dict[str, Any] = Field(

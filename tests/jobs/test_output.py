@@ -65,9 +65,9 @@ def test_resume_scan_counts_done_rows_and_refuses_changed_prompts(tmp_path):
     writer.add(batch("r1", [0, 1, 2], failed={2}))
     writer.flush()
     (tmp_path / "r1" / layout.IMAGES / ".staged.parquet.tmp").write_bytes(b"half a file")
-    expected = {f"r1/{i:05d}/0": f"prompt {i}" for i in range(4)}
+    expected = {f"r1/{i:05d}/0": {"prompt": f"prompt {i}"} for i in range(4)}
     done, errors = done_rows(tmp_path / "r1", expected)
     assert done == {"r1/00000/0", "r1/00001/0", "r1/00002/0"} and errors == 1
-    expected["r1/00001/0"] = "another prompt"
-    with pytest.raises(UserError, match="prompt source changed"):
+    expected["r1/00001/0"] = {"prompt": "another prompt"}
+    with pytest.raises(UserError, match="prompt 'prompt 1', but the job now gives 'another"):
         done_rows(tmp_path / "r1", expected)
