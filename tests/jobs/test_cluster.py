@@ -102,3 +102,30 @@ def test_submit_entrypoint_checks_the_clusters_python(tmp_path):
                           env={**bare, "DARKROOM_PYTHON": sys.executable},
                           capture_output=True, text=True)
     assert done.returncode == 2 and "name" in done.stderr, done.stderr
+
+
+def test_run_and_eval_never_join_a_running_cluster_by_accident(ray_cluster, tmp_path):
+    """A cluster that `ray start` left running on this machine, and no RAY_ADDRESS: `darkroom run`
+    (with its eval) starts a private Ray and leaves the cluster alone."""
+    root, token = ray_cluster()
+    (tmp_path / "job.yaml").write_text(json.dumps({
+        "name": "alone", "output": str(tmp_path / "out"),
+        "prompts": {"list": ["a", "b"]}, "models": [{"model": "tiny:sd"}],
+        "sweep": {"sampler": ["ddim"], "steps": [2]},
+        "generation": {"width": 32, "height": 32}, "runtime": {"device": "cpu"},
+        "eval": {"metrics": ["safety"]},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
+    }))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    done = subprocess.run([sys.executable, "-m", "darkroom", "run", str(tmp_path / "job.yaml")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "Started a local Ray instance" in output
+    assert "Connecting to existing Ray cluster" not in output
+    import httpx
+
+    auth = {"Authorization": f"Bearer {token.read_text().strip()}"}
+    jobs = httpx.get(f"{DASHBOARD}/api/jobs/", headers=auth, timeout=30)
+    assert jobs.status_code == 200, jobs.text
+    assert jobs.json() == []  # not even a driver of ours on the cluster
