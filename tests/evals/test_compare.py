@@ -61,8 +61,9 @@ def test_compare_prints_ranked_table_and_writes_a_report(logged, capsys):
     html = logged["root"] / "report.html"
     code = main(["compare", "--experiment", "cmp", "--metric", "fid", "--html", str(html),
                  "--tracking-uri", logged["uri"]])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert code == 0, out
+    assert "Downloading artifacts" not in err  # no MLflow progress bar per run
     lines = [line for line in out.splitlines() if line.startswith("tiny:sd")]
     assert [line.split()[0] for line in lines] == [
         "tiny:sd-ddim-s2-g5.0", "tiny:sd-euler-s2-g5.0", "tiny:sd-ddim-s1-g5.0"]
