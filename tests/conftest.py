@@ -35,7 +35,10 @@ def ray_session():
 # -- a real multi-process Ray cluster, started with `ray start` ----------------------------------
 
 # outside Ray's worker port range (10002-19999) and the defaults of any other local Ray
-GCS_PORT, DASHBOARD_PORT = 26379, 28265
+# Outside Ray's worker port range (10002-19999). DARKROOM_TEST_PORT_BASE moves them, so two test
+# sessions on one machine can each start a cluster.
+PORT_BASE = int(os.environ.get("DARKROOM_TEST_PORT_BASE", "26379"))
+GCS_PORT, DASHBOARD_PORT = PORT_BASE, PORT_BASE + 1886
 DASHBOARD = f"http://127.0.0.1:{DASHBOARD_PORT}"
 BIN = Path(sys.executable).parent
 
@@ -104,12 +107,14 @@ def ray_cluster():
         started.append((root, nodes))
         nodes.append(start_node(
             ["--head", f"--port={GCS_PORT}", f"--dashboard-port={DASHBOARD_PORT}",
-             "--ray-client-server-port=26380", "--dashboard-agent-listen-port=26381",
+             f"--ray-client-server-port={PORT_BASE + 1}",
+             f"--dashboard-agent-listen-port={PORT_BASE + 2}",
              "--include-dashboard=true", "--num-cpus=1", f"--temp-dir={root / 'ray'}"],
             env, root / "head.log"))
         for i in range(workers):
             nodes.append(start_node(
-                [f"--address=127.0.0.1:{GCS_PORT}", f"--dashboard-agent-listen-port={26382 + i}",
+                [f"--address=127.0.0.1:{GCS_PORT}",
+                 f"--dashboard-agent-listen-port={PORT_BASE + 3 + i}",
                  "--num-cpus=1"], env, root / f"worker{i}.log"))
         return root, token
 

@@ -18,8 +18,8 @@ from darkroom.platform import layout
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-DASHBOARD_PORT = 28265  # the `ray_cluster` fixture's (tests/conftest.py)
-DASHBOARD = f"http://127.0.0.1:{DASHBOARD_PORT}"
+# the `ray_cluster` fixture's dashboard (tests/conftest.py)
+DASHBOARD = f"http://127.0.0.1:{int(os.environ.get('DARKROOM_TEST_PORT_BASE', '26379')) + 1886}"
 
 
 @pytest.fixture

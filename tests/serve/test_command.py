@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-DASHBOARD = "http://127.0.0.1:28265"  # the `ray_cluster` fixture's
+# the `ray_cluster` fixture's dashboard (tests/conftest.py)
+DASHBOARD = f"http://127.0.0.1:{int(os.environ.get('DARKROOM_TEST_PORT_BASE', '26379')) + 1886}"
 
 
 def free_port() -> int:
