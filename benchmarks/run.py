@@ -6,7 +6,8 @@
 
 Each suite writes JSON and a markdown table (`--out`, default benchmarks/results/). The gpu suite
 builds SD 1.5, SDXL, DiT-XL/2 and SD 1.5 + ControlNet from their published configs with random
-weights (`random:*` models: same compute, nothing to download) and keeps to a time budget.
+weights (`random:*` models: same compute, nothing to download), SD 3.5 Medium and FLUX.1-dev at
+1024 px too, and keeps to a time budget.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class Case:
     guidance: float
     best_batch: int
     best_runtime: dict[str, Any] = field(default_factory=dict)
+    dtype: str | None = None  # None: the suite's (fp16 on GPU); Flux and SD3.5 run in bf16
+    images: int | None = None  # None: the suite's; fewer for the 12B Flux
 
 
 GPU_CASES = [
@@ -46,12 +49,17 @@ GPU_CASES = [
     Case("DiT-XL/2 @256", "random:dit-xl-2", 25, None, 4.0, 16, {}),
     Case("SD 1.5 + ControlNet @512", "random:sd15-controlnet", 20, 512, 7.5, 8,
          {"channels_last": True}),
+    Case("SD 3.5 Medium @1024", "random:sd35-medium", 28, 1024, 4.5, 4, {}, dtype="bf16",
+         images=8),
+    Case("FLUX.1-dev @1024", "random:flux-dev", 28, 1024, 3.5, 2, {}, dtype="bf16", images=4),
 ]
 SMOKE_CASES = [
     Case("tiny SD", "tiny:sd", 2, 64, 5.0, 4, {"channels_last": True, "fuse_qkv": True}),
     Case("tiny SDXL", "tiny:sdxl", 2, 64, 5.0, 4, {"fuse_qkv": True}),
     Case("tiny DiT", "tiny:dit", 2, None, 4.0, 4, {}),
     Case("tiny ControlNet", "tiny:controlnet", 2, 64, 5.0, 4, {"channels_last": True}),
+    Case("tiny SD3", "tiny:sd3", 2, 64, 4.5, 4, {}, images=2),
+    Case("tiny Flux", "tiny:flux", 2, 64, 3.5, 2, {}, images=2),
 ]
 CPU_CASES = [
     Case("tiny SD", "tiny:sd", 10, 64, 5.0, 8),
@@ -99,7 +107,8 @@ def flops_per_image_step(gen: Any, case: Case) -> float | None:
             return original(*args, **kwargs)
         with FlopCounterMode(display=False) as mode:
             out = original(*args, **kwargs)
-        batch = args[0].shape[0] if args else kwargs["sample"].shape[0]
+        latents = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        batch = latents.shape[0]
         counted.append(mode.get_total_flops() / batch)
         return out
 
@@ -111,7 +120,8 @@ def flops_per_image_step(gen: Any, case: Case) -> float | None:
     finally:
         net.forward = original
         handle.remove()
-    guided = 2 if case.guidance > 1 else 1
+    # Flux's guidance is an input of one pass, not a second branch
+    guided = 2 if case.guidance > 1 and gen.family.name != "flux" else 1
     return counted[0] * guided if counted else None
 
 
@@ -267,8 +277,9 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"case": case.name, "error": "time budget spent"})
             continue
         try:
-            result = run_case(case, device, dtype, plain_batch or case.best_batch, images,
-                              args.rounds)
+            result = run_case(case, device, case.dtype if case.dtype and not args.smoke
+                              else dtype, plain_batch or case.best_batch,
+                              case.images or images, args.rounds)
         except Exception as err:  # one failing case must not lose the others' numbers
             result = {"case": case.name, "error": f"{type(err).__name__}: {str(err)[:120]}"}
         results.append(result)

@@ -12,12 +12,19 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from darkroom.jobs.prompts import Prompt, PromptError, load_prompts
-from darkroom.jobs.spec import MAX_ROWS_PER_RUN, GenerationSpec, JobSpec, PromptSource
+from darkroom.jobs.spec import (
+    MAX_ROWS_PER_RUN,
+    GenerationSpec,
+    JobSpec,
+    PromptSource,
+    SweepSpec,
+)
 from darkroom.platform.config import Problem
 from darkroom.platform.errors import ModelLoadError, did_you_mean
-from darkroom.platform.families import Family, ModelSpec, device_problems
+from darkroom.platform.families import Family, ModelSpec, device_problems, option_problems
 from darkroom.platform.runtime import RuntimeSpec
-from darkroom.platform.sources import class_names, local_family
+from darkroom.platform.samplers import fitting
+from darkroom.platform.sources import class_names, local_family, pipeline_class_name, sampler_kind
 
 MAX_CLASS_PROBLEMS = 10
 
@@ -27,6 +34,7 @@ def semantic_problems(data: dict[str, Any], spec: JobSpec | None) -> list[Proble
     prompts = spec.prompts if spec else _section(PromptSource, data.get("prompts"))
     generation = spec.generation if spec else _section(GenerationSpec, data.get("generation", {}))
     runtime = spec.runtime if spec else _section(RuntimeSpec, data.get("runtime", {}))
+    sweep = spec.sweep if spec else _section(SweepSpec, data.get("sweep", {}))
     models = list(enumerate(spec.models)) if spec else _models(data.get("models"))
     problems: list[Problem] = []
     loaded: list[Prompt] = []
@@ -46,6 +54,7 @@ def semantic_problems(data: dict[str, Any], spec: JobSpec | None) -> list[Proble
                      for field, message in runtime.device_problems()]
     for index, model in models:
         problems += _model_problems(index, model, prompts, loaded, generation, runtime)
+        problems += _family_problems(index, model, prompts, generation, sweep)
     return problems
 
 
@@ -85,6 +94,80 @@ def _model_problems(index: int, model: ModelSpec, prompts: PromptSource | None,
         problems.append(Problem("generation.width", f"{model.label} is a DiT model: it makes "
                                 "images of its native size only; leave width/height unset"))
     return problems
+
+
+def _family_problems(index: int, model: ModelSpec, prompts: PromptSource | None,
+                     generation: GenerationSpec | None, sweep: SweepSpec | None) -> list[Problem]:
+    """What the model's family cannot take: samplers of the other kind, options of other
+    families, sizes off its latent grid, negative prompts or micro-conditioning it has no use
+    for, arguments its pipeline class does not accept (t2i)."""
+    where = f"models.{index}"
+    try:
+        family = local_family(model)
+    except ModelLoadError:
+        return []  # reported by _model_problems
+    if family is None:
+        return []
+    problems = [Problem(f"{where}.{field}", message)
+                for field, message in option_problems(model, family)]
+    kind = sampler_kind(model, family)
+    if sweep and kind:
+        fits = fitting(kind, family.unfit)
+        for i, sampler in enumerate(sweep.sampler):
+            if sampler.name not in fits:
+                problems.append(Problem(
+                    f"sweep.sampler.{i}.name", f"`{sampler.name}` does not fit {where} "
+                    f"({model.label}, {family.name}); fitting: {', '.join(fits)}"))
+    if generation:
+        problems += _generation_problems(where, model, family, prompts, generation, sweep)
+    return problems
+
+
+def _generation_problems(where: str, model: ModelSpec, family: Family,
+                         prompts: PromptSource | None, generation: GenerationSpec,
+                         sweep: SweepSpec | None) -> list[Problem]:
+    problems = []
+    for side in ("width", "height"):
+        value = getattr(generation, side)
+        if value and value % family.size_multiple:
+            problems.append(Problem(f"generation.{side}", f"{where} ({model.label}) is "
+                                    f"{family.name}: sides must be multiples of "
+                                    f"{family.size_multiple}", value))
+    if generation.call_options() and family.name != "sdxl":
+        problems.append(Problem(f"generation.{next(iter(generation.call_options()))}",
+                                f"micro-conditioning applies to sdxl models only; {where} "
+                                f"({model.label}) is {family.name}"))
+    negatives = bool(generation.negative_prompt or (prompts and prompts.columns.negative_prompt))
+    if negatives and family.name == "flux" and not model.true_cfg_scale:
+        problems.append(Problem(f"{where}.true_cfg_scale", f"{model.label} is flux "
+                                "(guidance-distilled): negative prompts need true CFG; set "
+                                "`true_cfg_scale` (e.g. 4.0) or drop the negative prompt"))
+    if family.name == "t2i":
+        problems += _signature_problems(where, model, negatives, sweep)
+    return problems
+
+
+def _signature_problems(where: str, model: ModelSpec, negatives: bool,
+                        sweep: SweepSpec | None) -> list[Problem]:
+    """Arguments a t2i pipeline class does not take, from its call signature."""
+    class_name = pipeline_class_name(model)
+    if not class_name:
+        return []
+    import diffusers  # only for t2i models: their class is known only by name until here
+
+    from darkroom.platform.calls import call_parameters
+
+    cls = getattr(diffusers, class_name, None)
+    if cls is None:
+        return [Problem(f"{where}.model", f"{class_name} is not a pipeline class of the "
+                        f"installed diffusers {diffusers.__version__}", model.model)]
+    takes = call_parameters(cls)
+    asked = {"generation.negative_prompt": ("negative_prompt", negatives),
+             "sweep.eta": ("eta", bool(sweep and any(sweep.eta))),
+             f"{where}.max_sequence_length": ("max_sequence_length",
+                                              model.max_sequence_length is not None)}
+    return [Problem(field, f"{class_name} ({model.label}) takes no `{argument}`; leave it unset")
+            for field, (argument, given) in asked.items() if given and argument not in takes]
 
 
 def _fit_problems(where: str, model: ModelSpec, family: Family,

@@ -39,7 +39,7 @@ def _settings(spec: JobSpec, model: ModelSpec, sampler: SamplerSpec, steps: int,
               guidance: float, eta: float) -> dict[str, Any]:
     """Everything that decides a run's images (not its speed): hashed into the run id."""
     return {
-        "model": model.model_dump(mode="json"),
+        "model": model.identity(),
         "sampler": sampler.model_dump(mode="json"),
         "steps": steps,
         "guidance_scale": guidance,
@@ -48,6 +48,9 @@ def _settings(spec: JobSpec, model: ModelSpec, sampler: SamplerSpec, steps: int,
         "height": spec.generation.height,
         "negative_prompt": spec.generation.negative_prompt,
         "seed": spec.seed,
+        # only when set, so runs without it keep the ids they had
+        **({"call_options": spec.generation.call_options()}
+           if spec.generation.call_options() else {}),
     }
 
 
@@ -86,6 +89,7 @@ def run_info(spec: JobSpec, run: Run, prompt_count: int) -> dict[str, Any]:
         "eta": run.eta,
         "width": run.width,
         "height": run.height,
+        "call_options": spec.generation.call_options(),
         "seed": spec.seed,
         "images_per_prompt": spec.prompts.images_per_prompt,
         "prompt_count": prompt_count,
@@ -116,6 +120,7 @@ def request_rows(spec: JobSpec, run: Run, prompts: list[Prompt],
         "eta": run.eta,
         "width": run.width,
         "height": run.height,
+        "call_options": json.dumps(spec.generation.call_options(), sort_keys=True),
     }
     rows = []
     control_cache: dict[str, bytes] = {}

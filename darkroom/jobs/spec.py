@@ -123,8 +123,15 @@ class SweepSpec(_Section):
         return _unique(values, f"sweep.{info.field_name}")
 
 
+Pair = tuple[Annotated[int, Field(ge=0, le=MAX_SIDE)], Annotated[int, Field(ge=0, le=MAX_SIDE)]]
+MICRO_CONDITIONING = ("original_size", "crops_coords_top_left", "target_size",
+                      "negative_original_size", "negative_crops_coords_top_left",
+                      "negative_target_size")
+
+
 class GenerationSpec(_Section):
-    """Image size, rows per Generator call, and the default negative prompt."""
+    """Image size, rows per Generator call, the default negative prompt, and SDXL's size and
+    crop micro-conditioning (Podell et al. 2023, sec. 2.2)."""
 
     width: int | None = Field(None, gt=0, le=MAX_SIDE,
                               description="default: the model's native size")
@@ -132,6 +139,17 @@ class GenerationSpec(_Section):
                                description="default: the model's native size")
     batch_size: int = Field(4, ge=1, le=4096, description="rows per Generator call")
     negative_prompt: str = Field("", description="for rows whose source gives none")
+    original_size: Pair | None = Field(None, description="SDXL: [height, width] the model is "
+                                       "told the training image had")
+    crops_coords_top_left: Pair | None = Field(None, description="SDXL: [top, left] of the crop")
+    target_size: Pair | None = Field(None, description="SDXL: [height, width] asked for")
+    negative_original_size: Pair | None = Field(None, description="SDXL: for the negative")
+    negative_crops_coords_top_left: Pair | None = Field(None, description="SDXL: for the negative")
+    negative_target_size: Pair | None = Field(None, description="SDXL: for the negative")
+
+    def call_options(self) -> dict[str, list[int]]:
+        """The micro-conditioning that is set, as the pipeline call takes it."""
+        return {k: list(getattr(self, k)) for k in MICRO_CONDITIONING if getattr(self, k)}
 
     @field_validator("width", "height")
     @classmethod

@@ -15,25 +15,46 @@ DTYPE_NAMES = ("fp32", "fp16", "bf16")
 
 @dataclass(frozen=True)
 class Family:
-    """What a family needs: its diffusers pipeline class and how requests condition it."""
+    """What a family needs: its pipeline class, how requests condition it, which samplers fit
+    (`samplers`: "diffusion" for DDPM-style noise prediction, "flow" for rectified flow, less
+    `unfit`), and the model options that apply to it."""
 
     name: str
-    pipeline: str  # diffusers pipeline class name
+    pipeline: str  # diffusers pipeline class name; "" for t2i: the folder's own class
     conditioning: Literal["text", "class", "text+control"]
     description: str
+    samplers: Literal["diffusion", "flow", "any"] = "diffusion"
+    unfit: tuple[str, ...] = ()  # samplers of the kind that this family's pipeline cannot drive
+    options: tuple[str, ...] = ()  # ModelSpec fields that only this family takes
+    size_multiple: int = 8  # width and height: the VAE's factor times the latent patching
 
 
 FAMILIES: dict[str, Family] = {
     "sd": Family("sd", "StableDiffusionPipeline", "text",
                  "Latent Diffusion / Stable Diffusion 1.x-2.x (Rombach et al. 2022)"),
     "sdxl": Family("sdxl", "StableDiffusionXLPipeline", "text",
-                   "SDXL with optional refiner hand-off (Podell et al. 2023)"),
+                   "SDXL with optional refiner hand-off and micro-conditioning (Podell et al. "
+                   "2023)", options=("refiner",)),
     "dit": Family("dit", "DiTPipeline", "class",
                   "class-conditional Diffusion Transformer (Peebles & Xie 2023)"),
     "controlnet": Family("controlnet", "StableDiffusionControlNetPipeline", "text+control",
-                         "Stable Diffusion + ControlNet (Zhang et al. 2023)"),
+                         "Stable Diffusion + ControlNet (Zhang et al. 2023)",
+                         options=("controlnet",)),
+    "sd3": Family("sd3", "StableDiffusion3Pipeline", "text",
+                  "Stable Diffusion 3 / 3.5, MMDiT with three text encoders (Esser et al. 2024)",
+                  samplers="flow", options=("max_sequence_length", "text_encoder_3"),
+                  size_multiple=16),
+    "flux": Family("flux", "FluxPipeline", "text",
+                   "FLUX.1 dev / schnell: guidance-distilled rectified flow (Black Forest Labs "
+                   "2024); guidance_scale is the embedded guidance, true CFG via true_cfg_scale",
+                   samplers="flow", unfit=("flow_heun",),
+                   options=("max_sequence_length", "true_cfg_scale"), size_multiple=16),
+    "t2i": Family("t2i", "", "text",
+                  "any other diffusers text-to-image pipeline (PixArt-Sigma, Sana, Kolors, "
+                  "Lumina, HunyuanDiT, Qwen-Image, ...): the folder's own pipeline class",
+                  samplers="any", options=("max_sequence_length",), size_multiple=16),
 }
-PIPELINE_TO_FAMILY = {f.pipeline: f.name for f in FAMILIES.values()}
+PIPELINE_TO_FAMILY = {f.pipeline: f.name for f in FAMILIES.values() if f.pipeline}
 PIPELINE_TO_FAMILY["LDMTextToImagePipeline"] = "sd"
 
 
@@ -67,7 +88,7 @@ class ModelSpec(BaseModel):
 
     name: str | None = Field(None, description="label in outputs and MLflow; default: `model`")
     model: str = Field(description="tiny:FAMILY, builtin:NAME, a local folder, or a hub id")
-    family: Literal["sd", "sdxl", "dit", "controlnet"] | None = Field(
+    family: Literal["sd", "sdxl", "dit", "controlnet", "sd3", "flux", "t2i"] | None = Field(
         None, description="inferred from the folder's model_index.json when not given"
     )
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
@@ -80,6 +101,20 @@ class ModelSpec(BaseModel):
     refiner_switch: float = Field(
         0.8, gt=0, lt=1, description="fraction of steps the base runs before the refiner"
     )
+    max_sequence_length: int | None = Field(
+        None, ge=1, le=4096, description="T5 tokens per prompt (sd3, flux, t2i); default: the "
+        "pipeline's")
+    true_cfg_scale: float | None = Field(
+        None, ge=1, le=100, description="flux: true classifier-free guidance with the negative "
+        "prompt (2 passes per step); unset: none")
+    text_encoder_3: bool = Field(
+        True, description="sd3: false (or null) drops the T5 encoder, a memory saver that "
+        "changes the images")
+
+    @field_validator("text_encoder_3", mode="before")
+    @classmethod
+    def _null_drops_it(cls, value: object) -> object:
+        return False if value is None else value
 
     @field_validator("model")
     @classmethod
@@ -94,6 +129,32 @@ class ModelSpec(BaseModel):
     def label(self) -> str:
         """The model's name in outputs and MLflow."""
         return self.name or self.model
+
+    def identity(self) -> dict:
+        """The settings that define the model's images (hashed into run ids); options added
+        after the first version are left out while unset, so older run ids stay valid."""
+        dumped = self.model_dump(mode="json")
+        for field in LATER_OPTIONS:
+            if dumped[field] == FAMILY_OPTIONS[field]:
+                del dumped[field]
+        return dumped
+
+
+# ModelSpec fields that only some families take, with their "not set" value
+FAMILY_OPTIONS = {"refiner": None, "controlnet": None, "max_sequence_length": None,
+                  "true_cfg_scale": None, "text_encoder_3": True}
+LATER_OPTIONS = ("max_sequence_length", "true_cfg_scale", "text_encoder_3")
+
+
+def option_problems(model: ModelSpec, family: Family) -> list[tuple[str, str]]:
+    """(field, message) for each family-specific option set on a model of another family."""
+    problems = []
+    for field, unset in FAMILY_OPTIONS.items():
+        if getattr(model, field) != unset and field not in family.options:
+            takers = [f.name for f in FAMILIES.values() if field in f.options]
+            problems.append((field, f"`{field}` applies to {' and '.join(takers)} models only; "
+                                    f"`{model.model}` is {family.name}"))
+    return problems
 
 
 def device_problems(model: ModelSpec, device: str) -> list[tuple[str, str]]:

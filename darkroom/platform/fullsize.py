@@ -139,11 +139,99 @@ def build_sd15_controlnet():
     )
 
 
+def _t5_xxl(tokenizer):
+    """T5 v1.1 XXL's encoder (Raffel et al. 2020): SD3's third and Flux's second text encoder."""
+    from transformers import T5Config, T5EncoderModel
+
+    return _make(T5EncoderModel, T5Config(
+        vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+        feed_forward_proj="gated-gelu", is_encoder_decoder=False, decoder_start_token_id=0,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    ))
+
+
+def _flow_vae(scaling_factor: float, shift_factor: float):
+    """The 16-channel VAE of SD3 and Flux (no quant convs, a shift and a scale)."""
+    from diffusers import AutoencoderKL
+
+    return _make(
+        AutoencoderKL, in_channels=3, out_channels=3, latent_channels=16, layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512), sample_size=1024, norm_num_groups=32,
+        use_quant_conv=False, use_post_quant_conv=False, scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+    )
+
+
+def _sd35(layers: int, heads: int, caption_dim: int, pos_embed: int, dual: tuple[int, ...]):
+    """SD 3.5 (Esser et al. 2024; MMDiT, QK-norm, MMDiT-X dual attention for Medium): CLIP-L,
+    OpenCLIP bigG and T5-XXL, rectified flow with shift 3."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    tokenizers = [byte_level_clip_tokenizer(), byte_level_clip_tokenizer(pad_token="!"),
+                  byte_level_clip_tokenizer()]
+    transformer = _make(
+        SD3Transformer2DModel, sample_size=128, patch_size=2, in_channels=16, out_channels=16,
+        num_layers=layers, attention_head_dim=64, num_attention_heads=heads,
+        joint_attention_dim=4096, caption_projection_dim=caption_dim, pooled_projection_dim=2048,
+        pos_embed_max_size=pos_embed, dual_attention_layers=dual, qk_norm="rms_norm",
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_flow_vae(scaling_factor=1.5305, shift_factor=0.0609),
+        text_encoder=_make(CLIPTextModelWithProjection, _clip_l(tokenizers[0])),
+        text_encoder_2=_make(CLIPTextModelWithProjection, _clip_bigg(tokenizers[1])),
+        text_encoder_3=_t5_xxl(tokenizers[2]),
+        tokenizer=tokenizers[0], tokenizer_2=tokenizers[1], tokenizer_3=tokenizers[2],
+    )
+
+
+def build_sd35_medium():
+    """SD 3.5 Medium: 24 MMDiT-X blocks, dual attention in the first 13 (2.24B parameters)."""
+    return _sd35(layers=24, heads=24, caption_dim=1536, pos_embed=384, dual=tuple(range(13)))
+
+
+def build_sd35_large():
+    """SD 3.5 Large: 38 MMDiT blocks of 38 heads (8.06B parameters)."""
+    return _sd35(layers=38, heads=38, caption_dim=2432, pos_embed=192, dual=())
+
+
+def build_flux_dev():
+    """FLUX.1-dev (Black Forest Labs 2024): 19 double- and 38 single-stream blocks, guidance
+    embedding (11.9B parameters); CLIP-L and T5-XXL; dynamic-shift rectified flow."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    tokenizer, tokenizer_2 = byte_level_clip_tokenizer(), byte_level_clip_tokenizer()
+    transformer = _make(
+        FluxTransformer2DModel, patch_size=1, in_channels=64, num_layers=19,
+        num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+        joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56),
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
+    )
+    return FluxPipeline(
+        scheduler=scheduler, transformer=transformer,
+        vae=_flow_vae(scaling_factor=0.3611, shift_factor=0.1159),
+        text_encoder=_make(CLIPTextModel, _clip_l(tokenizer)), text_encoder_2=_t5_xxl(tokenizer_2),
+        tokenizer=tokenizer, tokenizer_2=tokenizer_2,
+    )
+
+
 FULLSIZE_BUILDERS: dict[str, tuple[str, Callable[[], Any]]] = {
     "sd15": ("sd", build_sd15),
     "sdxl": ("sdxl", build_sdxl),
     "dit-xl-2": ("dit", build_dit_xl_2),
     "sd15-controlnet": ("controlnet", build_sd15_controlnet),
+    "sd35-medium": ("sd3", build_sd35_medium),
+    "sd35-large": ("sd3", build_sd35_large),
+    "flux-dev": ("flux", build_flux_dev),
 }
 
 

@@ -26,7 +26,14 @@ from darkroom.platform.families import ModelSpec
 from darkroom.platform.models import LoadedModel, load_model, resolve_device
 from darkroom.platform.records import IMAGE_COLUMNS, encode_png, sha256, to_uint8
 from darkroom.platform.runtime import RuntimeSpec, apply_options, configure_threads
-from darkroom.platform.samplers import SAMPLERS, SamplerSpec, build_scheduler, scheduler_config_json
+from darkroom.platform.samplers import (
+    SAMPLERS,
+    SamplerSpec,
+    build_scheduler,
+    fitting,
+    scheduler_config_json,
+    scheduler_kind,
+)
 
 OUTPUT_COLUMNS = [*IMAGE_COLUMNS, "error"]
 IDENTITY_DEFAULTS = {"job_id": "", "run_id": "", "row_id": "", "prompt_id": "", "sample_idx": 0}
@@ -72,6 +79,14 @@ class Generator:
         self.base_scheduler_config = dict(self.pipe.scheduler.config)
         self.vae_factor = int(getattr(self.pipe, "vae_scale_factor", 8))
         self.native_size = self._native_size()
+        self.size_multiple = self._size_multiple()
+        kind = self.family.samplers
+        if kind == "any":  # t2i: what its own scheduler says
+            kind = scheduler_kind(self.base_scheduler_config)
+        self.fitting_samplers = fitting(kind, self.family.unfit)
+        if sampler is None and self.sampler.name not in self.fitting_samplers:
+            # no sampler asked for: the first that fits (flow_euler for flow models)
+            self.sampler = SamplerSpec(name=self.fitting_samplers[0])
         self.defaults = {"steps": 25, "guidance_scale": 5.0, "eta": 0.0, **(defaults or {})}
         self._schedulers: dict[str, tuple[Any, str]] = {}
         self._batch_memory = BatchSizeMemory()
@@ -79,6 +94,7 @@ class Generator:
             "model": self.spec.label,
             "model_family": self.family.name,
             "model_revision": self.loaded.revision,
+            "model_spec": json.dumps(self.spec.model_dump(mode="json"), sort_keys=True),
             "runtime_options": self.runtime.recorded(),
             "device": torch.cuda.get_device_name() if self.device.startswith("cuda") else "cpu",
             "darkroom_version": darkroom.__version__,
@@ -139,6 +155,9 @@ class Generator:
         overrides = value("sampler_overrides")
         if sampler not in SAMPLERS:
             raise RowError(f"unknown sampler `{sampler}`")
+        if sampler not in self.fitting_samplers:
+            raise RowError(f"sampler `{sampler}` does not fit {self.family.name} models; "
+                           f"fitting: {', '.join(self.fitting_samplers)}")
         if overrides is None:
             overrides = self.sampler.overrides if sampler == self.sampler.name else {}
         elif isinstance(overrides, str):
@@ -155,10 +174,18 @@ class Generator:
             eta=float(_first(value("eta"), self.defaults["eta"])),
             width=width,
             height=height,
+            options=self._call_options(value("call_options")),
         )
+        negative = str(value("negative_prompt") or "")
+        if negative and not self._takes_negative_prompt():
+            raise RowError(
+                f"{self.spec.label} ({self.family.name}) takes no negative prompt"
+                + (": set `true_cfg_scale` for true CFG with one" if self.family.name == "flux"
+                   else "")
+            )
         request = Request(
             prompt=str(value("prompt") or ""),
-            negative_prompt=str(value("negative_prompt") or ""),
+            negative_prompt=negative,
             class_label=self._class_label(value("class_label"), value("prompt")),
             control_image=self._control_image(value("control_image"), width, height),
             seed=int(value("seed")),
@@ -167,11 +194,37 @@ class Generator:
 
     def _native_size(self) -> int:
         net = getattr(self.pipe, "unet", None) or self.pipe.transformer
-        return int(net.config.sample_size) * self.vae_factor
+        latent = getattr(net.config, "sample_size", None) or getattr(
+            self.pipe, "default_sample_size", 64)  # Flux's transformer has no sample size
+        return int(latent) * self.vae_factor
+
+    def _size_multiple(self) -> int:
+        """Sides are multiples of the VAE factor times the latent patching (Flux packs 2x2)."""
+        net = getattr(self.pipe, "unet", None) or self.pipe.transformer
+        patch = 2 if self.family.name == "flux" else int(getattr(net.config, "patch_size", 1) or 1)
+        return self.vae_factor * patch
+
+    def _call_options(self, options: Any) -> str:
+        parsed = json.loads(options) if isinstance(options, str) and options else {}
+        if parsed and self.family.name != "sdxl":
+            raise RowError(f"micro-conditioning ({', '.join(parsed)}) applies to sdxl models "
+                           f"only; {self.spec.label} is {self.family.name}")
+        return json.dumps(parsed, sort_keys=True)
+
+    def _takes_negative_prompt(self) -> bool:
+        """Whether a row's negative prompt can be honoured (a class-conditional DiT has no text
+        at all and ignores it, as it ignores the prompt)."""
+        if self.family.name == "flux":
+            return bool(self.spec.true_cfg_scale)
+        if self.family.name == "t2i":
+            from darkroom.platform.calls import call_parameters
+
+            return "negative_prompt" in call_parameters(type(self.pipe))
+        return True
 
     def _size(self, width: Any, height: Any) -> tuple[int, int]:
-        width = int(width or self.native_size)
-        height = int(height or self.native_size)
+        width = int(width or self.defaults.get("width") or self.native_size)
+        height = int(height or self.defaults.get("height") or self.native_size)
         if self.family.name == "dit":
             if (width, height) != (self.native_size, self.native_size):
                 raise RowError(
@@ -180,10 +233,10 @@ class Generator:
                 )
             return width, height
         for name, side in (("width", width), ("height", height)):
-            if side <= 0 or side % self.vae_factor:
+            if side <= 0 or side % self.size_multiple:
                 raise RowError(
-                    f"`{name}` must be a positive multiple of {self.vae_factor} (the VAE factor of "
-                    f"{self.spec.label}), got {side}"
+                    f"`{name}` must be a positive multiple of {self.size_multiple} (the latent "
+                    f"grid of {self.spec.label}), got {side}"
                 )
         return width, height
 
@@ -312,6 +365,7 @@ class Generator:
                 "steps": settings.steps,
                 "guidance_scale": settings.guidance_scale,
                 "eta": settings.eta,
+                "call_options": settings.options,
                 "image": png,
                 "image_sha256": sha256(png),
                 "batch_size": len(members),

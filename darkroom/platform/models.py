@@ -14,7 +14,13 @@ from typing import Any
 import torch
 
 from darkroom.platform.errors import ModelLoadError, UserError
-from darkroom.platform.families import DTYPE_NAMES, Family, ModelSpec, device_problems
+from darkroom.platform.families import (
+    DTYPE_NAMES,
+    Family,
+    ModelSpec,
+    device_problems,
+    option_problems,
+)
 from darkroom.platform.sources import (
     family_of_pipeline,
     local_family,
@@ -46,6 +52,18 @@ def infer_family(spec: ModelSpec) -> Family:
     except Exception as err:  # any failure here means the same fix
         raise ModelLoadError(_hub_failure(spec.model, err)) from err
     return family_of_pipeline(spec.model, config)
+
+
+def _check_text_to_image(pipe: Any, spec: ModelSpec) -> None:
+    from darkroom.platform.calls import call_parameters
+
+    takes = call_parameters(type(pipe))
+    missing = [name for name in ("prompt", "num_inference_steps", "generator") if name not in takes]
+    if missing:
+        raise ModelLoadError(
+            f"model `{spec.model}` is a {type(pipe).__name__}, whose call takes no "
+            f"{', '.join(missing)}: not a text-to-image pipeline the t2i family can run"
+        )
 
 
 def _hub_failure(model: str, err: Exception) -> str:
@@ -113,13 +131,11 @@ def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
 
         source = str(tiny_folder(spec.model.split(":", 1)[1]))
     family = infer_family(spec)
-    if spec.refiner and family.name != "sdxl":
-        raise UserError(f"`refiner` applies to sdxl models only; `{spec.model}` is {family.name}")
-    if spec.controlnet and family.name != "controlnet":
-        raise UserError(
-            f"`controlnet` is set but `{spec.model}` is {family.name}; set `family: controlnet`"
-        )
+    for _field, message in option_problems(spec, family):  # e.g. a refiner on a non-SDXL
+        raise UserError(message)
     extra: dict[str, Any] = {}
+    if family.name == "sd3" and not spec.text_encoder_3:
+        extra.update(text_encoder_3=None, tokenizer_3=None)  # SD3 without T5: less memory
     if spec.controlnet:
         cn_source, cn_local = resolve_source(spec.controlnet, marker="config.json")
         extra["controlnet"] = _from_pretrained(
@@ -130,9 +146,12 @@ def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
 
         pipe = build_fullsize(source.split(":", 1)[1], device, dtype)
     else:
-        pipe = _from_pretrained(
-            getattr(diffusers, family.pipeline), source, local, spec, dtype=dtype, **extra
-        )
+        # t2i: the folder's own class, as diffusers' DiffusionPipeline picks it
+        cls = (getattr(diffusers, family.pipeline) if family.pipeline
+               else diffusers.DiffusionPipeline)
+        pipe = _from_pretrained(cls, source, local, spec, dtype=dtype, **extra)
+    if family.name == "t2i":
+        _check_text_to_image(pipe, spec)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     refiner = None

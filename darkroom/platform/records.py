@@ -37,6 +37,10 @@ SETTINGS = [
     pa.field("guidance_scale", pa.float64()),
     pa.field("eta", pa.float64()),
     pa.field("runtime_options", pa.string()),
+    # every model setting that changes pixels: source, revision, dtype, refiner and its switch,
+    # ControlNet weights and preprocessing, sequence length, true CFG, dropped encoders (JSON)
+    pa.field("model_spec", pa.string()),
+    pa.field("call_options", pa.string()),  # family call options, e.g. SDXL micro-conditioning
 ]
 OUTPUT = [
     pa.field("image", pa.binary()),

@@ -26,7 +26,11 @@ class Sampler:
     overrides: dict[str, Any] = field(default_factory=dict)
     stochastic: bool = False  # draws fresh noise at every step
     uses_eta: bool = False  # accepts `eta` in its step (DDIM)
+    kind: str = "diffusion"  # "flow": rectified-flow models (SD3, Flux); "diffusion": the rest
 
+
+# DPM-Solver and UniPC on flow models: flow sigmas and flow prediction (diffusers' flow support)
+_FLOW = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
 
 SAMPLERS: dict[str, Sampler] = {
     "ddpm": Sampler("DDPMScheduler", stochastic=True),
@@ -58,7 +62,36 @@ SAMPLERS: dict[str, Sampler] = {
     "dpmpp_2s": Sampler("DPMSolverSinglestepScheduler", {"solver_order": 2}),
     "deis": Sampler("DEISMultistepScheduler"),
     "unipc": Sampler("UniPCMultistepScheduler"),
+    # rectified flow (Liu et al. 2023; Esser et al. 2024): `shift` and `use_dynamic_shifting` come
+    # from the pipeline's own scheduler config and can be overridden
+    "flow_euler": Sampler("FlowMatchEulerDiscreteScheduler", kind="flow"),
+    "flow_euler_sde": Sampler("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True},
+                              stochastic=True, kind="flow"),
+    "flow_heun": Sampler("FlowMatchHeunDiscreteScheduler", kind="flow"),
+    "flow_dpmpp_2m": Sampler(
+        "DPMSolverMultistepScheduler",
+        {**_FLOW, "algorithm_type": "dpmsolver++", "solver_order": 2}, kind="flow",
+    ),
+    "flow_dpmpp_2m_sde": Sampler(
+        "DPMSolverMultistepScheduler",
+        {**_FLOW, "algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+        stochastic=True, kind="flow",
+    ),
+    "flow_unipc": Sampler("UniPCMultistepScheduler", dict(_FLOW), kind="flow"),
 }
+
+
+def scheduler_kind(config: dict[str, Any]) -> str:
+    """"flow" or "diffusion": what a pipeline's own scheduler config says its model predicts."""
+    flow = (str(config.get("_class_name", "")).startswith("FlowMatch")
+            or config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction")
+    return "flow" if flow else "diffusion"
+
+
+def fitting(kind: str, unfit: tuple[str, ...] = ()) -> list[str]:
+    """The sampler names of a kind ("diffusion", "flow", "any"), less the unfit ones."""
+    return [name for name, s in SAMPLERS.items()
+            if (kind == "any" or s.kind == kind) and name not in unfit]
 
 
 def scheduler_class(name: str) -> type:
@@ -69,9 +102,13 @@ def scheduler_class(name: str) -> type:
 
 
 def allowed_overrides(name: str) -> set[str]:
-    """Config keys the sampler's scheduler accepts (its ``__init__`` parameters)."""
+    """Config keys the sampler's scheduler accepts (its ``__init__`` parameters); flow samplers
+    on DPM-Solver/UniPC also take `shift`, the FlowMatch name of their `flow_shift`."""
     params = inspect.signature(scheduler_class(name).__init__).parameters
-    return {p for p in params if p not in ("self", "kwargs")}
+    allowed = {p for p in params if p not in ("self", "kwargs")}
+    if SAMPLERS[name].kind == "flow" and "flow_shift" in allowed:
+        allowed.add("shift")
+    return allowed
 
 
 class SamplerSpec(BaseModel):
@@ -113,10 +150,15 @@ class SamplerSpec(BaseModel):
 def build_scheduler(spec: SamplerSpec, base_config: dict[str, Any]) -> Any:
     """A scheduler of the sampler's class, configured from the pipeline's own scheduler config."""
     entry = SAMPLERS[spec.name]
+    overrides = {**entry.overrides, **spec.overrides}
+    if entry.kind == "flow" and "shift" in allowed_overrides(spec.name):
+        # the pipeline's FlowMatch config names its shift `shift`; DPM-Solver/UniPC `flow_shift`
+        if "shift" in overrides:
+            overrides["flow_shift"] = overrides.pop("shift")
+        overrides.setdefault("flow_shift", base_config.get("shift", 1.0))
+        overrides.setdefault("use_dynamic_shifting", base_config.get("use_dynamic_shifting", False))
     try:
-        return scheduler_class(spec.name).from_config(
-            base_config, **{**entry.overrides, **spec.overrides}
-        )
+        return scheduler_class(spec.name).from_config(base_config, **overrides)
     except (TypeError, ValueError, NotImplementedError) as err:
         raise UserError(f"sampler `{spec.name}` with overrides {spec.overrides}: {err}") from err
 

@@ -15,14 +15,17 @@ from typing import Any
 from darkroom.platform.errors import ModelLoadError, did_you_mean
 from darkroom.platform.families import FAMILIES, PIPELINE_TO_FAMILY, Family, ModelSpec
 
-TINY_FAMILIES = ("sd", "sdxl", "dit", "controlnet")  # `tiny:<family>`, built by platform.tiny
+# `tiny:<family>`, built by platform.tiny
+TINY_FAMILIES = ("sd", "sdxl", "dit", "controlnet", "sd3", "flux", "t2i")
 TINY_FORMAT = "3"  # bump when a tiny builder changes, so cached folders are rebuilt
 TINY_DIT_LABELS = {i: name for i, name in enumerate(
     ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])}
 # `random:<name>`: full-size architectures with random weights (platform.fullsize) -> family
 FULLSIZE_FAMILIES = {"sd15": "sd", "sdxl": "sdxl", "dit-xl-2": "dit",
-                     "sd15-controlnet": "controlnet"}
+                     "sd15-controlnet": "controlnet", "sd35-medium": "sd3", "sd35-large": "sd3",
+                     "flux-dev": "flux"}
 FULLSIZE_DIT_LABELS = {i: f"class {i}" for i in range(1000)}
+TINY_T2I_PIPELINE = "PixArtSigmaPipeline"  # what `tiny:t2i` is
 PIPELINE_INDEX = "model_index.json"
 
 
@@ -111,14 +114,39 @@ def local_family(spec: ModelSpec) -> Family | None:
 
 
 def family_of_pipeline(model: str, index: dict[str, Any]) -> Family:
-    """The family of a pipeline from its model_index.json's `_class_name`."""
+    """The family of a pipeline from its model_index.json's `_class_name`: a row of the table,
+    else `t2i` (any other diffusers pipeline; loading checks it takes a prompt)."""
     class_name = index.get("_class_name", "")
-    if class_name not in PIPELINE_TO_FAMILY:
+    if not class_name.endswith("Pipeline"):
         raise ModelLoadError(
-            f"model `{model}` is a {class_name or 'unknown pipeline'}; supported: "
-            f"{', '.join(PIPELINE_TO_FAMILY)}; set `family` to force one"
+            f"model `{model}`: model_index.json names no diffusers pipeline class "
+            f"({class_name or 'none'}); set `family` to force one"
         )
-    return FAMILIES[PIPELINE_TO_FAMILY[class_name]]
+    return FAMILIES[PIPELINE_TO_FAMILY.get(class_name, "t2i")]
+
+
+def pipeline_class_name(spec: ModelSpec) -> str | None:
+    """The diffusers pipeline class a model loads as, when known offline."""
+    family = local_family(spec)
+    if family is not None and family.pipeline:
+        return family.pipeline
+    if spec.model.startswith("tiny:t2i"):
+        return TINY_T2I_PIPELINE
+    return (pipeline_index(spec) or {}).get("_class_name")
+
+
+def sampler_kind(spec: ModelSpec, family: Family) -> str | None:
+    """The samplers a model takes, "flow" or "diffusion"; for t2i read from the folder's own
+    scheduler config; None when that cannot be told offline (a hub id)."""
+    if family.samplers != "any":
+        return family.samplers
+    from darkroom.platform.samplers import scheduler_kind
+
+    if spec.model.startswith("tiny:"):
+        return "diffusion"  # tiny:t2i is PixArt-Sigma with DPM-Solver
+    source, local = resolve_source(spec.model)
+    config = Path(source) / "scheduler" / "scheduler_config.json"
+    return scheduler_kind(json.loads(config.read_text())) if local and config.is_file() else None
 
 
 def class_names(spec: ModelSpec) -> dict[str, int] | None:

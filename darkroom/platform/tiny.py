@@ -207,11 +207,103 @@ def build_controlnet():
     )
 
 
+def _t5(tokenizer: CLIPTokenizer):
+    """A two-layer T5 encoder over the byte-level vocabulary (the T5 of SD3, Flux, PixArt)."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=TEXT_HIDDEN, d_kv=8, d_ff=64, num_layers=2,
+        num_heads=4, decoder_start_token_id=0, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    ))
+
+
+def _flow_vae():
+    """SD3/Flux-style VAE: 16 latent channels, no quant convs, shift and scale factors."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(16, 16, 16, 16),
+        layers_per_block=1, latent_channels=16, norm_num_groups=8, sample_size=64,
+        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+
+
+def build_sd3():
+    """A random-init tiny `StableDiffusion3Pipeline` (MMDiT, Esser et al. 2024): two CLIP
+    encoders and a T5, rectified-flow scheduler with SD3's shift of 3."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    tokenizers = [byte_level_clip_tokenizer(), byte_level_clip_tokenizer(pad_token="!"),
+                  byte_level_clip_tokenizer()]
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=TEXT_HIDDEN, caption_projection_dim=32,
+        pooled_projection_dim=2 * TEXT_HIDDEN, out_channels=16, pos_embed_max_size=32,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_flow_vae(),
+        text_encoder=CLIPTextModelWithProjection(
+            _text_config(tokenizers[0], projection_dim=TEXT_HIDDEN)),
+        text_encoder_2=CLIPTextModelWithProjection(
+            _text_config(tokenizers[1], projection_dim=TEXT_HIDDEN)),
+        text_encoder_3=_t5(tokenizers[2]),
+        tokenizer=tokenizers[0], tokenizer_2=tokenizers[1], tokenizer_3=tokenizers[2],
+    )
+
+
+def build_flux():
+    """A random-init tiny `FluxPipeline`: guidance-distilled (the guidance is an input of the
+    transformer), 2x2-packed latents, Flux.1-dev's dynamic-shift scheduler settings."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    tokenizer, tokenizer_2 = byte_level_clip_tokenizer(), byte_level_clip_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=TEXT_HIDDEN, pooled_projection_dim=TEXT_HIDDEN,
+        axes_dims_rope=[4, 4, 8], guidance_embeds=True,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
+    )
+    return FluxPipeline(
+        scheduler=scheduler, text_encoder=CLIPTextModel(_text_config(tokenizer)),
+        text_encoder_2=_t5(tokenizer_2), tokenizer=tokenizer, tokenizer_2=tokenizer_2,
+        transformer=transformer, vae=_flow_vae(),
+    )
+
+
+def build_t2i():
+    """A random-init tiny `PixArtSigmaPipeline` (Chen et al. 2024): what `tiny:t2i` stands for,
+    a pipeline outside the family table, run by the generic text-to-image family."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    tokenizer = byte_level_clip_tokenizer()
+    transformer = PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
+        cross_attention_dim=16, sample_size=8, patch_size=2, caption_channels=TEXT_HIDDEN,
+        norm_num_groups=8,
+    )
+    return PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=_t5(tokenizer), vae=tiny_vae(),
+                               transformer=transformer, scheduler=DPMSolverMultistepScheduler())
+
+
 TINY_BUILDERS: dict[str, Callable] = {
     "sd": build_sd,
     "sdxl": build_sdxl,
     "dit": build_dit,
     "controlnet": build_controlnet,
+    "sd3": build_sd3,
+    "flux": build_flux,
+    "t2i": build_t2i,
 }
 
 
