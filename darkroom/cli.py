@@ -64,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `darkroom ... | head`: the reader has all it wanted
+        sys.stderr.close()
+        return 0
     except Exception as err:  # a failure of the work itself
         if os.environ.get("DARKROOM_DEBUG"):
             traceback.print_exc()
