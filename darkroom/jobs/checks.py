@@ -7,6 +7,7 @@ model names are resolved by `platform.sources`, the same resolver the loader use
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -55,6 +56,11 @@ def semantic_problems(data: dict[str, Any], spec: JobSpec | None) -> list[Proble
     for index, model in models:
         problems += _model_problems(index, model, prompts, loaded, generation, runtime)
         problems += _family_problems(index, model, prompts, generation, sweep)
+    if sweep and models and not any(model.loras for _, model in models):
+        for field in ("lora_scale", "adapters"):
+            if field in sweep.model_fields_set:
+                problems.append(Problem(f"sweep.{field}", "no model of the job has `loras`: "
+                                        "give a model its adapters, or drop this axis"))
     return problems
 
 
@@ -110,6 +116,7 @@ def _family_problems(index: int, model: ModelSpec, prompts: PromptSource | None,
         return []
     problems = [Problem(f"{where}.{field}", message)
                 for field, message in option_problems(model, family)]
+    problems += _adapter_problems(where, model, sweep)
     kind = sampler_kind(model, family)
     if sweep and kind:
         fits = fitting(kind, family.unfit)
@@ -120,6 +127,27 @@ def _family_problems(index: int, model: ModelSpec, prompts: PromptSource | None,
                     f"({model.label}, {family.name}); fitting: {', '.join(fits)}"))
     if generation:
         problems += _generation_problems(where, model, family, prompts, generation, sweep)
+    return problems
+
+
+def _adapter_problems(where: str, model: ModelSpec, sweep: SweepSpec | None) -> list[Problem]:
+    """Adapter files that are not there, and adapter sets naming adapters the model lacks."""
+    from darkroom.platform.adapters import weights_file
+
+    problems = []
+    for i, lora in enumerate(model.loras):
+        if Path(lora.path).expanduser().exists() or lora.path.count("/") != 1:
+            try:
+                weights_file(lora, model.allow_pickle)
+            except ModelLoadError as err:
+                problems.append(Problem(f"{where}.loras.{i}.path", str(err), lora.path))
+    if sweep and sweep.adapters and model.loras:
+        known = [lora.name for lora in model.loras]
+        for i, names in enumerate(sweep.adapters):
+            for name in names:
+                if name not in known:
+                    problems.append(Problem(f"sweep.adapters.{i}", f"{where} ({model.label}) "
+                                            f"has no adapter `{name}`;{did_you_mean(name, known)}"))
     return problems
 
 

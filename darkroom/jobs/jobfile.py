@@ -52,11 +52,19 @@ def validate(data: dict[str, Any], base: str | Path = ".", overrides: Sequence[s
 
 
 def _absolute_sources(data: dict[str, Any], base: Path) -> None:
-    """Prompt files and folders are relative to the job file; made absolute for provenance."""
+    """Prompt files and folders, and adapter files found next to the job file, are relative to
+    the job file; made absolute for provenance."""
     prompts = data.get("prompts")
-    if not isinstance(prompts, dict):
-        return
-    for key in ("file", "control_images"):
-        value = prompts.get(key)
-        if isinstance(value, str) and value and not re.match(r"^[a-z0-9]+://", value):
-            prompts[key] = str((base / Path(value).expanduser()).resolve())
+    if isinstance(prompts, dict):
+        for key in ("file", "control_images"):
+            value = prompts.get(key)
+            if isinstance(value, str) and value and not re.match(r"^[a-z0-9]+://", value):
+                prompts[key] = str((base / Path(value).expanduser()).resolve())
+    models = data.get("models")
+    for model in models if isinstance(models, list) else []:
+        loras = model.get("loras") if isinstance(model, dict) else None
+        for lora in loras if isinstance(loras, list) else []:
+            path = lora.get("path") if isinstance(lora, dict) else None
+            # only what exists there: `org/name` may also be a hub id
+            if isinstance(path, str) and path and (base / path).expanduser().exists():
+                lora["path"] = str((base / path).expanduser().resolve())

@@ -33,12 +33,15 @@ class Run:
     eta: float
     width: int | None
     height: int | None
+    lora_scale: float = 1.0
+    adapters: tuple[str, ...] | None = None  # None: all of the model's adapters
 
 
 def _settings(spec: JobSpec, model: ModelSpec, sampler: SamplerSpec, steps: int,
-              guidance: float, eta: float) -> dict[str, Any]:
+              guidance: float, eta: float, lora: dict[str, Any]) -> dict[str, Any]:
     """Everything that decides a run's images (not its speed): hashed into the run id."""
     return {
+        **lora,
         "model": model.identity(),
         "sampler": sampler.model_dump(mode="json"),
         "steps": steps,
@@ -66,14 +69,36 @@ def expand(spec: JobSpec) -> list[Run]:
     for model, sampler, steps, guidance in itertools.product(
         spec.models, sweep.sampler, sweep.steps, sweep.guidance_scale
     ):
-        # eta only changes samplers that take it; the others get one run at eta 0
+        # eta only changes samplers that take it; the others get one run at eta 0. Likewise
+        # adapter scales and sets only exist for models with adapters.
         etas = sweep.eta if SAMPLERS[sampler.name].uses_eta else [0.0]
-        for eta in etas:
-            settings = _settings(spec, model, sampler, steps, guidance, eta)
+        scales = sweep.lora_scale if model.loras else [1.0]
+        sets = sweep.adapters if model.loras and sweep.adapters else [None]
+        for eta, scale, adapters in itertools.product(etas, scales, sets):
+            names = None if adapters is None else tuple(adapters)
+            settings = _settings(spec, model, sampler, steps, guidance, eta,
+                                 _lora_settings(model, scale, names))
             run_id = run_id_of(settings)
             runs.setdefault(run_id, Run(run_id, model, sampler, steps, guidance, eta,
-                                        spec.generation.width, spec.generation.height))
+                                        spec.generation.width, spec.generation.height,
+                                        scale, names))
     return list(runs.values())
+
+
+def _lora_settings(model: ModelSpec, scale: float, names: tuple[str, ...] | None) -> dict:
+    """A run's adapters for its id: which are active, the scale, and each local weights file's
+    SHA-256 (a changed file is a new run); nothing for a model without adapters, so older run
+    ids stay valid."""
+    if not model.loras:
+        return {}
+    from darkroom.platform.adapters import file_sha256, weights_file
+
+    hashes = {}
+    for lora in model.loras:
+        if names is None or lora.name in names:
+            local = Path(lora.path).expanduser().exists()  # a hub id: its path and name say it
+            hashes[lora.name] = file_sha256(weights_file(lora, True)) if local else None
+    return {"lora_scale": scale, "adapters": sorted(hashes), "adapter_sha256": hashes}
 
 
 def run_info(spec: JobSpec, run: Run, prompt_count: int) -> dict[str, Any]:
@@ -90,6 +115,8 @@ def run_info(spec: JobSpec, run: Run, prompt_count: int) -> dict[str, Any]:
         "width": run.width,
         "height": run.height,
         "call_options": spec.generation.call_options(),
+        "lora_scale": run.lora_scale,
+        "adapters": None if run.adapters is None else list(run.adapters),
         "seed": spec.seed,
         "images_per_prompt": spec.prompts.images_per_prompt,
         "prompt_count": prompt_count,
@@ -121,6 +148,8 @@ def request_rows(spec: JobSpec, run: Run, prompts: list[Prompt],
         "width": run.width,
         "height": run.height,
         "call_options": json.dumps(spec.generation.call_options(), sort_keys=True),
+        "lora_scale": run.lora_scale,
+        "adapters": None if run.adapters is None else json.dumps(list(run.adapters)),
     }
     rows = []
     control_cache: dict[str, bytes] = {}

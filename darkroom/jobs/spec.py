@@ -116,8 +116,14 @@ class SweepSpec(_Section):
     eta: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         [0.0], min_length=1, description="DDIM eta (Song et al. 2021); ignored by other samplers"
     )
+    lora_scale: list[Annotated[float, Field(ge=-10, le=10)]] = Field(
+        [1.0], min_length=1, description="times each adapter's own scale (0: the base model); "
+        "only for models with `loras`")
+    adapters: list[list[str]] | None = Field(
+        None, min_length=1, description="which adapter sets are active, e.g. [[], [style], "
+        "[style, detail]]; default: all of each model's adapters")
 
-    @field_validator("sampler", "steps", "guidance_scale", "eta")
+    @field_validator("sampler", "steps", "guidance_scale", "eta", "lora_scale", "adapters")
     @classmethod
     def _no_repeats(cls, values: list, info) -> list:
         return _unique(values, f"sweep.{info.field_name}")

@@ -31,6 +31,7 @@ class Settings:
     width: int
     height: int
     options: str = "{}"  # JSON: family call options (SDXL micro-conditioning)
+    adapters: str = "[]"  # JSON: [[name, scale], ...], the LoRA adapters active for these rows
 
 
 @dataclass

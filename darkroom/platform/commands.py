@@ -22,6 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--out", required=True, help="folder to write (diffusers layout)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(handler=_tiny)
+    lora = sub.add_parser("random-lora", help="save a random LoRA adapter for a model (a "
+                          "stand-in for a fine-tune, for trying adapters offline)")
+    lora.add_argument("model", help="tiny:FAMILY, builtin:NAME or a local folder")
+    lora.add_argument("--out", required=True, help="folder to write the adapter into")
+    lora.add_argument("--seed", type=int, default=0, help="a different seed, another adapter")
+    lora.add_argument("--rank", type=int, default=4, help="LoRA rank")
+    lora.set_defaults(handler=_random_lora)
     listing = sub.add_parser("list", help="registry names, families and samplers")
     listing.set_defaults(handler=_list)
 
@@ -40,6 +47,14 @@ def _tiny(args: argparse.Namespace) -> int:
 
     out = save_tiny(args.family, args.out, seed=args.seed)
     print(f"saved tiny {args.family} pipeline to {out}")
+    return 0
+
+
+def _random_lora(args: argparse.Namespace) -> int:
+    from darkroom.platform.tiny import save_random_lora
+
+    path = save_random_lora(args.model, args.out, args.seed, args.rank)
+    print(f"saved a random LoRA for {args.model} to {path}")
     return 0
 
 

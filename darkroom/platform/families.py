@@ -27,6 +27,7 @@ class Family:
     unfit: tuple[str, ...] = ()  # samplers of the kind that this family's pipeline cannot drive
     options: tuple[str, ...] = ()  # ModelSpec fields that only this family takes
     size_multiple: int = 8  # width and height: the VAE's factor times the latent patching
+    lora: bool = True  # takes LoRA adapters (diffusers' load_lora_weights, PEFT backend)
 
 
 FAMILIES: dict[str, Family] = {
@@ -36,7 +37,7 @@ FAMILIES: dict[str, Family] = {
                    "SDXL with optional refiner hand-off and micro-conditioning (Podell et al. "
                    "2023)", options=("refiner",)),
     "dit": Family("dit", "DiTPipeline", "class",
-                  "class-conditional Diffusion Transformer (Peebles & Xie 2023)"),
+                  "class-conditional Diffusion Transformer (Peebles & Xie 2023)", lora=False),
     "controlnet": Family("controlnet", "StableDiffusionControlNetPipeline", "text+control",
                          "Stable Diffusion + ControlNet (Zhang et al. 2023)",
                          options=("controlnet",)),
@@ -80,6 +81,18 @@ class ControlSpec(BaseModel):
         return self
 
 
+class LoraSpec(BaseModel):
+    """One LoRA adapter (Hu et al. 2022): a local file or folder, or a hub id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="the adapter's name in sweeps, outputs and serve requests")
+    path: str = Field(description="a .safetensors file, a folder holding one, or a hub id")
+    weight_name: str | None = Field(None, description="the weights file inside a folder or repo")
+    scale: float = Field(1.0, ge=-10, le=10, description="its strength (0: the base model)")
+
+
 class ModelSpec(BaseModel):
     """One model: where its weights are and how to load them."""
 
@@ -110,6 +123,18 @@ class ModelSpec(BaseModel):
     text_encoder_3: bool = Field(
         True, description="sd3: false (or null) drops the T5 encoder, a memory saver that "
         "changes the images")
+    loras: list[LoraSpec] = Field(
+        default_factory=list, max_length=32, description="LoRA adapters, loaded once and all "
+        "active at their scales unless a sweep or request picks some")
+
+    @field_validator("loras")
+    @classmethod
+    def _distinct_names(cls, loras: list[LoraSpec]) -> list[LoraSpec]:
+        names = [lora.name for lora in loras]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"two adapters are named `{name}`; give each its own `name`")
+        return loras
 
     @field_validator("text_encoder_3", mode="before")
     @classmethod
@@ -135,7 +160,7 @@ class ModelSpec(BaseModel):
         after the first version are left out while unset, so older run ids stay valid."""
         dumped = self.model_dump(mode="json")
         for field in LATER_OPTIONS:
-            if dumped[field] == FAMILY_OPTIONS[field]:
+            if dumped[field] == UNSET.get(field, FAMILY_OPTIONS.get(field)):
                 del dumped[field]
         return dumped
 
@@ -143,12 +168,16 @@ class ModelSpec(BaseModel):
 # ModelSpec fields that only some families take, with their "not set" value
 FAMILY_OPTIONS = {"refiner": None, "controlnet": None, "max_sequence_length": None,
                   "true_cfg_scale": None, "text_encoder_3": True}
-LATER_OPTIONS = ("max_sequence_length", "true_cfg_scale", "text_encoder_3")
+LATER_OPTIONS = ("max_sequence_length", "true_cfg_scale", "text_encoder_3", "loras")
+UNSET = {"loras": []}
 
 
 def option_problems(model: ModelSpec, family: Family) -> list[tuple[str, str]]:
     """(field, message) for each family-specific option set on a model of another family."""
     problems = []
+    if model.loras and not family.lora:
+        problems.append(("loras", f"{family.name} models take no LoRA adapters; remove "
+                                  "`loras`"))
     for field, unset in FAMILY_OPTIONS.items():
         if getattr(model, field) != unset and field not in family.options:
             takers = [f.name for f in FAMILIES.values() if field in f.options]

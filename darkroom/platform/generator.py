@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import darkroom
+from darkroom.platform.adapters import Adapters
 from darkroom.platform.autobatch import BatchSizeMemory, chunks
 from darkroom.platform.calls import CALLS, Request, Settings
 from darkroom.platform.errors import UserError
@@ -75,6 +76,7 @@ class Generator:
         self.loaded: LoadedModel = load_model(self.spec, self.device)
         self.pipe = self.loaded.pipe
         self.family = self.loaded.family
+        self.adapters = self._load_adapters()
         apply_options(self.pipe, self.runtime)
         self.base_scheduler_config = dict(self.pipe.scheduler.config)
         self.vae_factor = int(getattr(self.pipe, "vae_scale_factor", 8))
@@ -175,6 +177,7 @@ class Generator:
             width=width,
             height=height,
             options=self._call_options(value("call_options")),
+            adapters=self._active_adapters(value("adapters"), value("lora_scale")),
         )
         negative = str(value("negative_prompt") or "")
         if negative and not self._takes_negative_prompt():
@@ -210,6 +213,28 @@ class Generator:
             raise RowError(f"micro-conditioning ({', '.join(parsed)}) applies to sdxl models "
                            f"only; {self.spec.label} is {self.family.name}")
         return json.dumps(parsed, sort_keys=True)
+
+    def _load_adapters(self) -> Adapters | None:
+        if not self.spec.loras:
+            return None
+        adapters = Adapters(self.pipe, self.spec.allow_pickle, fuse=self.runtime.fuse_lora)
+        for lora in self.spec.loras:
+            adapters.load(lora)
+        return adapters
+
+    def _active_adapters(self, names: Any, lora_scale: Any) -> str:
+        """The row's adapters: `adapters` (JSON list of names; missing: all of the model's) at
+        their scales times `lora_scale`, as JSON [[name, scale], ...] in the spec's order."""
+        wanted = json.loads(names) if isinstance(names, str) else names
+        scale = 1.0 if lora_scale is None else float(lora_scale)
+        known = {lora.name: lora.scale for lora in self.spec.loras}
+        if wanted is None:
+            wanted = list(known)
+        unknown = [n for n in wanted if n not in known]
+        if unknown:
+            raise RowError(f"unknown adapter(s) {', '.join(unknown)} for {self.spec.label}; "
+                           f"it has: {', '.join(known) or 'none'}")
+        return json.dumps([[n, known[n] * scale] for n in known if n in wanted])
 
     def _takes_negative_prompt(self) -> bool:
         """Whether a row's negative prompt can be honoured (a class-conditional DiT has no text
@@ -327,6 +352,9 @@ class Generator:
     def _run(self, settings: Settings, members: list) -> list[tuple[int, dict]]:
         scheduler, scheduler_json = self._scheduler(settings)
         self.pipe.scheduler = scheduler
+        active = tuple((name, scale) for name, scale in json.loads(settings.adapters))
+        if self.adapters is not None:
+            self.adapters.activate(active)
         requests = [request for _, request, _ in members]
         if self.runtime.torch_compile:
             # pad to a power of two so a compiled denoiser sees a few fixed shapes, not one per
@@ -366,6 +394,7 @@ class Generator:
                 "guidance_scale": settings.guidance_scale,
                 "eta": settings.eta,
                 "call_options": settings.options,
+                "adapters": self.adapters.recorded(active) if self.adapters else "[]",
                 "image": png,
                 "image_sha256": sha256(png),
                 "batch_size": len(members),

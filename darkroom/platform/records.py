@@ -41,6 +41,7 @@ SETTINGS = [
     # ControlNet weights and preprocessing, sequence length, true CFG, dropped encoders (JSON)
     pa.field("model_spec", pa.string()),
     pa.field("call_options", pa.string()),  # family call options, e.g. SDXL micro-conditioning
+    pa.field("adapters", pa.string()),  # JSON: the active LoRA adapters, scale and SHA-256
 ]
 OUTPUT = [
     pa.field("image", pa.binary()),

@@ -42,6 +42,8 @@ class RuntimeSpec(BaseModel):
     vae_tiling: bool = Field(False, description="decode in tiles (large images, less memory)")
     attention_slicing: bool = Field(False, description="attention in slices (less memory)")
     cpu_offload: bool = Field(False, description="model CPU offload (GPU only; much less memory)")
+    fuse_lora: bool = Field(False, description="merge the active LoRA adapters into the weights "
+                            "(faster when one adapter set serves a whole run)")
 
     def device_problems(self) -> list[tuple[str, str]]:
         """(field, message) for options that an explicitly chosen CPU device cannot run."""

@@ -83,7 +83,7 @@ def test_bf16_runs_on_cpu():
 def test_refiner_and_controlnet_only_where_they_apply():
     with pytest.raises(UserError, match="`refiner` applies to sdxl"):
         load_model(ModelSpec(model="tiny:sd", refiner="tiny:sdxl"), "cpu")
-    with pytest.raises(UserError, match="`controlnet` is set"):
+    with pytest.raises(UserError, match="`controlnet` applies to controlnet models only"):
         load_model(ModelSpec(model="tiny:sd", controlnet="tiny:controlnet"), "cpu")
 
 
