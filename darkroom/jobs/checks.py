@@ -20,6 +20,7 @@ from darkroom.jobs.spec import (
     PromptSource,
     SweepSpec,
 )
+from darkroom.platform.caching import family_problem
 from darkroom.platform.config import Problem
 from darkroom.platform.errors import ModelLoadError, did_you_mean
 from darkroom.platform.families import Family, ModelSpec, device_problems, option_problems
@@ -92,6 +93,9 @@ def _model_problems(index: int, model: ModelSpec, prompts: PromptSource | None,
                      for field, message in device_problems(model, runtime.device)]
     if family is None:  # a hub id: only the hub can tell its family
         return problems
+    cache_problem = family_problem(runtime.cache if runtime else None, family.name)
+    if cache_problem:
+        problems.append(Problem("runtime.cache", f"{where} ({model.label}): {cache_problem}"))
     if prompts:
         problems += _fit_problems(where, model, family, prompts)
     if family.conditioning == "class" and loaded and prompts:

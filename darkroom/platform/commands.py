@@ -51,7 +51,7 @@ def _tiny(args: argparse.Namespace) -> int:
 
 
 def _random_lora(args: argparse.Namespace) -> int:
-    from darkroom.platform.tiny import save_random_lora
+    from darkroom.platform.adapters import save_random_lora
 
     path = save_random_lora(args.model, args.out, args.seed, args.rank)
     print(f"saved a random LoRA for {args.model} to {path}")

@@ -12,6 +12,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -21,12 +22,13 @@ from PIL import Image
 import darkroom
 from darkroom.platform.adapters import Adapters
 from darkroom.platform.autobatch import BatchSizeMemory, chunks
+from darkroom.platform.caching import cache_scope
 from darkroom.platform.calls import CALLS, Request, Settings
 from darkroom.platform.errors import UserError
 from darkroom.platform.families import ModelSpec
 from darkroom.platform.models import LoadedModel, load_model, resolve_device
 from darkroom.platform.records import IMAGE_COLUMNS, encode_png, sha256, to_uint8
-from darkroom.platform.runtime import RuntimeSpec, apply_options, configure_threads
+from darkroom.platform.runtime import RuntimeSpec, apply_options, configure_threads, denoiser
 from darkroom.platform.samplers import (
     SAMPLERS,
     SamplerSpec,
@@ -103,8 +105,11 @@ class Generator:
             "diffusers_version": _version("diffusers"),
             "torch_version": torch.__version__,
         }
-        if self.runtime.torch_compile:
+        self.warm_up_seconds = 0.0  # the compile's cold start, for benchmarks and logs
+        if self.runtime.torch_compile or self.runtime.compile_regions:
+            started = time.perf_counter()
             self.warm_up()
+            self.warm_up_seconds = time.perf_counter() - started
 
     def warm_up(self) -> None:
         """One small call so compilation (or lazy init) happens now, not on the first request."""
@@ -356,14 +361,15 @@ class Generator:
         if self.adapters is not None:
             self.adapters.activate(active)
         requests = [request for _, request, _ in members]
-        if self.runtime.torch_compile:
+        if self.runtime.torch_compile or self.runtime.compile_regions:
             # pad to a power of two so a compiled denoiser sees a few fixed shapes, not one per
             # batch size; padding rows have their own generators and are dropped afterwards
             requests += [requests[-1]] * (_bucket(len(requests)) - len(requests))
         # CPU generators: the same seed gives the same noise on any device
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in requests]
         started = time.perf_counter()
-        with torch.inference_mode():
+        scope = cache_scope(denoiser(self.pipe)) if self.runtime.cache else nullcontext()
+        with torch.inference_mode(), scope:
             images = CALLS[self.family.name](
                 self.pipe, self.loaded.refiner, settings, requests, generators, self.spec
             )

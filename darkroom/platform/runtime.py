@@ -12,9 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from darkroom.platform.caching import CacheSpec, apply_cache, family_problem
 from darkroom.platform.errors import UserError
 
-CUDA_ONLY = ("cpu_offload",)
+CUDA_ONLY = ("cpu_offload", "quantize")
 
 
 class RuntimeSpec(BaseModel):
@@ -42,6 +43,13 @@ class RuntimeSpec(BaseModel):
     vae_tiling: bool = Field(False, description="decode in tiles (large images, less memory)")
     attention_slicing: bool = Field(False, description="attention in slices (less memory)")
     cpu_offload: bool = Field(False, description="model CPU offload (GPU only; much less memory)")
+    cache: CacheSpec | None = Field(
+        None, description="step caching of a transformer denoiser (platform.caching)")
+    compile_regions: bool = Field(
+        False, description="regional compilation: torch.compile each repeated transformer block "
+        "once (diffusers' compile_repeated_blocks), a much shorter cold start than torch_compile")
+    quantize: Literal["int8_weight_only", "float8_weight_only"] | None = Field(
+        None, description="torchao weight-only quantization of the denoiser (CUDA GPU only)")
     fuse_lora: bool = Field(False, description="merge the active LoRA adapters into the weights "
                             "(faster when one adapter set serves a whole run)")
 
@@ -91,6 +99,36 @@ def _compile(pipe: Any, spec: RuntimeSpec) -> None:
     net.compile(mode=spec.torch_compile, dynamic=False)
 
 
+def _cache(pipe: Any, spec: RuntimeSpec) -> None:
+    from darkroom.platform.families import PIPELINE_TO_FAMILY
+
+    family = PIPELINE_TO_FAMILY.get(type(pipe).__name__, "t2i")
+    problem = family_problem(spec.cache, family)
+    if problem:
+        raise UserError(problem)
+    apply_cache(pipe, denoiser(pipe), spec.cache)
+
+
+def _compile_regions(pipe: Any, spec: RuntimeSpec) -> None:
+    net = denoiser(pipe)
+    if not getattr(net, "_repeated_blocks", None):
+        raise UserError(f"`compile_regions`: {type(net).__name__} names no repeated blocks to "
+                        "compile; use `torch_compile` for it")
+    net.compile_repeated_blocks(dynamic=False)
+
+
+def _quantize(pipe: Any, spec: RuntimeSpec) -> None:
+    if pipe.device.type != "cuda":
+        raise UserError("`quantize` needs a CUDA GPU (torchao's weight-only kernels); remove it "
+                        "on CPU")
+    try:
+        from torchao import quantization
+    except ImportError as err:
+        raise UserError("`quantize` needs torchao: pip install torchao (on the GPU machines)"
+                        ) from err
+    quantization.quantize_(denoiser(pipe), getattr(quantization, spec.quantize)())
+
+
 def _needs_cuda(option: str, action: Callable[[Any], None]) -> Callable[[Any, RuntimeSpec], None]:
     def apply(pipe: Any, spec: RuntimeSpec) -> None:
         if pipe.device.type != "cuda":
@@ -112,6 +150,9 @@ OPTIONS: dict[str, tuple[Callable[[RuntimeSpec], bool], Callable[[Any, RuntimeSp
         lambda s: s.cpu_offload,
         _needs_cuda("cpu_offload", lambda p: p.enable_model_cpu_offload()),
     ),
+    "cache": (lambda s: s.cache is not None, _cache),
+    "quantize": (lambda s: s.quantize is not None, _quantize),
+    "compile_regions": (lambda s: s.compile_regions, _compile_regions),
     "torch_compile": (lambda s: s.torch_compile is not None, _compile),
 }
 

@@ -307,31 +307,6 @@ TINY_BUILDERS: dict[str, Callable] = {
 }
 
 
-def save_random_lora(model: str, out: str | Path, seed: int = 0, rank: int = 4) -> Path:
-    """A random LoRA adapter (Hu et al. 2022) for a model (`tiny:sd`, `builtin:digits-ldm`, a
-    folder), saved as diffusers saves a trained one (`pytorch_lora_weights.safetensors`); its
-    weights are non-zero, so it changes the images: a stand-in for a fine-tune."""
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    from darkroom.platform.errors import UserError
-    from darkroom.platform.families import ModelSpec
-    from darkroom.platform.models import load_model
-
-    loaded = load_model(ModelSpec(model=model), "cpu")
-    if not loaded.family.lora or not hasattr(loaded.pipe, "save_lora_weights"):
-        raise UserError(f"`{model}` is {loaded.family.name}: it takes no LoRA adapters")
-    torch.manual_seed(seed)
-    unet = getattr(loaded.pipe, "unet", None)
-    net, keyword = (unet, "unet_lora_layers") if unet is not None else (
-        loaded.pipe.transformer, "transformer_lora_layers")
-    net.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
-                               target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    out = Path(out)
-    type(loaded.pipe).save_lora_weights(out, **{keyword: get_peft_model_state_dict(net)})
-    return out / "pytorch_lora_weights.safetensors"
-
-
 def build_tiny(family: str, seed: int = 0):
     """A random-init tiny pipeline of `family`; the same seed gives the same weights."""
     from darkroom.platform.errors import UserError, did_you_mean

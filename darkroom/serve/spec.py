@@ -24,11 +24,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from darkroom.evals.spec import SafetySpec as EvalSafetySpec
+from darkroom.platform.caching import family_problem
 from darkroom.platform.config import read_yaml_file, validate
-from darkroom.platform.errors import UserError
+from darkroom.platform.errors import ModelLoadError, UserError
 from darkroom.platform.families import ModelSpec, device_problems
 from darkroom.platform.runtime import RuntimeSpec
 from darkroom.platform.samplers import SamplerSpec
+from darkroom.platform.sources import local_family
 from darkroom.serve.protocol import Limits
 
 
@@ -189,6 +191,13 @@ class ServeSpec(_Spec):
             raise ValueError(f"`model.{field}`: {message}")
         for field, message in self.runtime.device_problems():
             raise ValueError(f"`runtime.{field}`: {message}")
+        try:  # the replicas may see files this machine does not: only what is known here
+            family = local_family(self.model)
+        except ModelLoadError:
+            family = None
+        cache_problem = family_problem(self.runtime.cache, family.name) if family else None
+        if cache_problem:
+            raise ValueError(cache_problem)
         if self.defaults.steps > self.limits.max_steps:
             raise ValueError(
                 f"`defaults.steps` ({self.defaults.steps}) exceeds `limits.max_steps` "

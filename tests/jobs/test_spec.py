@@ -135,14 +135,19 @@ def test_schema_command_prints_the_json_schema(capsys):
     assert {"type": "string"} in sampler_items["anyOf"]  # a name or {name, overrides}
 
 
-def test_example_jobs_validate(capsys):
+def test_example_jobs_validate(capsys, tmp_path):
     configs = Path(__file__).parents[2] / "configs" / "jobs"
     paths = sorted(configs.glob("*.yaml"))
-    assert {p.stem for p in paths} >= {"smoke", "sd15", "sdxl", "dit_xl", "controlnet_canny"}
+    assert {p.stem for p in paths} >= {"smoke", "sd15", "sdxl", "dit_xl", "controlnet_canny",
+                                       "sd35", "flux", "lora_vs_base"}
+    # the LoRA walkthrough's first step makes its adapter (here for tiny:sd, under tmp_path)
+    assert main(["models", "random-lora", "tiny:sd", "--out", str(tmp_path / "lora")]) == 0
     for path in paths:
         first = path.read_text().splitlines()[0]
         assert first == f"# darkroom run configs/jobs/{path.name}", path.name
-        assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+        extra = [f"models.0.loras.0.path={tmp_path / 'lora'}",
+                 "models.0.model=tiny:sd"] if path.stem == "lora_vs_base" else []
+        assert main(["validate", str(path), *extra]) == 0, capsys.readouterr().err
 
 
 def test_the_kuberay_job_file_validates(tmp_path):

@@ -90,14 +90,8 @@ def test_a_misplaced_key_is_told_where_it_belongs(tmp_path, capsys):
     assert found["runtime.dtype"] == "unknown key `dtype` here; it belongs under models.N"
 
 
-def test_every_shipped_config_reads_cleanly(monkeypatch, tmp_path):
-    monkeypatch.setenv("DARKROOM_API_KEY", "a key")  # the sd15 serve file asks for one
+def test_every_shipped_serve_file_reads_cleanly(monkeypatch):
+    monkeypatch.setenv("DARKROOM_API_KEY", "a key")  # the GPU serve files ask for one
     root = Path(__file__).resolve().parents[2] / "configs"
-    # the LoRA walkthrough's first step makes its adapter; here under a temporary folder
-    assert main(["models", "random-lora", "tiny:sd", "--out", str(tmp_path / "lora")]) == 0
-    for path in sorted(root.glob("jobs/*.yaml")):
-        extra = [f"models.0.loras.0.path={tmp_path / 'lora'}",
-                 "models.0.model=tiny:sd"] if path.name == "lora_vs_base.yaml" else []
-        assert main(["validate", str(path), *extra]) == 0, path
     for path in sorted(root.glob("serve/*.yaml")):
         assert main(["serve", str(path), "--dry-run"]) == 0, path
