@@ -58,8 +58,8 @@ def semantic_problems(data: dict[str, Any], spec: JobSpec | None) -> list[Proble
         problems += _model_problems(index, model, prompts, loaded, generation, runtime)
         problems += _family_problems(index, model, prompts, generation, sweep)
     if sweep and models and not any(model.loras for _, model in models):
-        for field in ("lora_scale", "adapters"):
-            if field in sweep.model_fields_set:
+        for field, unset in (("lora_scale", [1.0]), ("adapters", None)):
+            if getattr(sweep, field) != unset:
                 problems.append(Problem(f"sweep.{field}", "no model of the job has `loras`: "
                                         "give a model its adapters, or drop this axis"))
     return problems

@@ -25,6 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _job_arguments(validate)
     validate.set_defaults(handler=_validate)
 
+    gate = subparsers.add_parser(
+        "gate", help="judge runtime options: the job with and without them, speed-up beside "
+        "image fidelity and metric changes; exit 1 when a tolerance is exceeded")
+    _job_arguments(gate)
+    gate.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="a runtime override of the candidate arm (repeatable)")
+    gate.add_argument("--tolerance", action="append", default=[], metavar="NAME=VALUE",
+                      help="min_speedup, min_psnr, min_ssim, or a metric key and how much it "
+                      "may get worse, e.g. class_accuracy=0.01 (repeatable)")
+    gate.set_defaults(handler=_gate)
+
     schema = subparsers.add_parser("schema", help="print the JSON Schema of job files")
     schema.set_defaults(handler=_schema)
 
@@ -95,6 +106,16 @@ def _validate(args: argparse.Namespace) -> int:
     print(f"{args.job}: ok")
     print(describe(spec, expand(spec), len(load_prompts(spec.prompts))))
     return 0
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from darkroom.jobs.gate import gate_settings, run_gate
+    from darkroom.jobs.jobfile import load
+
+    spec = load(args.job, args.overrides)
+    options, gate = gate_settings(spec, args.option, args.tolerance)
+    result = run_gate(spec, options, gate)
+    return 1 if result.failures else 0
 
 
 def _schema(args: argparse.Namespace) -> int:

@@ -125,8 +125,8 @@ class SweepSpec(_Section):
 
     @field_validator("sampler", "steps", "guidance_scale", "eta", "lora_scale", "adapters")
     @classmethod
-    def _no_repeats(cls, values: list, info) -> list:
-        return _unique(values, f"sweep.{info.field_name}")
+    def _no_repeats(cls, values: list | None, info) -> list | None:
+        return values if values is None else _unique(values, f"sweep.{info.field_name}")
 
 
 Pair = tuple[Annotated[int, Field(ge=0, le=MAX_SIDE)], Annotated[int, Field(ge=0, le=MAX_SIDE)]]
@@ -204,6 +204,20 @@ class ComputeSpec(_Section):
     )
 
 
+class GateSpec(_Section):
+    """`darkroom gate`: runtime options to judge and the tolerances they must keep."""
+
+    options: list[str] = Field(default_factory=list, description="KEY=VALUE runtime overrides "
+                               "of the candidate arm, e.g. runtime.cache={kind: first_block}")
+    min_speedup: float | None = Field(None, gt=0, le=1000, description="fail below this")
+    min_psnr: float | None = Field(None, ge=0, le=100, description="fail when the mean PSNR "
+                                   "(dB) against the baseline images is below this")
+    min_ssim: float | None = Field(None, ge=-1, le=1, description="fail below this mean SSIM")
+    max_worsening: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="metric key -> the most it may get worse, e.g. "
+        "{class_accuracy: 0.01, fid: 2.0}")
+
+
 class JobSpec(_Section):
     """One YAML job file: prompts x models x sweep -> images in Parquet, optionally scored."""
 
@@ -221,6 +235,7 @@ class JobSpec(_Section):
         0, description="failed rows allowed: a count (5) or a fraction of all rows (0.01)"
     )
     eval: EvalSpec | None = Field(None, description="metrics computed after generation")
+    gate: GateSpec | None = Field(None, description="what `darkroom gate` judges, and how")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @field_validator("name")
