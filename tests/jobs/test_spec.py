@@ -144,7 +144,8 @@ def test_example_jobs_validate(capsys, tmp_path):
     assert main(["models", "random-lora", "tiny:sd", "--out", str(tmp_path / "lora")]) == 0
     for path in paths:
         first = path.read_text().splitlines()[0]
-        assert first == f"# darkroom run configs/jobs/{path.name}", path.name
+        command = "gate" if path.stem.startswith("gate") else "run"
+        assert first == f"# darkroom {command} configs/jobs/{path.name}", path.name
         extra = [f"models.0.loras.0.path={tmp_path / 'lora'}",
                  "models.0.model=tiny:sd"] if path.stem == "lora_vs_base" else []
         assert main(["validate", str(path), *extra]) == 0, capsys.readouterr().err
