@@ -29,7 +29,6 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import darkroom
-from darkroom.platform.errors import did_you_mean
 from darkroom.serve.protocol import (
     SEED_MAX,
     ErrorResponse,
@@ -62,6 +61,7 @@ class IngressSettings(BaseModel):
     model_id: str
     limits: Limits
     samplers: list[str]
+    conditioning: str | None = None  # the family's; None when it is not known before loading
     api_key_sha256: str | None = None
     retry_after_s: float = 1.0
     created: int = 0
@@ -110,7 +110,9 @@ def build_api(
     generate: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]],
 ) -> FastAPI:
     """The FastAPI app of one server: its limits are the request schema's constraints."""
-    Request = request_model(settings.limits)  # noqa: N806 (a class)
+    Request = request_model(  # noqa: N806 (a class)
+        settings.limits, settings.samplers, settings.conditioning
+    )
     app = FastAPI(
         title="Darkroom images API",
         version=darkroom.__version__,
@@ -164,9 +166,9 @@ def build_api(
     async def generations(body: Request, response: Response) -> ImagesResponse:
         rows = _rows(body, settings)
         results = await generate(rows)
-        failed = next((r["error"] for r in results if r["error"]), None)
+        failed = next((r for r in results if r["error"]), None)
         if failed:
-            raise BadRequest(failed)
+            raise BadRequest(failed["error"], failed.get("param"))
         response.headers[BATCH_HEADER] = str(max(r["batch_size"] for r in results))
         first = results[0]
         return ImagesResponse(
@@ -194,11 +196,6 @@ def _rows(body: ImageRequest, settings: IngressSettings) -> list[dict[str, Any]]
         raise BadRequest(
             f"`model` {body.model!r} is not served here; this server serves "
             f"{settings.model_id!r} (GET /v1/models)", "model",
-        )
-    if body.sampler is not None and body.sampler not in settings.samplers:
-        raise BadRequest(
-            f"unknown sampler `{body.sampler}`;{did_you_mean(body.sampler, settings.samplers)}",
-            "sampler",
         )
     width, height = body.dimensions()
     seed = secrets.randbelow(2**31) if body.seed is None else body.seed
@@ -268,4 +265,3 @@ def _error(
 ) -> JSONResponse:
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
-

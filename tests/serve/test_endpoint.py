@@ -142,7 +142,8 @@ def test_health_is_open_but_the_api_needs_the_key(sd) -> None:
         ({"prompt": "x", "model": "dall-e-3"}, "model", "tiny:sd"),
         ({"prompt": "x", "quality": "hd"}, "quality", "unknown field"),
         ({"n": 1}, "prompt", "Field required"),
-        ({"prompt": "x", "class_label": [1]}, "class_label", "valid integer or"),
+        ({"prompt": "x", "class_label": 3}, "class_label", "is text-conditioned"),
+        ({"prompt": "x", "sampler": ""}, "sampler", "unknown sampler ``"),
     ],
 )
 def test_bad_input_is_a_400_that_names_the_field(sd, body, param, words) -> None:
@@ -158,6 +159,37 @@ def test_a_body_that_is_not_json_is_a_400(sd) -> None:
                           headers={**AUTH, "Content-Type": "application/json"})
     assert response.status_code == 400
     assert "not valid JSON" in response.json()["error"]["message"]
+
+
+def test_the_model_replica_refuses_class_label_where_the_ingress_cannot_tell() -> None:
+    """For a hub id the family is known only once the replica has loaded the model, so the
+    ingress's schema takes `class_label`: the replica refuses it for a text model, naming it."""
+    from darkroom.serve.model import ImageModel
+    from darkroom.serve.spec import ServeSpec
+
+    spec = ServeSpec.model_validate({"model": {"model": "tiny:sd"}, "defaults": {"steps": 2},
+                                     "runtime": {"device": "cpu"}, "safety": {"on": False}})
+
+    async def ask() -> dict:
+        model = ImageModel.func_or_class(spec.model_dump(mode="json"))  # in this process
+        return await model.generate({"seed": 1, "prompt": "a fox", "class_label": 3})
+
+    answer = asyncio.run(ask())
+    assert answer["param"] == "class_label" and answer["image"] is None
+    assert "tiny:sd is text-conditioned" in answer["error"]
+
+
+def test_every_sampler_the_schema_offers_is_served(sd) -> None:
+    """A client that follows /openapi.json is never refused for `sampler`."""
+    schema = httpx.get(f"{sd}/openapi.json").json()["components"]["schemas"]
+    sampler = schema["ImageGenerationRequest"]["properties"]["sampler"]
+    names = next(option["enum"] for option in sampler["anyOf"] if "enum" in option)
+    assert "" not in names and "ddim" in names
+    bodies = [{"prompt": "a fox", "sampler": name, "size": "32x32", "seed": 1} for name in names]
+    responses = asyncio.run(post_many(f"{sd}/v1/images/generations", bodies, AUTH))
+    refused = {name: r.text for name, r in zip(names, responses, strict=True)
+               if r.status_code != 200}
+    assert not refused, refused
 
 
 # -- batching ----------------------------------------------------------------------------------
