@@ -1,7 +1,8 @@
 """The HTTP front: OpenAI-compatible routes, validation, auth, and the fan-out of `n` images.
 
 It holds no model: each image is one call to the model deployment, whose replicas batch them.
-Overload there (its `max_queued_requests` reached) becomes a 503 with `Retry-After` here.
+Overload there (its `max_queued_requests` reached) becomes a 503 with `Retry-After` here. In
+front of the routes: the request-size limit (`guards.py`).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime, and the
@@ -29,6 +30,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import darkroom
+from darkroom.serve.guards import BodyLimit, BodyTooLarge, openai_error
 from darkroom.serve.protocol import (
     SEED_MAX,
     ErrorResponse,
@@ -48,6 +50,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, text in [
         (400, "bad input: the message names the field"),
         (401, "missing or wrong API key"),
+        (413, "the request body is larger than the server's `limits.max_request_bytes`"),
         (503, "overloaded: retry after the Retry-After header's seconds"),
     ]
 }
@@ -118,27 +121,34 @@ def build_api(
         version=darkroom.__version__,
         description=f"OpenAI-compatible image generation with `{settings.model_id}`.",
     )
+    # Not FastAPI's own `max_body_size`: it checks Content-Length only once the body is read,
+    # and answers in plain text outside a route
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_request_bytes)
     auth = [Depends(_auth(settings.api_key_sha256))] if settings.api_key_sha256 else []
     retry_after = str(math.ceil(settings.retry_after_s))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_, err: RequestValidationError) -> JSONResponse:
         message, param = _describe(err.errors())
-        return _error(400, message, "invalid_request_error", param)
+        return openai_error(400, message, "invalid_request_error", param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_, err: StarletteHTTPException) -> JSONResponse:
         kind = "authentication_error" if err.status_code == 401 else "invalid_request_error"
-        return _error(err.status_code, str(err.detail), kind, headers=err.headers)
+        return openai_error(err.status_code, str(err.detail), kind, headers=err.headers)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_, err: BodyTooLarge) -> JSONResponse:
+        return openai_error(413, str(err.detail), "invalid_request_error", code="request_too_large")
 
     @app.exception_handler(BadRequest)
     async def _bad(_, err: BadRequest) -> JSONResponse:
-        return _error(400, str(err), "invalid_request_error", err.param)
+        return openai_error(400, str(err), "invalid_request_error", err.param)
 
     @app.exception_handler(Overloaded)
     async def _overloaded(_, err: Overloaded) -> JSONResponse:
         logger.warning("answering 503: %s", err)
-        return _error(
+        return openai_error(
             503, f"the model is busy or restarting; retry in {retry_after} s", "server_error", None,
             code="overloaded", headers={"Retry-After": retry_after},
         )
@@ -146,7 +156,7 @@ def build_api(
     @app.exception_handler(Exception)
     async def _failed(_, err: Exception) -> JSONResponse:
         logger.exception("request failed")
-        return _error(500, f"internal error: {type(err).__name__}", "server_error")
+        return openai_error(500, f"internal error: {type(err).__name__}", "server_error")
 
     @app.get("/healthz", summary="liveness")
     async def healthz() -> dict[str, str]:
@@ -257,11 +267,3 @@ def _describe(problems: list[dict[str, Any]]) -> tuple[str, str | None]:
     ]
     params = [field for field in by_field if field]
     return "; ".join(parts), (params[0] if params else None)
-
-
-def _error(
-    status: int, message: str, kind: str, param: str | None = None,
-    code: str | None = None, headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)

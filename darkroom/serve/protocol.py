@@ -11,12 +11,15 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from darkroom.platform.errors import did_you_mean
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds
 SIZE_PATTERN = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+MiB = 2**20
+# the most bytes one character of a prompt can take in a JSON body (an escaped surrogate pair)
+JSON_BYTES_PER_CHAR = 12
 
 
 class Limits(BaseModel):
@@ -30,6 +33,21 @@ class Limits(BaseModel):
     max_prompt_chars: int = Field(
         2000, ge=1, description="characters in prompt and negative_prompt"
     )
+    max_request_bytes: int = Field(
+        MiB, ge=4096, le=64 * MiB,
+        description="bytes of a request body; a larger one is refused (413) before it is read",
+    )
+
+    @model_validator(mode="after")
+    def _room_for_prompts(self) -> Limits:
+        # a request within the other limits must fit: both prompts at their longest, escaped
+        needed = 2 * self.max_prompt_chars * JSON_BYTES_PER_CHAR + 4096
+        if self.max_request_bytes < needed:
+            raise ValueError(
+                f"`max_request_bytes` ({self.max_request_bytes}) is too small for prompts of "
+                f"`max_prompt_chars` ({self.max_prompt_chars}); set it to {needed} or more"
+            )
+        return self
 
 
 class ImageRequest(BaseModel):

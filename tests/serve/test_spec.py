@@ -161,3 +161,12 @@ def test_class_label_is_taken_only_where_the_model_is_class_conditional(conditio
     problem = err.value.errors()[0]
     assert problem["loc"] == ("class_label",)
     assert f"{conditioning}-conditioned" in problem["msg"]
+
+
+def test_the_request_size_limit_has_bounds_and_room_for_the_prompts() -> None:
+    assert Limits().max_request_bytes == 2**20
+    for bad in (1024, 65 * 2**20):
+        with pytest.raises(ValidationError, match="max_request_bytes"):
+            Limits(max_request_bytes=bad)
+    with pytest.raises(ValidationError, match="too small for prompts of `max_prompt_chars`"):
+        Limits(max_prompt_chars=100_000, max_request_bytes=2**20)
