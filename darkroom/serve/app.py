@@ -42,8 +42,11 @@ def spec_from_args(args: dict[str, Any]) -> ServeSpec:
     return validate(ServeSpec, args, "serve app arguments")
 
 
-def application(spec: ServeSpec) -> Application:
-    """The bound app: `Ingress -> ImageModel`, configured from the serve file."""
+def application(spec: ServeSpec, stop: Any = None) -> Application:
+    """The bound app: `Ingress -> ImageModel`, configured from the serve file.
+
+    `stop`: a `guards.StopSignal` actor that `darkroom serve` drains the ingress through.
+    """
     backpressure = {"retry_after_s": spec.retry_after_s}
     model = ImageModel.options(
         max_ongoing_requests=spec.max_ongoing_requests,
@@ -76,7 +79,7 @@ def application(spec: ServeSpec) -> Application:
         max_queued_requests=front,
         ray_actor_options={"num_cpus": spec.ingress.num_cpus},
         backpressure_config=backpressure,
-    ).bind(model, settings.model_dump())
+    ).bind(model, settings.model_dump(), stop)
 
 
 def _conditioning(spec: ServeSpec) -> str | None:

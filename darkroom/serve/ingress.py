@@ -2,7 +2,7 @@
 
 It holds no model: each image is one call to the model deployment, whose replicas batch them.
 Overload there (its `max_queued_requests` reached) becomes a 503 with `Retry-After` here. In
-front of the routes: the request-size limit (`guards.py`).
+front of the routes: the request-size limit and the drain on stop (`guards.py`).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime, and the
@@ -30,7 +30,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import darkroom
-from darkroom.serve.guards import BodyLimit, BodyTooLarge, openai_error
+from darkroom.serve.guards import BodyLimit, BodyTooLarge, Gate, drain_on_signal, openai_error
 from darkroom.serve.protocol import (
     SEED_MAX,
     ErrorResponse,
@@ -51,7 +51,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (400, "bad input: the message names the field"),
         (401, "missing or wrong API key"),
         (413, "the request body is larger than the server's `limits.max_request_bytes`"),
-        (503, "overloaded: retry after the Retry-After header's seconds"),
+        (503, "overloaded or shutting down: retry after the Retry-After header's seconds"),
     ]
 }
 
@@ -88,12 +88,19 @@ class BadRequest(Exception):
 class Ingress:
     """An ingress replica: builds its FastAPI app from the settings at replica start."""
 
-    def __init__(self, model: Any, settings: dict[str, Any]) -> None:
+    def __init__(self, model: Any, settings: dict[str, Any], stop: Any = None) -> None:
         self.model = model  # DeploymentHandle of the model deployment
         self.settings = IngressSettings.model_validate(settings)
+        self.gate = Gate(retry_after=str(math.ceil(self.settings.retry_after_s)))
+        if stop is not None:  # `darkroom serve`'s StopSignal: drain when it says so
+            replica = serve.get_replica_context().replica_id.unique_id
+            # held here: a task nothing refers to may be collected before it ends
+            self._drain = asyncio.get_running_loop().create_task(
+                drain_on_signal(stop, self.gate, replica)
+            )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self.settings, self._generate)
+        return build_api(self.settings, self._generate, self.gate)
 
     async def _generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # Siblings of a refused image run to completion and are dropped: cancelling them from
@@ -111,6 +118,7 @@ class Ingress:
 def build_api(
     settings: IngressSettings,
     generate: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]],
+    gate: Gate | None = None,
 ) -> FastAPI:
     """The FastAPI app of one server: its limits are the request schema's constraints."""
     Request = request_model(  # noqa: N806 (a class)
@@ -121,9 +129,12 @@ def build_api(
         version=darkroom.__version__,
         description=f"OpenAI-compatible image generation with `{settings.model_id}`.",
     )
-    # Not FastAPI's own `max_body_size`: it checks Content-Length only once the body is read,
-    # and answers in plain text outside a route
+    # Middlewares run in reverse order of adding: the gate first, then the size limit. (Not
+    # FastAPI's own `max_body_size`: it checks Content-Length only once the body is read, and
+    # answers in plain text outside a route.)
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_request_bytes)
+    if gate is not None:
+        app.add_middleware(gate.middleware)
     auth = [Depends(_auth(settings.api_key_sha256))] if settings.api_key_sha256 else []
     retry_after = str(math.ceil(settings.retry_after_s))
 

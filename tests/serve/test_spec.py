@@ -170,3 +170,14 @@ def test_the_request_size_limit_has_bounds_and_room_for_the_prompts() -> None:
             Limits(max_request_bytes=bad)
     with pytest.raises(ValidationError, match="too small for prompts of `max_prompt_chars`"):
         Limits(max_prompt_chars=100_000, max_request_bytes=2**20)
+
+
+def test_the_drain_fits_in_the_stop(tmp_path, capsys) -> None:
+    from darkroom.serve.commands import STOP_SECONDS
+
+    assert load_spec(ROOT / "configs/serve/tiny.yaml").drain_timeout_s == 10
+    path = write(tmp_path, "model: {model: 'tiny:dit'}\ndrain_timeout_s: 30\n")
+    assert main(["serve", str(path), "--dry-run"]) == 2
+    assert "drain_timeout_s" in capsys.readouterr().err
+    limit = ServeSpec.model_fields["drain_timeout_s"].metadata
+    assert max(m.le for m in limit if hasattr(m, "le")) + 4 <= STOP_SECONDS < 20
