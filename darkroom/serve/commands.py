@@ -66,6 +66,8 @@ def _serve(args: argparse.Namespace) -> int:
     from darkroom.serve.guards import StopSignal
 
     connect_ray(log_to_driver=False)
+    if attached:
+        _check_name_free(spec.name)
     stop = StopSignal.remote()  # owned by this process: it goes when the process goes
     app = application(spec, stop)
     # SIGTERM (a supervisor, `kill`) stops it like Ctrl-C; SIGINT is restored for shells that
@@ -112,6 +114,18 @@ def _check_port_free(host: str, port: int) -> None:
         except OSError as err:
             raise UserError(f"port {port} on {host} is in use ({err.strerror}); stop what holds "
                             "it or set `http.port` in the serve file") from err
+
+
+def _check_name_free(name: str) -> None:
+    """On a shared cluster, never take over (and later delete) another application."""
+    from ray import serve
+
+    from darkroom.platform.errors import UserError
+
+    if name in serve.status().applications:
+        raise UserError(f"the cluster already runs a Serve application named {name!r}; set "
+                        "`name` in the serve file to another one (a leftover of an earlier run "
+                        f"goes with `ray.serve.delete({name!r})` on the cluster)")
 
 
 def _stop(spec: ServeSpec, stop: Any, attached: bool) -> None:

@@ -512,7 +512,8 @@ def test_rays_serve_run_deploys_the_rayservice_import_path(serve_url, tmp_path) 
 
 def test_darkroom_serve_command_on_a_running_cluster(serve_url, dit, tmp_path) -> None:
     """`darkroom serve FILE` with RAY_ADDRESS set: deploys, prints the URL where the cluster's
-    proxy answers, and SIGTERM removes its own app only (the cluster's `dit` app stays)."""
+    proxy answers, and SIGTERM removes its own app only (the cluster's `dit` app stays); a name
+    the cluster already uses is refused."""
     import signal
     import subprocess
     import sys
@@ -545,3 +546,9 @@ def test_darkroom_serve_command_on_a_running_cluster(serve_url, dit, tmp_path) -
     finally:
         if process.poll() is None:
             process.kill()
+    # a name the cluster already uses is refused: deploying it would replace that app
+    serve_file.write_text(serve_file.read_text().replace("name: cmd", "name: dit"))
+    taken = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert taken.returncode == 2 and "Traceback" not in taken.stderr, taken.stderr[-2000:]
+    assert "already runs a Serve application named 'dit'" in taken.stderr
+    assert serve.status().applications["dit"].status == "RUNNING"
