@@ -8,6 +8,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,8 +22,6 @@ DASHBOARD = "http://127.0.0.1:28265"  # the `ray_cluster` fixture's
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -84,8 +83,6 @@ def test_serve_starts_its_own_ray_beside_a_running_cluster_and_stops_in_time(
 
 
 def test_a_busy_port_is_named(tmp_path):
-    import socket
-
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -190,3 +187,45 @@ def test_sigterm_drains_requests_in_flight_and_refuses_new_ones(tmp_path, drain_
         assert "answered 503" not in run["log"]
     else:  # no time to wait: the drain answered them, before the replica stopped
         assert (503, "shutting_down") in in_flight and "answered 503" in run["log"], in_flight
+
+
+# -- joining a cluster -------------------------------------------------------------------------
+
+
+def test_a_token_cluster_without_the_token_is_a_one_line_error(ray_cluster, tmp_path):
+    """RAY_ADDRESS names a cluster with token authentication, and this machine has no token (no
+    RAY_AUTH_TOKEN, no RAY_AUTH_TOKEN_PATH, no ~/.ray/auth_token): exit 2 and say so."""
+    ray_cluster()
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "serve.yaml").write_text(TINY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_ADDRESS="127.0.0.1:26379", HOME=str(home))
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "darkroom", "serve", str(tmp_path / "serve.yaml")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    took = time.monotonic() - started
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    print(f"\nexit {done.returncode} after {took:.1f} s: {errors}")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert errors == [
+        "error: the Ray cluster at RAY_ADDRESS=127.0.0.1:26379 requires an auth token, and none "
+        "was found here: copy the head node's ~/.ray/auth_token to this machine, or set "
+        "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"], done.stderr
+    assert took < 30  # Ray alone keeps retrying a refused token for 20 s
+
+
+def test_an_address_where_nothing_answers_is_a_one_line_error(tmp_path):
+    """Ray would wait minutes for a GCS that never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    (tmp_path / "serve.yaml").write_text(TINY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_ADDRESS=f"127.0.0.1:{port}")
+    done = subprocess.run([sys.executable, "-m", "darkroom", "serve", str(tmp_path / "serve.yaml")],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"error: nothing answers at RAY_ADDRESS=127.0.0.1:{port} (Connection refused)" in (
+        done.stderr)
