@@ -10,6 +10,7 @@ file named by $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token (copy it from the head 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,10 @@ TOKEN_HELP = (
     "if the cluster uses token authentication (Ray's default for `ray start`), copy the head "
     "node's ~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
 )
+# Seconds joining RAY_ADDRESS waits for a TCP connection, then the number of Ray's attempts
+# (one a second; Ray's default of 20 is spent in full also when the cluster has refused the
+# token). RAY_gcs_server_port_wait_time_s, when set, overrides the attempts.
+CONNECT_SECONDS = 5
 
 
 def read_token() -> str | None:
@@ -71,11 +76,41 @@ def connect_ray(log: Callable[[str], None] = print, **init_options: Any) -> bool
         return False
     enable_token_auth()
     log(f"joining Ray at {address}")
+    _check_reachable(address)
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(CONNECT_SECONDS))
     try:
         ray.init(address=address, **init_options)
     except (ConnectionError, RuntimeError, PermissionError) as err:
-        raise UserError(f"cannot join the Ray cluster at RAY_ADDRESS={address} "
-                        f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); is it up, "
-                        f"and is this its GCS address (port 6379 by default)? {TOKEN_HELP}"
-                        ) from err
+        raise UserError(_join_failure(address, err)) from err
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """A GCS address (HOST:PORT) must take a TCP connection: Ray would wait minutes for one that
+    never answers. Other forms (auto, ray://...) are left to Ray."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as err:
+        raise UserError(f"nothing answers at RAY_ADDRESS={address} ({err.strerror or err}); is "
+                        "the cluster up, and is this its GCS address (port 6379 by default)?"
+                        ) from err
+
+
+def _join_failure(address: str, err: BaseException) -> str:
+    """One line: the cluster refused the token (Ray says so in the error's causes), or else."""
+    causes = []
+    cause: BaseException | None = err
+    while cause is not None:
+        causes.append(str(cause))
+        cause = cause.__cause__
+    if any("InvalidAuthToken" in text or "Unauthenticated" in text for text in causes):
+        problem = ("refused the auth token found here" if read_token()
+                   else "requires an auth token, and none was found here")
+        return (f"the Ray cluster at RAY_ADDRESS={address} {problem}: copy the head node's "
+                "~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+    return (f"cannot join the Ray cluster at RAY_ADDRESS={address} "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); is it up, "
+            f"and is this its GCS address (port 6379 by default)? {TOKEN_HELP}")

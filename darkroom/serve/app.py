@@ -18,6 +18,7 @@ from ray.serve import Application
 from darkroom.platform.config import validate
 from darkroom.platform.errors import UserError
 from darkroom.platform.samplers import SAMPLERS
+from darkroom.platform.sources import local_family
 from darkroom.serve.ingress import Ingress, IngressSettings
 from darkroom.serve.model import ImageModel
 from darkroom.serve.spec import ServeSpec, api_key_digest, load_spec
@@ -42,8 +43,11 @@ def spec_from_args(args: dict[str, Any]) -> ServeSpec:
     return validate(ServeSpec, args, "serve app arguments")
 
 
-def application(spec: ServeSpec) -> Application:
-    """The bound app: `Ingress -> ImageModel`, configured from the serve file."""
+def application(spec: ServeSpec, stop: Any = None) -> Application:
+    """The bound app: `Ingress -> ImageModel`, configured from the serve file.
+
+    `stop`: a `guards.StopSignal` actor that `darkroom serve` drains the ingress through.
+    """
     backpressure = {"retry_after_s": spec.retry_after_s}
     model = ImageModel.options(
         max_ongoing_requests=spec.max_ongoing_requests,
@@ -58,6 +62,7 @@ def application(spec: ServeSpec) -> Application:
         model_id=spec.model_id,
         limits=spec.limits,
         samplers=list(SAMPLERS),
+        conditioning=_conditioning(spec),
         api_key_sha256=api_key_digest(spec),
         retry_after_s=spec.retry_after_s,
         created=int(time.time()),
@@ -75,4 +80,13 @@ def application(spec: ServeSpec) -> Application:
         max_queued_requests=front,
         ray_actor_options={"num_cpus": spec.ingress.num_cpus},
         backpressure_config=backpressure,
-    ).bind(model, settings.model_dump())
+    ).bind(model, settings.model_dump(), stop)
+
+
+def _conditioning(spec: ServeSpec) -> str | None:
+    """The model family's conditioning when it can be told here, before any replica loads it."""
+    try:
+        family = local_family(spec.model)
+    except Exception:  # e.g. a folder that exists only on the cluster's nodes: the replica knows
+        return None
+    return None if family is None else family.conditioning

@@ -2,8 +2,10 @@
 
 Without RAY_ADDRESS it starts its own local Ray and Serve, and stops both on exit. With
 RAY_ADDRESS it deploys into that cluster's Serve and, on exit, deletes only its own application.
-Exit is bounded: SIGINT or SIGTERM, to the process or its whole group, ends it within
-`STOP_SECONDS` even when the signal also took down the local Ray it started.
+On SIGINT or SIGTERM it first drains: the ingress answers new requests 503 and waits up to the
+serve file's `drain_timeout_s` for those in flight. Exit is bounded: a signal to the process or
+its whole group ends it within `STOP_SECONDS` even when the signal also took down the local Ray
+it started.
 """
 
 from __future__ import annotations
@@ -14,8 +16,13 @@ import signal
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
-STOP_SECONDS = 12  # the clean-up's budget; then the process exits regardless
+if TYPE_CHECKING:
+    from darkroom.serve.spec import ServeSpec
+
+STOP_SECONDS = 18  # drain and clean-up together; then the process exits regardless
+ACK_SECONDS = 2  # how long the stop signal may take to be acknowledged (Ray may be gone)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,9 +63,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     from darkroom.platform.cluster import connect_ray
     from darkroom.serve.app import application
+    from darkroom.serve.guards import StopSignal
 
-    app = application(spec)
     connect_ray(log_to_driver=False)
+    if attached:
+        _check_name_free(spec.name)
+    stop = StopSignal.remote()  # owned by this process: it goes when the process goes
+    app = application(spec, stop)
     # SIGTERM (a supervisor, `kill`) stops it like Ctrl-C; SIGINT is restored for shells that
     # start background jobs with it ignored
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -76,7 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("stopping", flush=True)
     finally:
-        _stop(spec.name, attached)
+        _stop(spec, stop, attached)
     return 0
 
 
@@ -105,20 +116,36 @@ def _check_port_free(host: str, port: int) -> None:
                             "it or set `http.port` in the serve file") from err
 
 
-def _stop(name: str, attached: bool) -> None:
-    """Delete our application (and, when the Ray is our own, Serve and Ray), within a budget.
+def _check_name_free(name: str) -> None:
+    """On a shared cluster, never take over (and later delete) another application."""
+    from ray import serve
+
+    from darkroom.platform.errors import UserError
+
+    if name in serve.status().applications:
+        raise UserError(f"the cluster already runs a Serve application named {name!r}; set "
+                        "`name` in the serve file to another one (a leftover of an earlier run "
+                        f"goes with `ray.serve.delete({name!r})` on the cluster)")
+
+
+def _stop(spec: ServeSpec, stop: Any, attached: bool) -> None:
+    """Drain, then delete our application (or, when the Ray is our own, stop that Ray), within
+    `STOP_SECONDS` in all.
 
     A SIGTERM sent to the whole process group also ends the local Ray's processes, after which
-    Ray's clean-up calls would wait for them forever: past the budget the process just exits.
+    Ray's calls would wait for them forever: past the budget the process just exits.
     """
 
     def clean_up() -> None:
         import ray
         from ray import serve
 
-        serve.delete(name)  # only ever our own application on a shared cluster
-        if not attached:
-            serve.shutdown()
+        _drain(stop, spec.ingress.replicas, spec.drain_timeout_s)
+        if attached:
+            serve.delete(spec.name)  # only ever our own application on a shared cluster
+        else:
+            # Our own Ray, Serve's proxy with it, goes at once: deleting the app first would
+            # leave the proxy answering a plain 404 for the app's routes until it stopped
             ray.shutdown()
 
     for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut it short
@@ -130,6 +157,28 @@ def _stop(name: str, attached: bool) -> None:
         print(f"clean-up did not finish in {STOP_SECONDS} s (Ray's processes already gone?); "
               "exiting", flush=True)
         os._exit(0)
+
+
+def _drain(stop: Any, replicas: int, seconds: float) -> None:
+    """Have every ingress replica refuse new requests (503) and finish those in flight."""
+    import ray
+
+    started = time.monotonic()
+    print(f"draining: new requests get 503; waiting up to {seconds:g} s for those in flight",
+          flush=True)
+    try:
+        ray.get(stop.start.remote(seconds), timeout=ACK_SECONDS)
+        # each replica reports once drained; those still in flight at its deadline got a 503
+        drained = ray.get(stop.wait_drained.remote(replicas, seconds + ACK_SECONDS),
+                          timeout=seconds + 2 * ACK_SECONDS)
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as err:
+        print(f"could not drain ({type(err).__name__}); removing the app", flush=True)
+        return
+    left = sum(drained.values())
+    print(f"drained {len(drained)} of {replicas} ingress replica(s) in "
+          f"{time.monotonic() - started:.1f} s"
+          + (f"; {left} request(s) still in flight were answered 503" if left else ""),
+          flush=True)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -1,7 +1,8 @@
 """The HTTP front: OpenAI-compatible routes, validation, auth, and the fan-out of `n` images.
 
 It holds no model: each image is one call to the model deployment, whose replicas batch them.
-Overload there (its `max_queued_requests` reached) becomes a 503 with `Retry-After` here.
+Overload there (its `max_queued_requests` reached) becomes a 503 with `Retry-After` here. In
+front of the routes: the request-size limit and the drain on stop (`guards.py`).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime, and the
@@ -29,7 +30,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import darkroom
-from darkroom.platform.errors import did_you_mean
+from darkroom.serve.guards import BodyLimit, BodyTooLarge, Gate, drain_on_signal, openai_error
 from darkroom.serve.protocol import (
     SEED_MAX,
     ErrorResponse,
@@ -49,7 +50,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, text in [
         (400, "bad input: the message names the field"),
         (401, "missing or wrong API key"),
-        (503, "overloaded: retry after the Retry-After header's seconds"),
+        (413, "the request body is larger than the server's `limits.max_request_bytes`"),
+        (503, "overloaded or shutting down: retry after the Retry-After header's seconds"),
     ]
 }
 
@@ -62,6 +64,7 @@ class IngressSettings(BaseModel):
     model_id: str
     limits: Limits
     samplers: list[str]
+    conditioning: str | None = None  # the family's; None when it is not known before loading
     api_key_sha256: str | None = None
     retry_after_s: float = 1.0
     created: int = 0
@@ -87,12 +90,19 @@ class BadRequest(Exception):
 class Ingress:
     """An ingress replica: builds its FastAPI app from the settings at replica start."""
 
-    def __init__(self, model: Any, settings: dict[str, Any]) -> None:
+    def __init__(self, model: Any, settings: dict[str, Any], stop: Any = None) -> None:
         self.model = model  # DeploymentHandle of the model deployment
         self.settings = IngressSettings.model_validate(settings)
+        self.gate = Gate(retry_after=str(math.ceil(self.settings.retry_after_s)))
+        if stop is not None:  # `darkroom serve`'s StopSignal: drain when it says so
+            replica = serve.get_replica_context().replica_id.unique_id
+            # held here: a task nothing refers to may be collected before it ends
+            self._drain = asyncio.get_running_loop().create_task(
+                drain_on_signal(stop, self.gate, replica)
+            )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self.settings, self._generate)
+        return build_api(self.settings, self._generate, self.gate)
 
     async def _generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # Siblings of a refused image run to completion and are dropped: cancelling them from
@@ -110,35 +120,48 @@ class Ingress:
 def build_api(
     settings: IngressSettings,
     generate: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]],
+    gate: Gate | None = None,
 ) -> FastAPI:
     """The FastAPI app of one server: its limits are the request schema's constraints."""
-    Request = request_model(settings.limits)  # noqa: N806 (a class)
+    Request = request_model(  # noqa: N806 (a class)
+        settings.limits, settings.samplers, settings.conditioning
+    )
     app = FastAPI(
         title="Darkroom images API",
         version=darkroom.__version__,
         description=f"OpenAI-compatible image generation with `{settings.model_id}`.",
     )
+    # Middlewares run in reverse order of adding: the gate first, then the size limit. (Not
+    # FastAPI's own `max_body_size`: it checks Content-Length only once the body is read, and
+    # answers in plain text outside a route.)
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_request_bytes)
+    if gate is not None:
+        app.add_middleware(gate.middleware)
     auth = [Depends(_auth(settings.api_key_sha256))] if settings.api_key_sha256 else []
     retry_after = str(math.ceil(settings.retry_after_s))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_, err: RequestValidationError) -> JSONResponse:
         message, param = _describe(err.errors())
-        return _error(400, message, "invalid_request_error", param)
+        return openai_error(400, message, "invalid_request_error", param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_, err: StarletteHTTPException) -> JSONResponse:
         kind = "authentication_error" if err.status_code == 401 else "invalid_request_error"
-        return _error(err.status_code, str(err.detail), kind, headers=err.headers)
+        return openai_error(err.status_code, str(err.detail), kind, headers=err.headers)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_, err: BodyTooLarge) -> JSONResponse:
+        return openai_error(413, str(err.detail), "invalid_request_error", code="request_too_large")
 
     @app.exception_handler(BadRequest)
     async def _bad(_, err: BadRequest) -> JSONResponse:
-        return _error(400, str(err), "invalid_request_error", err.param)
+        return openai_error(400, str(err), "invalid_request_error", err.param)
 
     @app.exception_handler(Overloaded)
     async def _overloaded(_, err: Overloaded) -> JSONResponse:
         logger.warning("answering 503: %s", err)
-        return _error(
+        return openai_error(
             503, f"the model is busy or restarting; retry in {retry_after} s", "server_error", None,
             code="overloaded", headers={"Retry-After": retry_after},
         )
@@ -146,7 +169,7 @@ def build_api(
     @app.exception_handler(Exception)
     async def _failed(_, err: Exception) -> JSONResponse:
         logger.exception("request failed")
-        return _error(500, f"internal error: {type(err).__name__}", "server_error")
+        return openai_error(500, f"internal error: {type(err).__name__}", "server_error")
 
     @app.get("/healthz", summary="liveness")
     async def healthz() -> dict[str, str]:
@@ -166,9 +189,9 @@ def build_api(
     async def generations(body: Request, response: Response) -> ImagesResponse:
         rows = _rows(body, settings)
         results = await generate(rows)
-        failed = next((r["error"] for r in results if r["error"]), None)
+        failed = next((r for r in results if r["error"]), None)
         if failed:
-            raise BadRequest(failed)
+            raise BadRequest(failed["error"], failed.get("param"))
         response.headers[BATCH_HEADER] = str(max(r["batch_size"] for r in results))
         first = results[0]
         return ImagesResponse(
@@ -196,11 +219,6 @@ def _rows(body: ImageRequest, settings: IngressSettings) -> list[dict[str, Any]]
         raise BadRequest(
             f"`model` {body.model!r} is not served here; this server serves "
             f"{settings.model_id!r} (GET /v1/models)", "model",
-        )
-    if body.sampler is not None and body.sampler not in settings.samplers:
-        raise BadRequest(
-            f"unknown sampler `{body.sampler}`;{did_you_mean(body.sampler, settings.samplers)}",
-            "sampler",
         )
     width, height = body.dimensions()
     seed = secrets.randbelow(2**31) if body.seed is None else body.seed
@@ -262,12 +280,3 @@ def _describe(problems: list[dict[str, Any]]) -> tuple[str, str | None]:
     ]
     params = [field for field in by_field if field]
     return "; ".join(parts), (params[0] if params else None)
-
-
-def _error(
-    status: int, message: str, kind: str, param: str | None = None,
-    code: str | None = None, headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
-

@@ -49,7 +49,8 @@ class ImageModel:
                 "guidance_scale": self.spec.defaults.guidance_scale,
             },
         )
-        self.class_conditional = self.generator.family.conditioning == "class"
+        self.conditioning = self.generator.family.conditioning
+        self.class_conditional = self.conditioning == "class"
         self.checker = _safety_checker(self.spec) if self.spec.safety.on else None
         # One thread owns the pipeline: calls never overlap, and the event loop stays free to
         # collect the next batch while this one runs. The safety checker has its own thread, so
@@ -73,6 +74,13 @@ class ImageModel:
         """One request row in, one answer out (see `_answer`)."""
         if self.class_conditional and row.get("class_label") is None:
             row = {**row, "class_label": row.get("prompt")}
+        if not self.class_conditional and row.get("class_label") is not None:
+            # the ingress refuses this already when it knows the family before loading
+            return _refused(
+                row, "class_label",
+                f"`class_label` is for class-conditional models; {self.spec.model_id} is "
+                f"{self.conditioning}-conditioned: describe the image in `prompt`",
+            )
         self._batched.set_batch_wait_timeout_s(self._batch_wait_s())
         ticket = next(self._tickets)
         self._waiting.add(ticket)
@@ -178,12 +186,22 @@ def _answer(row: dict[str, Any], score: float | None, flagged: bool) -> dict[str
     return {
         "image": None if flagged else row["image"],
         "error": row["error"],
+        "param": None,  # the request field an error is about, when one is
         "seed": row["seed"],
         "width": row["width"],
         "height": row["height"],
         "batch_size": row["batch_size"],
         "flagged": flagged,
         "safety_score": score,
+    }
+
+
+def _refused(row: dict[str, Any], param: str, message: str) -> dict[str, Any]:
+    """The answer for a row refused before generation: a 400 that names `param`."""
+    return {
+        "image": None, "error": message, "param": param, "seed": row["seed"],
+        "width": row.get("width"), "height": row.get("height"), "batch_size": 0,
+        "flagged": False, "safety_score": None,
     }
 
 

@@ -1,19 +1,25 @@
 """The HTTP protocol: OpenAI Images API requests and responses, with Darkroom's extensions.
 
-Request models are built per server (`request_model(limits)`), so the limits of a serve file
-show up in the app's OpenAPI schema and are enforced by pydantic like any other constraint.
-This module imports no torch: the ingress replica stays light.
+Request models are built per server (`request_model(limits, samplers, conditioning)`), so the
+limits, the sampler names and the conditioning of a served model show up in the app's OpenAPI
+schema and are enforced by pydantic like any other constraint: a client that follows the schema
+is not refused for those fields. This module imports no torch: the ingress replica stays light.
 """
 
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from darkroom.platform.errors import did_you_mean
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds
 SIZE_PATTERN = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+MiB = 2**20
+# the most bytes one character of a prompt can take in a JSON body (an escaped surrogate pair)
+JSON_BYTES_PER_CHAR = 12
 
 
 class Limits(BaseModel):
@@ -27,6 +33,21 @@ class Limits(BaseModel):
     max_prompt_chars: int = Field(
         2000, ge=1, description="characters in prompt and negative_prompt"
     )
+    max_request_bytes: int = Field(
+        MiB, ge=4096, le=64 * MiB,
+        description="bytes of a request body; a larger one is refused (413) before it is read",
+    )
+
+    @model_validator(mode="after")
+    def _room_for_prompts(self) -> Limits:
+        # a request within the other limits must fit: both prompts at their longest, escaped
+        needed = 2 * self.max_prompt_chars * JSON_BYTES_PER_CHAR + 4096
+        if self.max_request_bytes < needed:
+            raise ValueError(
+                f"`max_request_bytes` ({self.max_request_bytes}) is too small for prompts of "
+                f"`max_prompt_chars` ({self.max_prompt_chars}); set it to {needed} or more"
+            )
+        return self
 
 
 class ImageRequest(BaseModel):
@@ -85,10 +106,20 @@ class ImageRequest(BaseModel):
         return int(width), int(height)
 
 
-def request_model(limits: Limits) -> type[ImageRequest]:
-    """`ImageRequest` with this server's limits as schema constraints."""
+def request_model(
+    limits: Limits, samplers: list[str] | None = None, conditioning: str | None = None
+) -> type[ImageRequest]:
+    """`ImageRequest` with this server's limits as schema constraints.
+
+    `samplers`: the sampler names the server accepts (the schema's enum). `conditioning`: the
+    model family's ("text", "class", "text+control"), when known; only a class-conditional model
+    (or one whose family is not known here) takes `class_label`.
+    """
 
     prompt_chars = limits.max_prompt_chars
+    sampler_type: Any = Literal[tuple(samplers)] if samplers else str
+    takes_class_label = conditioning in (None, "class")
+    class_label_type: Any = int | str | None if takes_class_label else type(None)
 
     class ImageGenerationRequest(ImageRequest):
         max_side: ClassVar[int] = limits.max_side
@@ -104,6 +135,32 @@ def request_model(limits: Limits) -> type[ImageRequest]:
         negative_prompt: str | None = Field(
             None, max_length=prompt_chars, description="what the image should not show"
         )
+        sampler: sampler_type | None = Field(  # type: ignore[valid-type]
+            None, description=ImageRequest.model_fields["sampler"].description
+        )
+        class_label: class_label_type = Field(  # type: ignore[valid-type]
+            None,
+            description=ImageRequest.model_fields["class_label"].description if takes_class_label
+            else f"not taken: the served model is {conditioning}-conditioned",
+        )
+
+        # Before the type check, so a near miss gets a hint rather than the whole enum
+        @field_validator("sampler", mode="before")
+        @classmethod
+        def _known_sampler(cls, name: Any) -> Any:
+            if samplers and isinstance(name, str) and name not in samplers:
+                raise ValueError(f"unknown sampler `{name}`;{did_you_mean(name, samplers)}")
+            return name
+
+        @field_validator("class_label", mode="before")
+        @classmethod
+        def _class_label_taken(cls, label: Any) -> Any:
+            if label is not None and not takes_class_label:
+                raise ValueError(
+                    f"`class_label` is for class-conditional models; this one is "
+                    f"{conditioning}-conditioned: describe the image in `prompt`"
+                )
+            return label
 
     return ImageGenerationRequest
 

@@ -33,6 +33,9 @@ from darkroom.platform.samplers import SamplerSpec
 from darkroom.platform.sources import local_family
 from darkroom.serve.protocol import Limits
 
+# `darkroom serve` stops within 20 s of a signal: the drain, then removing the app (see commands)
+MAX_DRAIN_S = 12.0
+
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -162,6 +165,11 @@ class ServeSpec(_Spec):
         64, ge=1, description="images waiting for a replica; beyond it, 503 with Retry-After"
     )
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After sent with a 503")
+    drain_timeout_s: float = Field(
+        10.0, ge=0, le=MAX_DRAIN_S,
+        description="on SIGINT/SIGTERM, how long `darkroom serve` waits for requests in flight "
+        "(new ones get 503) before it removes the app",
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     safety: SafetySpec = Field(default_factory=SafetySpec)

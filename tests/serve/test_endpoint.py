@@ -142,7 +142,8 @@ def test_health_is_open_but_the_api_needs_the_key(sd) -> None:
         ({"prompt": "x", "model": "dall-e-3"}, "model", "tiny:sd"),
         ({"prompt": "x", "quality": "hd"}, "quality", "unknown field"),
         ({"n": 1}, "prompt", "Field required"),
-        ({"prompt": "x", "class_label": [1]}, "class_label", "valid integer or"),
+        ({"prompt": "x", "class_label": 3}, "class_label", "is text-conditioned"),
+        ({"prompt": "x", "sampler": ""}, "sampler", "unknown sampler ``"),
     ],
 )
 def test_bad_input_is_a_400_that_names_the_field(sd, body, param, words) -> None:
@@ -158,6 +159,121 @@ def test_a_body_that_is_not_json_is_a_400(sd) -> None:
                           headers={**AUTH, "Content-Type": "application/json"})
     assert response.status_code == 400
     assert "not valid JSON" in response.json()["error"]["message"]
+
+
+def test_the_model_replica_refuses_class_label_where_the_ingress_cannot_tell() -> None:
+    """For a hub id the family is known only once the replica has loaded the model, so the
+    ingress's schema takes `class_label`: the replica refuses it for a text model, naming it."""
+    from darkroom.serve.model import ImageModel
+    from darkroom.serve.spec import ServeSpec
+
+    spec = ServeSpec.model_validate({"model": {"model": "tiny:sd"}, "defaults": {"steps": 2},
+                                     "runtime": {"device": "cpu"}, "safety": {"on": False}})
+
+    async def ask() -> dict:
+        model = ImageModel.func_or_class(spec.model_dump(mode="json"))  # in this process
+        return await model.generate({"seed": 1, "prompt": "a fox", "class_label": 3})
+
+    answer = asyncio.run(ask())
+    assert answer["param"] == "class_label" and answer["image"] is None
+    assert "tiny:sd is text-conditioned" in answer["error"]
+
+
+def test_every_sampler_the_schema_offers_is_served(sd) -> None:
+    """A client that follows /openapi.json is never refused for `sampler`."""
+    schema = httpx.get(f"{sd}/openapi.json").json()["components"]["schemas"]
+    sampler = schema["ImageGenerationRequest"]["properties"]["sampler"]
+    names = next(option["enum"] for option in sampler["anyOf"] if "enum" in option)
+    assert "" not in names and "ddim" in names
+    bodies = [{"prompt": "a fox", "sampler": name, "size": "32x32", "seed": 1} for name in names]
+    responses = asyncio.run(post_many(f"{sd}/v1/images/generations", bodies, AUTH))
+    refused = {name: r.text for name, r in zip(names, responses, strict=True)
+               if r.status_code != 200}
+    assert not refused, refused
+
+
+# -- the request-size limit --------------------------------------------------------------------
+
+MiB = 2**20
+
+
+def ray_process(title: str):
+    """The one process of this session's local Ray (a descendant of this process) whose title,
+    set by Ray (`ray::ServeReplica:APP:DEPLOYMENT`, `ray::ProxyActor`), starts with `title`."""
+    import psutil
+
+    found = [p for p in psutil.Process().children(recursive=True)
+             if (p.cmdline() or [""])[0].startswith(title)]
+    assert len(found) == 1, f"{len(found)} processes titled {title}"
+    return found[0]
+
+
+class PeakRss:
+    """Samples processes' resident memory every few ms while the block runs: growth = peak - the
+    value before the block."""
+
+    def __init__(self, processes: dict) -> None:
+        self.processes = processes
+        self.before = {name: p.memory_info().rss for name, p in processes.items()}
+        self.peak = dict(self.before)
+        self._done = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.005):
+            for name, process in self.processes.items():
+                self.peak[name] = max(self.peak[name], process.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._done.set()
+        self._sampler.join()
+
+    def growth(self, name: str) -> int:
+        return self.peak[name] - self.before[name]
+
+
+def body_of(total: int, chunk: int = MiB):
+    """`total` bytes of a JSON-looking body, made as they are sent (never all in memory)."""
+    yield b'{"prompt": "'
+    block = b"x" * chunk
+    for _ in range(total // chunk):
+        yield block
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_a_100_mb_body_is_refused_before_it_is_read(sd, declared) -> None:
+    """No API key, 100 MB: a 413 in OpenAI's shape, at once, and the ingress does not hold the
+    body (Serve's proxy and replica move only what arrives before the answer)."""
+    url = f"{sd}/v1/images/generations"
+    assert httpx.post(url, json={"prompt": "x"}).status_code == 401  # warm: routes, connections
+    processes = {"ingress": ray_process("ray::ServeReplica:sd:Ingress"),
+                 "proxy": ray_process("ray::ProxyActor")}
+    headers = {"Content-Type": "application/json"}
+    if declared:
+        headers["Content-Length"] = str(100 * MiB + len(b'{"prompt": "'))
+    with PeakRss(processes) as rss:
+        started = time.monotonic()
+        response = httpx.post(url, content=body_of(100 * MiB), headers=headers, timeout=60)
+        took = time.monotonic() - started
+    grown = {name: round(rss.growth(name) / MiB, 1) for name in processes}
+    print(f"\n{'Content-Length' if declared else 'chunked'}: {response.status_code} in "
+          f"{took:.2f} s; peak RSS growth MiB {grown}; before MiB "
+          f"{ {n: round(b / MiB) for n, b in rss.before.items()} }")
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == {
+        "message": "the request body is larger than this server's limit of 1048576 bytes",
+        "type": "invalid_request_error", "param": None, "code": "request_too_large"}
+    assert took < 20
+    # A body read whole would add 100 MiB or more. What is added is what Serve's proxy and
+    # replica moved ahead of the app before the 413: at loopback speed 0-15 MiB with a
+    # Content-Length, 0-50 MiB chunked (measured on 2 busy cores); see docs/serve.md.
+    assert grown["ingress"] < 64, grown
+    # the next request on a new connection is served as usual
+    assert httpx.post(url, json={"prompt": "x"}, headers=AUTH, timeout=60).status_code == 200
 
 
 # -- batching ----------------------------------------------------------------------------------
@@ -396,7 +512,8 @@ def test_rays_serve_run_deploys_the_rayservice_import_path(serve_url, tmp_path) 
 
 def test_darkroom_serve_command_on_a_running_cluster(serve_url, dit, tmp_path) -> None:
     """`darkroom serve FILE` with RAY_ADDRESS set: deploys, prints the URL where the cluster's
-    proxy answers, and SIGTERM removes its own app only (the cluster's `dit` app stays)."""
+    proxy answers, and SIGTERM removes its own app only (the cluster's `dit` app stays); a name
+    the cluster already uses is refused."""
     import signal
     import subprocess
     import sys
@@ -429,3 +546,9 @@ def test_darkroom_serve_command_on_a_running_cluster(serve_url, dit, tmp_path) -
     finally:
         if process.poll() is None:
             process.kill()
+    # a name the cluster already uses is refused: deploying it would replace that app
+    serve_file.write_text(serve_file.read_text().replace("name: cmd", "name: dit"))
+    taken = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert taken.returncode == 2 and "Traceback" not in taken.stderr, taken.stderr[-2000:]
+    assert "already runs a Serve application named 'dit'" in taken.stderr
+    assert serve.status().applications["dit"].status == "RUNNING"

@@ -131,3 +131,53 @@ def test_request_limits_are_schema_constraints() -> None:
 def test_spec_round_trips_through_json() -> None:
     spec = load_spec(ROOT / "configs/serve/tiny.yaml")
     assert ServeSpec.model_validate(spec.model_dump(mode="json")) == spec
+
+
+def test_the_schema_offers_only_the_samplers_the_server_takes() -> None:
+    Request = request_model(Limits(), samplers=["ddim", "dpmpp_2m"])  # noqa: N806
+    sampler = Request.model_json_schema()["properties"]["sampler"]
+    assert {"enum": ["ddim", "dpmpp_2m"], "type": "string"} in sampler["anyOf"]
+    assert Request(prompt="x", sampler="ddim").sampler == "ddim"
+    for name, hint in [("", "known: ddim, dpmpp_2m"), ("dpmpp2m", "did you mean `dpmpp_2m`")]:
+        with pytest.raises(ValidationError) as err:
+            Request(prompt="x", sampler=name)
+        problem = err.value.errors()[0]
+        assert problem["loc"] == ("sampler",) and hint in problem["msg"], problem
+
+
+@pytest.mark.parametrize(("conditioning", "taken"),
+                         [("text", False), ("text+control", False), ("class", True), (None, True)])
+def test_class_label_is_taken_only_where_the_model_is_class_conditional(conditioning, taken):
+    Request = request_model(Limits(), samplers=["ddim"], conditioning=conditioning)  # noqa: N806
+    schema = Request.model_json_schema()["properties"]["class_label"]
+    assert Request(prompt="x").class_label is None
+    if taken:
+        assert Request(prompt="x", class_label=3).class_label == 3
+        assert {"type": "integer"} in schema["anyOf"]
+        return
+    assert schema.get("type") == "null"  # a client that follows the schema never sends one
+    with pytest.raises(ValidationError) as err:
+        Request(prompt="x", class_label=3)
+    problem = err.value.errors()[0]
+    assert problem["loc"] == ("class_label",)
+    assert f"{conditioning}-conditioned" in problem["msg"]
+
+
+def test_the_request_size_limit_has_bounds_and_room_for_the_prompts() -> None:
+    assert Limits().max_request_bytes == 2**20
+    for bad in (1024, 65 * 2**20):
+        with pytest.raises(ValidationError, match="max_request_bytes"):
+            Limits(max_request_bytes=bad)
+    with pytest.raises(ValidationError, match="too small for prompts of `max_prompt_chars`"):
+        Limits(max_prompt_chars=100_000, max_request_bytes=2**20)
+
+
+def test_the_drain_fits_in_the_stop(tmp_path, capsys) -> None:
+    from darkroom.serve.commands import STOP_SECONDS
+
+    assert load_spec(ROOT / "configs/serve/tiny.yaml").drain_timeout_s == 10
+    path = write(tmp_path, "model: {model: 'tiny:dit'}\ndrain_timeout_s: 30\n")
+    assert main(["serve", str(path), "--dry-run"]) == 2
+    assert "drain_timeout_s" in capsys.readouterr().err
+    limit = ServeSpec.model_fields["drain_timeout_s"].metadata
+    assert max(m.le for m in limit if hasattr(m, "le")) + 4 <= STOP_SECONDS < 20
