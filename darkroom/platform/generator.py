@@ -69,6 +69,7 @@ class Generator:
         sampler: SamplerSpec | Mapping[str, Any] | None = None,
         runtime: RuntimeSpec | Mapping[str, Any] | None = None,
         defaults: Mapping[str, Any] | None = None,
+        preload_adapters: bool = True,
     ) -> None:
         self.spec = ModelSpec.model_validate(model)
         self.sampler = SamplerSpec.model_validate(sampler or {})
@@ -78,7 +79,7 @@ class Generator:
         self.loaded: LoadedModel = load_model(self.spec, self.device)
         self.pipe = self.loaded.pipe
         self.family = self.loaded.family
-        self.adapters = self._load_adapters()
+        self.adapters = self._load_adapters(preload_adapters)
         apply_options(self.pipe, self.runtime)
         self.base_scheduler_config = dict(self.pipe.scheduler.config)
         self.vae_factor = int(getattr(self.pipe, "vae_scale_factor", 8))
@@ -219,11 +220,12 @@ class Generator:
                            f"only; {self.spec.label} is {self.family.name}")
         return json.dumps(parsed, sort_keys=True)
 
-    def _load_adapters(self) -> Adapters | None:
+    def _load_adapters(self, preload: bool) -> Adapters | None:
+        """The model's adapters: all loaded now, or (serve) each when first asked for."""
         if not self.spec.loras:
             return None
         adapters = Adapters(self.pipe, self.spec.allow_pickle, fuse=self.runtime.fuse_lora)
-        for lora in self.spec.loras:
+        for lora in self.spec.loras if preload else ():
             adapters.load(lora)
         return adapters
 

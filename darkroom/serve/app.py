@@ -17,8 +17,8 @@ from ray.serve import Application
 
 from darkroom.platform.config import validate
 from darkroom.platform.errors import UserError
-from darkroom.platform.samplers import SAMPLERS
-from darkroom.platform.sources import local_family
+from darkroom.platform.samplers import SAMPLERS, fitting
+from darkroom.platform.sources import local_family, sampler_kind
 from darkroom.serve.ingress import Ingress, IngressSettings
 from darkroom.serve.model import ImageModel
 from darkroom.serve.spec import ServeSpec, api_key_digest, load_spec
@@ -61,7 +61,8 @@ def application(spec: ServeSpec, stop: Any = None) -> Application:
     settings = IngressSettings(
         model_id=spec.model_id,
         limits=spec.limits,
-        samplers=list(SAMPLERS),
+        samplers=fitting_samplers(spec),
+        adapters=[lora.name for lora in spec.model.loras],
         conditioning=_conditioning(spec),
         api_key_sha256=api_key_digest(spec),
         retry_after_s=spec.retry_after_s,
@@ -81,6 +82,16 @@ def application(spec: ServeSpec, stop: Any = None) -> Application:
         ray_actor_options={"num_cpus": spec.ingress.num_cpus},
         backpressure_config=backpressure,
     ).bind(model, settings.model_dump(), stop)
+
+
+def fitting_samplers(spec: ServeSpec) -> list[str]:
+    """The samplers the served model takes, when its family is known here; else all of them."""
+    try:
+        family = local_family(spec.model)
+        kind = sampler_kind(spec.model, family) if family else None
+    except Exception:  # a folder only the cluster's nodes have: the replica checks each row
+        kind = None
+    return fitting(kind, family.unfit) if kind else list(SAMPLERS)
 
 
 def _conditioning(spec: ServeSpec) -> str | None:

@@ -30,6 +30,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import darkroom
+from darkroom.platform.errors import did_you_mean
 from darkroom.serve.guards import BodyLimit, BodyTooLarge, Gate, drain_on_signal, openai_error
 from darkroom.serve.protocol import (
     SEED_MAX,
@@ -65,6 +66,7 @@ class IngressSettings(BaseModel):
     limits: Limits
     samplers: list[str]
     conditioning: str | None = None  # the family's; None when it is not known before loading
+    adapters: list[str] = []  # LoRA adapters a request may name
     api_key_sha256: str | None = None
     retry_after_s: float = 1.0
     created: int = 0
@@ -107,7 +109,10 @@ class Ingress:
     async def _generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # Siblings of a refused image run to completion and are dropped: cancelling them from
         # here would block this event loop until their replica assignment resolves.
-        responses = [self.model.generate.remote(row) for row in rows]
+        # Serve's model multiplexing: each adapter's requests go to a replica that has it loaded,
+        # and a batch never mixes adapters (Serve splits batches by multiplexed model id)
+        responses = [self.model.generate.options(multiplexed_model_id=row["lora"] or "")
+                     .remote(row) for row in rows]
         results = await asyncio.gather(*responses, return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if any(isinstance(f, UNAVAILABLE) for f in failures):
@@ -177,7 +182,8 @@ def build_api(
 
     @app.get("/v1/models", response_model=ModelList, dependencies=auth, responses=ERROR_RESPONSES)
     async def models() -> ModelList:
-        return ModelList(data=[ModelCard(id=settings.model_id, created=settings.created)])
+        ids = [settings.model_id, *(f"{settings.model_id}:{a}" for a in settings.adapters)]
+        return ModelList(data=[ModelCard(id=i, created=settings.created) for i in ids])
 
     @app.post(
         "/v1/images/generations",
@@ -215,11 +221,7 @@ def build_api(
 
 def _rows(body: ImageRequest, settings: IngressSettings) -> list[dict[str, Any]]:
     """One request row per image, in the Generator's columns."""
-    if body.model is not None and body.model != settings.model_id:
-        raise BadRequest(
-            f"`model` {body.model!r} is not served here; this server serves "
-            f"{settings.model_id!r} (GET /v1/models)", "model",
-        )
+    lora = _adapter_of(body, settings)
     width, height = body.dimensions()
     seed = secrets.randbelow(2**31) if body.seed is None else body.seed
     return [
@@ -233,9 +235,34 @@ def _rows(body: ImageRequest, settings: IngressSettings) -> list[dict[str, Any]]
             "steps": body.steps,
             "guidance_scale": body.guidance_scale,
             "sampler": body.sampler,
+            "lora": lora,
+            "lora_scale": body.lora_scale,
         }
         for i in range(body.n)
     ]
+
+
+def _adapter_of(body: ImageRequest, settings: IngressSettings) -> str | None:
+    """The adapter a request names (`lora`, or `model: BASE:ADAPTER`), checked; None: base."""
+    from_model = None
+    if body.model is not None and body.model != settings.model_id:
+        prefix = f"{settings.model_id}:"
+        from_model = body.model.removeprefix(prefix) if body.model.startswith(prefix) else None
+        if from_model not in settings.adapters:
+            served = ", ".join([settings.model_id, *(prefix + a for a in settings.adapters)])
+            raise BadRequest(f"`model` {body.model!r} is not served here; this server serves "
+                             f"{served} (GET /v1/models)", "model")
+    if from_model and body.lora and body.lora != from_model:
+        raise BadRequest(f"`model` names adapter {from_model!r} but `lora` is {body.lora!r}; "
+                         "give one of them", "lora")
+    lora = body.lora or from_model or None
+    if lora is not None and lora not in settings.adapters:
+        raise BadRequest(f"unknown adapter `{lora}`;{did_you_mean(lora, settings.adapters)}"
+                         if settings.adapters else f"`lora` {lora!r}: this server has no "
+                         "adapters", "lora")
+    if body.lora_scale is not None and lora is None:
+        raise BadRequest("`lora_scale` needs an adapter: give `lora`", "lora_scale")
+    return lora
 
 
 def _auth(digest: str) -> Callable[..., None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import json
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +49,17 @@ class ImageModel:
                 "steps": self.spec.defaults.steps,
                 "guidance_scale": self.spec.defaults.guidance_scale,
             },
+            preload_adapters=False,  # each when first asked for, at most the cap at a time
         )
+        self.adapter_loads: dict[str, int] = {}  # name -> times its weights were read
+
+        async def adapter(name: str) -> Any:
+            return await self._load_adapter(name)
+
+        # Serve's model multiplexing: the least recently used adapter is dropped past the cap,
+        # and requests for an adapter are routed to a replica that has it loaded
+        self._adapter = serve.multiplexed(
+            max_num_models_per_replica=self.spec.max_adapters_per_replica)(adapter)
         self.conditioning = self.generator.family.conditioning
         self.class_conditional = self.conditioning == "class"
         self.checker = _safety_checker(self.spec) if self.spec.safety.on else None
@@ -72,6 +83,12 @@ class ImageModel:
 
     async def generate(self, row: dict[str, Any]) -> dict[str, Any]:
         """One request row in, one answer out (see `_answer`)."""
+        lora = serve.get_multiplexed_model_id() or row.get("lora")
+        if lora:
+            await self._adapter(lora)
+        row = {**row, "adapters": json.dumps([lora] if lora else []),
+               "lora_scale": row.get("lora_scale")}
+        row.pop("lora", None)
         if self.class_conditional and row.get("class_label") is None:
             row = {**row, "class_label": row.get("prompt")}
         if not self.class_conditional and row.get("class_label") is not None:
@@ -137,6 +154,25 @@ class ImageModel:
             # answered callers end their stream now, not after the next group
             yield [StopIteration if i in finished else PENDING for i in range(len(rows))]
 
+    async def _load_adapter(self, name: str) -> Any:
+        """Load an adapter on the pipeline thread; the handle Serve keeps unloads it there."""
+        lora = next((a for a in self.spec.model.loras if a.name == name), None)
+        if lora is None:  # the ingress checks names first; a direct caller may not
+            raise ValueError(f"unknown adapter `{name}`")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.pipeline, self.generator.adapters.load, lora)
+        self.adapter_loads[name] = self.adapter_loads.get(name, 0) + 1
+
+        async def unload() -> None:
+            await loop.run_in_executor(self.pipeline, self.generator.adapters.unload, name)
+
+        return _LoadedAdapter(name, unload)
+
+    def loaded_adapters(self) -> dict[str, Any]:
+        """Which adapters this replica holds, and how often each was loaded (for tests)."""
+        return {"loaded": sorted(self.generator.adapters.loaded) if self.generator.adapters
+                else [], "loads": dict(self.adapter_loads)}
+
     def _settings_key(self, row: dict[str, Any]) -> tuple:
         native = self.generator.native_size
         defaults = self.spec.defaults
@@ -147,9 +183,10 @@ class ImageModel:
                 int(row.get("width") or native),
                 int(row.get("height") or native),
                 float(_first(row.get("guidance_scale"), defaults.guidance_scale)),
+                str(row.get("adapters")), str(row.get("lora_scale")),
             )
         except (TypeError, ValueError):  # the Generator reports the bad field for this row
-            return ("", 0, 0, 0, 0.0)
+            return ("", 0, 0, 0, 0.0, "", "")
 
     def _generate(
         self, rows: list[dict[str, Any]], work: float, tickets: list[int]
@@ -179,6 +216,15 @@ class ImageModel:
             scores = dict(zip(made, score.tolist(), strict=True))
             flags = dict(zip(made, flag.tolist(), strict=True))
         return [_answer(row, scores.get(i), flags.get(i, False)) for i, row in enumerate(out)]
+
+
+class _LoadedAdapter:
+    """What Serve's multiplexing keeps per adapter; when Serve evicts it, it calls the `__del__`
+    given here (an instance attribute: Python's own finaliser never runs it)."""
+
+    def __init__(self, name: str, unload: Any) -> None:
+        self.name = name
+        self.__del__ = unload
 
 
 def _answer(row: dict[str, Any], score: float | None, flagged: bool) -> dict[str, Any]:
@@ -220,7 +266,7 @@ def _decode(png: bytes) -> np.ndarray:
 
 def _cost(key: tuple) -> float:
     """Work per image of a settings group: steps x pixels (cheapest first)."""
-    _, steps, width, height, _ = key
+    _, steps, width, height = key[:4]
     return steps * width * height
 
 

@@ -73,6 +73,10 @@ class ImageRequest(BaseModel):
         None, max_length=256, description="an end-user id (accepted, not stored)"
     )
     negative_prompt: str | None = Field(None, description="what the image should not show")
+    lora: str | None = Field(None, description="a LoRA adapter the server lists (GET "
+                             "/v1/models); the same as `model: BASE:ADAPTER`")
+    lora_scale: float | None = Field(None, ge=-10, le=10, allow_inf_nan=False,
+                                     description="times the adapter's own scale; default 1")
     steps: int | None = Field(None, ge=1, le=Limits().max_steps, description="denoising steps")
     guidance_scale: float | None = Field(
         None, ge=0, le=100, allow_inf_nan=False, description="classifier-free guidance scale"

@@ -27,10 +27,10 @@ from darkroom.evals.spec import SafetySpec as EvalSafetySpec
 from darkroom.platform.caching import family_problem
 from darkroom.platform.config import read_yaml_file, validate
 from darkroom.platform.errors import ModelLoadError, UserError
-from darkroom.platform.families import ModelSpec, device_problems
+from darkroom.platform.families import ModelSpec, device_problems, option_problems
 from darkroom.platform.runtime import RuntimeSpec
-from darkroom.platform.samplers import SamplerSpec
-from darkroom.platform.sources import local_family
+from darkroom.platform.samplers import SamplerSpec, fitting
+from darkroom.platform.sources import local_family, sampler_kind
 from darkroom.serve.protocol import Limits
 
 # `darkroom serve` stops within 20 s of a signal: the drain, then removing the app (see commands)
@@ -165,6 +165,9 @@ class ServeSpec(_Spec):
         64, ge=1, description="images waiting for a replica; beyond it, 503 with Retry-After"
     )
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After sent with a 503")
+    max_adapters_per_replica: int = Field(
+        4, ge=1, le=256, description="LoRA adapters a replica keeps loaded; past it the least "
+        "recently used is dropped (Serve model multiplexing)")
     drain_timeout_s: float = Field(
         10.0, ge=0, le=MAX_DRAIN_S,
         description="on SIGINT/SIGTERM, how long `darkroom serve` waits for requests in flight "
@@ -206,6 +209,13 @@ class ServeSpec(_Spec):
         cache_problem = family_problem(self.runtime.cache, family.name) if family else None
         if cache_problem:
             raise ValueError(cache_problem)
+        for field, message in option_problems(self.model, family) if family else ():
+            raise ValueError(f"`model.{field}`: {message}")
+        kind = sampler_kind(self.model, family) if family else None
+        fits = fitting(kind, family.unfit) if kind and family else None
+        if fits and self.defaults.sampler not in fits:
+            raise ValueError(f"`defaults.sampler` {self.defaults.sampler} does not fit "
+                             f"{family.name} models; set one of: {', '.join(fits)}")
         if self.defaults.steps > self.limits.max_steps:
             raise ValueError(
                 f"`defaults.steps` ({self.defaults.steps}) exceeds `limits.max_steps` "

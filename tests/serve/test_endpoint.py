@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import socket
 import threading
@@ -552,3 +553,118 @@ def test_darkroom_serve_command_on_a_running_cluster(serve_url, dit, tmp_path) -
     assert taken.returncode == 2 and "Traceback" not in taken.stderr, taken.stderr[-2000:]
     assert "already runs a Serve application named 'dit'" in taken.stderr
     assert serve.status().applications["dit"].status == "RUNNING"
+
+
+# -- LoRA adapters and the new families ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory) -> dict:
+    from darkroom.platform.adapters import save_random_lora
+
+    root = tmp_path_factory.mktemp("serve-loras")
+    return {name: str(save_random_lora("tiny:sd", root / name, seed=seed))
+            for seed, name in enumerate(("ink", "oil", "pastel"), start=1)}
+
+
+@pytest.fixture(scope="module")
+def lora_app(serve_url, adapters):
+    from ray import serve
+
+    spec = {
+        "name": "lora",
+        "model": {"name": "sd", "model": "tiny:sd",
+                  "loras": [{"name": n, "path": p} for n, p in adapters.items()]},
+        "defaults": {"sampler": "ddim", "steps": 2, "guidance_scale": 3.0},
+        "limits": {"max_n": 4, "max_steps": 4, "max_side": 64, "max_prompt_chars": 200},
+        "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.3},
+        "max_ongoing_requests": 16,
+        "max_adapters_per_replica": 2,
+        "resources": SMALL,
+        "runtime": {"device": "cpu"},
+        "safety": {"on": False},
+    }
+    url = deploy(serve_url, "lora", spec)
+    yield url, spec
+    serve.delete("lora")
+
+
+def test_models_list_each_adapter_and_an_unknown_one_is_a_400(lora_app) -> None:
+    url, _ = lora_app
+    ids = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]]
+    assert ids == ["sd", "sd:ink", "sd:oil", "sd:pastel"]
+    response = httpx.post(f"{url}/v1/images/generations", timeout=60,
+                          json={"prompt": "a fox", "lora": "inc"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "lora" and "did you mean `ink`?" in error["message"]
+
+
+def test_requests_get_their_adapter_and_batches_never_mix_them(lora_app, adapters) -> None:
+
+    from darkroom.platform.generator import Generator
+
+    url, spec = lora_app
+    body = {"prompt": "a lighthouse", "size": "32x32", "seed": 11}
+    direct = Generator(spec["model"], runtime={"device": "cpu"}, defaults=spec["defaults"])
+
+    def expected(lora: str | None) -> np.ndarray:
+        row = {"seed": 11, "prompt": "a lighthouse", "width": 32, "height": 32,
+               "adapters": json.dumps([lora] if lora else [])}
+        (out,) = direct.generate([row])
+        return np.asarray(Image.open(io.BytesIO(out["image"])).convert("RGB")).astype(int)
+
+    # alternating requests, as one client would send them: each gets its own adapter
+    for lora in ["ink", "oil", "ink", None, "oil", "ink"]:
+        extra = {"model": f"sd:{lora}"} if lora == "oil" else {"lora": lora} if lora else {}
+        response = httpx.post(f"{url}/v1/images/generations", json={**body, **extra}, timeout=120)
+        assert response.status_code == 200, response.text
+        got = decode(response.json()["data"][0]["b64_json"]).astype(int)
+        assert np.abs(got - expected(lora)).max() <= 1, lora
+    # four requests for each of two adapters at once: no batch holds both adapters
+    bodies = [{**body, "lora": lora, "seed": i} for i, lora in enumerate(["ink", "oil"] * 4)]
+    results = asyncio.run(post_many(f"{url}/v1/images/generations", bodies))
+    assert all(r.status_code == 200 for r in results)
+    assert max(r.json()["data"][0]["batch_size"] for r in results) <= 4
+
+
+def test_a_loaded_adapter_is_never_loaded_again_and_the_cap_holds(lora_app) -> None:
+    from ray import serve
+
+    url, _ = lora_app
+    model = serve.get_deployment_handle("ImageModel", app_name="lora")
+    before = model.loaded_adapters.remote().result()["loads"]
+    for lora in ["ink", "ink", "oil", "oil", "ink"]:
+        response = httpx.post(f"{url}/v1/images/generations", timeout=120,
+                              json={"prompt": "a fox", "size": "32x32", "lora": lora})
+        assert response.status_code == 200, response.text
+    state = model.loaded_adapters.remote().result()
+    assert state["loads"].get("ink", 0) - before.get("ink", 0) <= 1
+    assert state["loads"].get("oil", 0) - before.get("oil", 0) <= 1
+    response = httpx.post(f"{url}/v1/images/generations", timeout=120,
+                          json={"prompt": "a fox", "size": "32x32", "lora": "pastel"})
+    assert response.status_code == 200, response.text
+    state = model.loaded_adapters.remote().result()
+    assert len(state["loaded"]) <= 2 and "pastel" in state["loaded"]
+
+
+def test_a_flow_model_is_served_with_its_own_samplers(serve_url) -> None:
+    from ray import serve
+
+    url = deploy(serve_url, "flux", {
+        "model": {"model": "tiny:flux"},
+        "defaults": {"sampler": "flow_euler", "steps": 2, "guidance_scale": 3.5},
+        "resources": SMALL, "runtime": {"device": "cpu"}, "safety": {"on": False},
+    })
+    try:
+        response = httpx.post(f"{url}/v1/images/generations", timeout=120,
+                              json={"prompt": "a fox", "size": "32x32", "n": 2,
+                                    "sampler": "flow_dpmpp_2m"})
+        assert response.status_code == 200, response.text
+        assert all(decode(d["b64_json"]).shape == (32, 32, 3)
+                   for d in response.json()["data"])
+        response = httpx.post(f"{url}/v1/images/generations", timeout=60,
+                              json={"prompt": "a fox", "sampler": "ddim"})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "sampler"
+    finally:
+        serve.delete("flux")
