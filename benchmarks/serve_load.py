@@ -29,8 +29,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def drive(url: str, body: dict, clients: int, seconds: float, max_requests: int) -> dict:
-    """`clients` loops, each sending its next request when the last one is answered."""
+async def drive(url: str, body: dict, clients: int, seconds: float, max_requests: int,
+                rotate: list[dict] | None = None) -> dict:
+    """`clients` loops, each sending its next request when the last one is answered; `rotate`
+    cycles extra fields (e.g. the adapter) over the requests."""
     latencies: list[float] = []
     batches: list[int] = []
     statuses: dict[int, int] = {}
@@ -42,7 +44,8 @@ async def drive(url: str, body: dict, clients: int, seconds: float, max_requests
         while time.perf_counter() < deadline and sent < max_requests:
             sent += 1
             started = time.perf_counter()
-            response = await http.post(url, json={**body, "seed": sent})
+            extra = rotate[sent % len(rotate)] if rotate else {}
+            response = await http.post(url, json={**body, **extra, "seed": sent})
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
             if response.status_code == 200:
                 latencies.append(time.perf_counter() - started)
@@ -84,6 +87,50 @@ def measure(urls: dict[str, str], args: argparse.Namespace) -> dict[str, dict[in
     return best
 
 
+def measure_lora(args: argparse.Namespace, port: int) -> None:
+    """32 clients on one deployment with three adapters: all requests for one adapter, then the
+    three in rotation (Serve multiplexing keeps each batch to one adapter)."""
+    import tempfile
+
+    from ray import serve
+
+    from darkroom.platform.adapters import save_random_lora
+    from darkroom.serve.app import application
+    from darkroom.serve.spec import ServeSpec
+
+    root = tempfile.mkdtemp(prefix="darkroom-loras-")
+    loras = [{"name": n, "path": str(save_random_lora(args.model or "tiny:sd", f"{root}/{n}",
+                                                          seed=i))}
+             for i, n in enumerate(("a", "b", "c"), start=1)]
+    spec = ServeSpec.model_validate({
+        "name": "lora", "model": {"model": args.model or "tiny:sd", "loras": loras},
+        "defaults": {"sampler": "ddim", "steps": args.steps},
+        "limits": {"max_steps": max(args.steps, 1)},
+        "batching": {"max_batch_size": 16, "batch_wait_timeout_s": 0.05},
+        "max_ongoing_requests": 64, "max_adapters_per_replica": 3,
+        "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+        "safety": {"on": False}, "runtime": {"device": "cpu"},
+    })
+    serve.run(application(spec), name="lora", route_prefix="/lora")
+    url = f"http://127.0.0.1:{port}/lora/v1/images/generations"
+    body = {"prompt": args.prompt, "steps": args.steps, "size": "64x64"}
+    arms = {"1 adapter": [{"lora": "a"}], "3 adapters": [{"lora": n} for n in "abc"]}
+    for rotate in arms.values():  # load every adapter, settle the batch timings
+        asyncio.run(drive(url, body, 32, args.warmup, 10_000, rotate))
+    best: dict[str, dict] = {}
+    for round_ in range(args.rounds):
+        for arm, rotate in arms.items():
+            r = asyncio.run(drive(url, body, 32, args.seconds, args.max_requests, rotate))
+            print(f"  round {round_ + 1} {arm:>10} 32 clients: {r['rps']:7.1f} req/s  mean batch "
+                  f"{r['batch']:4.1f}  {r['statuses']}", file=sys.stderr, flush=True)
+            if r["rps"] > best.get(arm, {"rps": -1})["rps"]:
+                best[arm] = r
+    one, three = best["1 adapter"], best["3 adapters"]
+    print(f"LoRA, 32 clients: 1 adapter {one['rps']:.1f} req/s (mean batch {one['batch']:.1f}), "
+          f"3 adapters in rotation {three['rps']:.1f} req/s (mean batch {three['batch']:.1f}): "
+          f"{three['rps'] / one['rps']:.2f}x")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/serve/tiny.yaml")
@@ -97,12 +144,25 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per level")
     parser.add_argument("--safety", action="store_true", help="keep the safety filter on")
+    parser.add_argument("--lora", action="store_true",
+                        help="instead: 1 adapter vs 3 in rotation on one tiny:sd deployment")
     # logical CPUs for Ray's scheduling: both apps (a model replica and a front each) must fit
     parser.add_argument("--num-cpus", type=int, default=max(4, os.cpu_count() or 1))
     args = parser.parse_args()
 
     import ray
     from ray import serve
+
+    if args.lora:
+        port = free_port()
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        try:
+            measure_lora(args, port)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+        return 0
 
     from darkroom.platform.config import read_yaml_file
     from darkroom.serve.app import application

@@ -44,7 +44,8 @@ class ImageModel:
         self.generator = Generator(
             self.spec.model,
             sampler=self.spec.defaults.sampler_spec,
-            runtime=self.spec.runtime,
+            runtime=self.spec.runtime.model_copy(update={
+                "batch_size": self.spec.runtime.batch_size or self.spec.batching.max_batch_size}),
             defaults={
                 "steps": self.spec.defaults.steps,
                 "guidance_scale": self.spec.defaults.guidance_scale,
@@ -73,7 +74,11 @@ class ImageModel:
             initargs=(self.spec.runtime, self.generator.device),
         )
         self.safety = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safety")
-        self._batched.set_max_batch_size(self.spec.batching.max_batch_size)
+        # Serve splits a formed batch by adapter (multiplexed model id): room for a full batch
+        # of each adapter a replica holds, plus the base model; the Generator still calls the
+        # pipeline with at most max_batch_size rows
+        held = 1 + min(len(self.spec.model.loras), self.spec.max_adapters_per_replica)
+        self._batched.set_max_batch_size(self.spec.batching.max_batch_size * held)
         self._wait_s = self.spec.batching.batch_wait_timeout_s
         self._busy_until = 0.0  # when the running pipeline call is expected to end
         self._last_run_s = 0.0
@@ -117,13 +122,15 @@ class ImageModel:
         """How long a batch that starts forming now may wait for more requests.
 
         Serve forms the next batch while earlier ones run or wait, and closes a batch
-        `batch_wait_timeout_s` after its first request. While the pipeline is busy there is no
-        hurry: a batch may keep filling until the pipeline is expected to be free for it (the
-        running call, then the full batches already waiting), so busy periods give full batches
-        and only an idle pipeline pays the configured wait.
+        `batch_wait_timeout_s` after its first request. An idle replica with nothing waiting
+        starts at once. While the pipeline is busy there is no hurry: a batch may keep filling
+        until the pipeline is expected to be free for it (the running call, then the full
+        batches already waiting), so busy periods give full batches.
         """
         ahead = len(self._waiting) // self.spec.batching.max_batch_size
         busy_s = self._busy_until - time.monotonic() + ahead * self._last_run_s
+        if busy_s <= 0 and not self._waiting:
+            return 0.0  # an idle replica starts at once: a lone client never pays the wait
         return max(self._wait_s, busy_s)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05, max_concurrent_batches=2)
