@@ -1,0 +1,104 @@
+"""Bootstrap confidence intervals for a run's metrics and for the difference between two runs.
+
+Resampling works on rows that are already scored (features extracted once): a resample is a
+vector of counts, how often each row is drawn, and every metric computes its value from the rows
+weighted by those counts. When a prompt has several images the prompts are resampled and their
+images kept together (the cluster bootstrap, Davison & Hinkley 1997, section 3.8): images of one
+prompt are not independent, and treating them as such would make intervals too narrow.
+
+The interval is the percentile interval (Efron & Tibshirani 1993, chapter 13) of the resampled
+values, shifted so that their mean falls on the measured value. Drawing with replacement repeats
+rows, and a repeated row by itself moves a corpus metric (FID rises: the resample's features are
+less spread than the images'); the shift takes that drift out, so the interval is for the metric
+at this number of images against this reference. For a mean over images the shift is ~0.
+
+Two runs of one job share prompts and seeds: their difference is resampled with the same counts
+for both (paired), which removes the prompt-to-prompt variation both runs share. Runs that do
+not share them are resampled independently (unpaired).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+Resample = Callable[[np.ndarray], np.ndarray]  # counts (B x n) -> B values
+
+
+def resample_counts(groups: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """B x n counts: how often each of n rows is drawn in each of B resamples.
+
+    Rows with the same group (prompt) are drawn together: the groups are drawn with replacement,
+    as many as there are, and each row takes its group's count. With one row per group this is
+    the ordinary bootstrap over rows.
+    """
+    groups = np.asarray(groups)
+    if resamples < 1 or len(groups) == 0:
+        return np.zeros((0, len(groups)), np.int64)
+    _, inverse = np.unique(groups.astype(str), return_inverse=True)
+    count = int(inverse.max()) + 1
+    rng = np.random.default_rng(seed)
+    drawn = rng.multinomial(count, np.full(count, 1.0 / count), size=resamples)  # B x groups
+    return drawn[:, inverse]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A confidence interval at `level` from `resamples` resampled values."""
+
+    low: float
+    high: float
+    level: float
+    resamples: int
+
+    @property
+    def half_width(self) -> float:
+        """Half the interval's width: what `value ± half-width` shows."""
+        return (self.high - self.low) / 2
+
+
+def interval(value: float, replicates: np.ndarray, level: float = 0.95,
+             bounds: tuple[float, float] = (-np.inf, np.inf)) -> Interval | None:
+    """The percentile interval of `replicates` shifted onto `value`, clipped to the metric's
+    range (`bounds`); None when fewer than 10 resamples gave a finite value."""
+    reps = np.asarray(replicates, dtype=np.float64)
+    reps = reps[np.isfinite(reps)]
+    if len(reps) < 10 or not np.isfinite(value):
+        return None
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(reps, [tail, 1.0 - tail]) + (value - reps.mean())
+    low, high = max(low, bounds[0]), min(high, bounds[1])
+    return Interval(float(min(low, value)), float(max(high, value)), level, len(reps))
+
+
+BETTER, WORSE, SAME = "better", "worse", "no detectable difference"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A run's value minus the baseline's, its interval and what it means."""
+
+    delta: float
+    interval: Interval | None
+    verdict: str  # BETTER | WORSE | SAME (at the interval's level)
+    paired: bool
+
+
+def verdict(ci: Interval | None, higher_is_better: bool) -> str:
+    """Better or worse when the interval of (run - baseline) leaves out 0, else SAME."""
+    if ci is None or ci.low <= 0.0 <= ci.high:
+        return SAME
+    up = ci.low > 0.0
+    return BETTER if up == higher_is_better else WORSE
+
+
+def difference(value: float, baseline: float, replicates: np.ndarray,
+               baseline_replicates: np.ndarray, higher_is_better: bool, level: float = 0.95,
+               paired: bool = True) -> Difference:
+    """(run - baseline) with the percentile interval of the resampled differences; each pair
+    of replicates comes from the same counts (paired) or from independent ones (unpaired)."""
+    delta = value - baseline
+    ci = interval(delta, np.asarray(replicates) - np.asarray(baseline_replicates), level)
+    return Difference(delta, ci, verdict(ci, higher_is_better), paired)
