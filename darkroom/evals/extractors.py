@@ -7,12 +7,17 @@ protocol are never compared with features of another.
   float, then the TF-ported Inception-v3 of Heusel et al. 2017 (`inception-2015-12-05.pt`), 2048-d.
 - `clip`: CLIP image embeddings (Radford et al. 2021) through the model's own processor, for
   CLIP-FID (Kynkäänniemi et al. 2023).
-- `digits`: the bundled digits classifier's 64-d penultimate layer.
+- `dinov2`: DINOv2 (Oquab et al. 2023) CLS features through dgm-eval's preprocessing (PIL
+  bicubic resize to 224x224, ImageNet mean/std), for FD-DINOv2 (Stein et al. 2023); ViT-L/14
+  (`facebook/dinov2-large`) unless other weights are given.
+- `digits`: the bundled digits classifier's 64-d penultimate layer, standardised with the real
+  training digits' statistics (protocol 2; see `_digits_build`).
 - `tiny`: a fixed random conv net on a 32x32 clean resize; for smoke runs and tests only.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Sequence
@@ -31,6 +36,9 @@ INCEPTION_URL = (
 INCEPTION_ENV = "DARKROOM_INCEPTION_WEIGHTS"
 CLEANFID_CACHE = Path("/tmp")  # where clean-fid itself looks for (and downloads) the file
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+DEFAULT_DINOV2 = "facebook/dinov2-large"  # ViT-L/14, as Stein et al. 2023 use
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class WeightsMissing(UserError):
@@ -102,6 +110,12 @@ def _clean_resizer(size: int) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _file_sha256(path: Path) -> str:
+    stat = Path(path).stat()  # large weight files are hashed once per size and modification time
+    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_of(path: str, size: int, mtime: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -282,14 +296,39 @@ def per_size(fn: Callable[[list[np.ndarray]], np.ndarray]) -> Callable[..., np.n
     return wrapped
 
 
+@functools.lru_cache(maxsize=4)
+def _digits_standardisation(folder: str, weights_sha256: str) -> tuple[np.ndarray, float]:
+    """The mean feature vector and RMS standard deviation of the real training digits under the
+    classifier in `folder` (the sha names the weights, so new weights give new constants)."""
+    import torch
+
+    from darkroom.platform.zoo.data import digits_dataset
+
+    model = load_digits(folder)
+    images, _ = digits_dataset("train")
+    with torch.no_grad():
+        features = model.features(to_float_nchw(list(images))).double().numpy()
+    mean = features.mean(axis=0)
+    return mean, float(np.sqrt(((features - mean) ** 2).sum(axis=1).mean() / features.shape[1]))
+
+
 def _digits_build(weights: str | None, device: str = "cpu") -> FeatureExtractor:
     import torch
 
     model = load_digits(weights).to(device)
+    folder = _digits_folder(weights)
+    # Protocol 2: the raw features average |x|^2 / d of about 130, so KID's kernel
+    # (x.y / d + 1)^3 ran into the millions and KID into the thousands, often negative. Centred
+    # on the real training digits' mean and divided by their RMS standard deviation (one number
+    # for all dimensions: FID only scales by its square, rankings keep), x.y / d is about 1, as
+    # for Inception features.
+    mean, scale = _digits_standardisation(str(folder),
+                                          _file_sha256(folder / "model.safetensors"))
 
     def fn(images: list[np.ndarray]) -> np.ndarray:
         with torch.no_grad():
-            return model.features(to_float_nchw(images).to(device)).cpu().numpy()
+            raw = model.features(to_float_nchw(images).to(device)).cpu().double().numpy()
+        return (raw - mean) / scale
 
     return FeatureExtractor("digits", model.num_features, _digits_protocol(weights), per_size(fn))
 
@@ -298,9 +337,80 @@ def _digits_protocol(weights: str | None) -> dict[str, Any]:
     folder = _digits_folder(weights)
     if _digits_check(weights):
         raise WeightsMissing(_digits_check(weights))
-    return {"extractor": "digits", "weights": "digits-classifier",
+    return {"extractor": "digits", "version": 2, "weights": "digits-classifier",
             "weights_sha256": _file_sha256(folder / "model.safetensors"),
-            "resize": "bilinear antialias to 16x16", "features": "penultimate, 64"}
+            "resize": "bilinear antialias to 16x16", "features": "penultimate, 64",
+            "standardised": "minus the real training digits' mean feature, over their RMS "
+                            "standard deviation"}
+
+
+# -- dinov2 -------------------------------------------------------------------------------------
+
+
+def _is_local(name: str) -> bool:
+    return Path(name).expanduser().exists() or name.startswith((".", "/", "~"))
+
+
+def _dinov2_check(weights: str | None) -> str | None:
+    name = weights or DEFAULT_DINOV2
+    fix = ("download it where there is network (e.g. `hf download facebook/dinov2-large "
+           "--local-dir DIR`) and give that folder as `eval.dinov2_model` (or `eval.weights` "
+           "with feature_extractor dinov2)")
+    if _is_local(name):
+        if (Path(name).expanduser() / "config.json").is_file():
+            return None
+        return f"DINOv2 folder `{name}` has no config.json (Dinov2Model.save_pretrained); {fix}"
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return f"DINOv2 weights `{name}` are not on this machine (offline); {fix}"
+    return None
+
+
+def _dinov2_build(weights: str | None, device: str = "cpu") -> FeatureExtractor:
+    import torch
+    from PIL import Image
+    from transformers import Dinov2Model
+
+    reason = _dinov2_check(weights)
+    if reason:
+        raise WeightsMissing(reason)
+    name = weights or DEFAULT_DINOV2
+    try:
+        model = Dinov2Model.from_pretrained(
+            str(Path(name).expanduser()) if _is_local(name) else name).eval().to(device)
+    except OSError as err:
+        raise WeightsMissing(f"DINOv2 `{name}` could not be loaded "
+                             f"({str(err).splitlines()[0]}); give a local folder as "
+                             "`eval.dinov2_model`") from err
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def fn(images: Sequence[np.ndarray]) -> np.ndarray:
+        # dgm-eval: PIL bicubic resize of the 8-bit image to 224x224, to [0, 1], ImageNet norm
+        resized = np.stack([np.asarray(Image.fromarray(image).convert("RGB").resize(
+            (224, 224), Image.Resampling.BICUBIC)) for image in images])
+        batch = (torch.from_numpy(resized).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+        with torch.no_grad():
+            out = model(pixel_values=batch.to(device))
+        return out.pooler_output.float().cpu().numpy()  # the CLS token after the final norm
+
+    return FeatureExtractor("dinov2", int(model.config.hidden_size),
+                            _dinov2_protocol(weights), fn)
+
+
+def _dinov2_protocol(weights: str | None) -> dict[str, Any]:
+    name = weights or DEFAULT_DINOV2
+    folder = Path(name).expanduser()
+    identity = {"config_sha256": "hub"}
+    if _is_local(name) and (folder / "config.json").is_file():
+        identity = {"config_sha256": _file_sha256(folder / "config.json"),
+                    "weights_sha256": [_file_sha256(p) for p in sorted(
+                        folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))]}
+    return {"extractor": "dinov2", "weights": name, **identity,
+            "resize": "PIL bicubic 224x224 (8-bit), ImageNet mean/std (dgm-eval)",
+            "features": "CLS token after the final layer norm"}
 
 
 # -- tiny ---------------------------------------------------------------------------------------
@@ -347,6 +457,9 @@ register_extractor("inception", ExtractorEntry(
     "Inception-v3 pool3 (clean-fid clean protocol)"))
 register_extractor("clip", ExtractorEntry(
     _clip_build, _clip_protocol, _clip_check, "CLIP image embeddings"))
+register_extractor("dinov2", ExtractorEntry(
+    _dinov2_build, _dinov2_protocol, _dinov2_check,
+    "DINOv2 CLS features (dgm-eval preprocessing), for FD-DINOv2"))
 register_extractor("digits", ExtractorEntry(
     _digits_build, _digits_protocol, _digits_check,
     "the bundled digits classifier's penultimate layer"))
