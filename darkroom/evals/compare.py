@@ -18,7 +18,7 @@ from darkroom.evals.metrics import HIGHER_IS_BETTER, METRICS
 from darkroom.platform.errors import UserError, did_you_mean
 
 SPEED = "images_per_s"
-QUALITY = [m.key for m in METRICS.values()]
+QUALITY = [m.key for m in METRICS.values() if "*" not in m.key]
 
 
 @dataclass
