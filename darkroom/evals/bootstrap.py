@@ -7,10 +7,13 @@ images kept together (the cluster bootstrap, Davison & Hinkley 1997, section 3.8
 prompt are not independent, and treating them as such would make intervals too narrow.
 
 The interval is the percentile interval (Efron & Tibshirani 1993, chapter 13) of the resampled
-values, shifted so that their mean falls on the measured value. Drawing with replacement repeats
-rows, and a repeated row by itself moves a corpus metric (FID rises: the resample's features are
-less spread than the images'); the shift takes that drift out, so the interval is for the metric
-at this number of images against this reference. For a mean over images the shift is ~0.
+values. For statistics that drift under resampling it is shifted so that the resampled values'
+mean falls on the measured value: drawing with replacement repeats rows, and repeats by
+themselves move some corpus metrics (FID rises: the resample's features are less spread than the
+images'; recall and coverage fall: fewer distinct images span less); the shift takes that drift
+out, so the interval is for the metric at this number of images against this reference. Means
+over images do not drift and are not shifted (a shift would only add noise, and could lift an
+interval off 0 when most resamples sit exactly on it).
 
 Two runs of one job share prompts and seeds: their difference is resampled with the same counts
 for both (paired), which removes the prompt-to-prompt variation both runs share. Runs that do
@@ -60,15 +63,17 @@ class Interval:
 
 
 def interval(value: float, replicates: np.ndarray, level: float = 0.95,
-             bounds: tuple[float, float] = (-np.inf, np.inf)) -> Interval | None:
-    """The percentile interval of `replicates` shifted onto `value`, clipped to the metric's
-    range (`bounds`); None when fewer than 10 resamples gave a finite value."""
+             bounds: tuple[float, float] = (-np.inf, np.inf), shift: bool = False
+             ) -> Interval | None:
+    """The percentile interval of `replicates` (shifted onto `value` when `shift`: statistics
+    that drift under resampling), clipped to the metric's range (`bounds`); None when fewer than
+    10 resamples gave a finite value."""
     reps = np.asarray(replicates, dtype=np.float64)
     reps = reps[np.isfinite(reps)]
     if len(reps) < 10 or not np.isfinite(value):
         return None
     tail = (1.0 - level) / 2.0
-    low, high = np.quantile(reps, [tail, 1.0 - tail]) + (value - reps.mean())
+    low, high = np.quantile(reps, [tail, 1.0 - tail]) + (value - reps.mean() if shift else 0.0)
     low, high = max(low, bounds[0]), min(high, bounds[1])
     return Interval(float(min(low, value)), float(max(high, value)), level, len(reps))
 
@@ -96,9 +101,10 @@ def verdict(ci: Interval | None, higher_is_better: bool) -> str:
 
 def difference(value: float, baseline: float, replicates: np.ndarray,
                baseline_replicates: np.ndarray, higher_is_better: bool, level: float = 0.95,
-               paired: bool = True) -> Difference:
+               paired: bool = True, shift: bool = False) -> Difference:
     """(run - baseline) with the percentile interval of the resampled differences; each pair
     of replicates comes from the same counts (paired) or from independent ones (unpaired)."""
     delta = value - baseline
-    ci = interval(delta, np.asarray(replicates) - np.asarray(baseline_replicates), level)
+    ci = interval(delta, np.asarray(replicates) - np.asarray(baseline_replicates), level,
+                  shift=shift)
     return Difference(delta, ci, verdict(ci, higher_is_better), paired)

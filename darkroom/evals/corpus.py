@@ -66,7 +66,7 @@ def frechet(features: np.ndarray, ref: Stats, backend: str) -> Statistic:
         value = BACKENDS[backend].fid(Stats.of(features), ref)
     except ValueError as err:
         raise Unavailable(str(err)) from err
-    return Statistic(value, Frechet(features, ref), NON_NEGATIVE)
+    return Statistic(value, Frechet(features, ref), NON_NEGATIVE, drifts=True)
 
 
 def fid(scores: RunScores, ctx: Context) -> dict[str, Statistic]:
@@ -97,7 +97,7 @@ def kid(scores: RunScores, ctx: Context) -> dict[str, Statistic]:
     # estimates); its reference-only term is a constant, which the interval's shift onto the
     # value takes out, so it is not computed.
     resample = MMD(gen, reference, polynomial_kernel, reference_term=False)
-    return {"kid": Statistic(value, resample)}
+    return {"kid": Statistic(value, resample, drifts=True)}
 
 
 def cmmd(scores: RunScores, ctx: Context) -> dict[str, Statistic]:
@@ -136,7 +136,9 @@ def _manifold_statistic(scores: RunScores, ctx: Context, name: str, k: int,
                         bounds: tuple[float, float]) -> dict[str, Statistic]:
     manifolds = _manifolds(scores, ctx, k, name)
     resample = getattr(manifolds, name)
-    return {name: Statistic(float(resample(_ones(scores))[0]), resample, bounds)}
+    # recall and coverage count distinct drawn images, which a resample has fewer of
+    return {name: Statistic(float(resample(_ones(scores))[0]), resample, bounds,
+                            drifts=name in ("recall", "coverage"))}
 
 
 def precision(scores: RunScores, ctx: Context) -> dict[str, Statistic]:
@@ -187,7 +189,7 @@ def fid_per_category(scores: RunScores, ctx: Context) -> dict[str, Statistic]:
         whole = frechet(features[rows], ref, ctx.spec.backend)
         out[category_key(category)] = Statistic(
             whole.value, lambda counts, rows=rows, f=whole.resample: f(counts[:, rows]),
-            NON_NEGATIVE)
+            NON_NEGATIVE, drifts=True)
     if not out:
         raise Unavailable("no category has 2 or more images")
     return out

@@ -217,7 +217,7 @@ def with_intervals(stats: dict[str, Statistic], counts: np.ndarray,
         values[key] = stat.value
         if stat.resample is None or not len(counts):
             continue
-        ci = interval(stat.value, stat.resample(counts), level, stat.bounds)
+        ci = interval(stat.value, stat.resample(counts), level, stat.bounds, stat.drifts)
         if ci is not None:
             values[key + CI_LOW], values[key + CI_HIGH] = ci.low, ci.high
     return values

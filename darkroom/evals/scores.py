@@ -87,11 +87,13 @@ class Context:
 @dataclass
 class Statistic:
     """One MLflow key's value, and (when it can be resampled) its value for each row of a
-    B x n counts matrix over the run's rows; `bounds` is the metric's range."""
+    B x n counts matrix over the run's rows; `bounds` is the metric's range; `drifts` when
+    resampling by itself moves it (its interval is then shifted onto the value)."""
 
     value: float
     resample: Resample | None = None
     bounds: tuple[float, float] = (-np.inf, np.inf)
+    drifts: bool = False
 
 
 def mean_statistic(values: np.ndarray, use: np.ndarray | None = None,
