@@ -56,11 +56,41 @@ def test_fid_interval_covers_the_true_fid_of_two_known_gaussians():
         frechet = Frechet(x, reference)
         value = frechet(np.ones((1, 500)))[0]
         counts = resample_counts(np.arange(500), 200, seed=trial)
-        ci = interval(value, frechet(counts))
+        ci = interval(value, frechet(counts), shift=True)  # FID drifts under resampling
         covered += ci.low <= truth <= ci.high
         widths.append(ci.high - ci.low)
     assert covered >= 90, (covered, truth)
     assert np.mean(widths) < truth  # informative, not a blanket interval
+
+
+@pytest.mark.slow
+def test_fid_interval_is_for_fid_at_this_image_count():
+    """With 64-d features and 500 images FID's own sample-size bias (Chong & Forsyth 2020) is
+    larger than its spread: the interval is for the FID a run of 500 images gets (its
+    expectation, estimated from 400 independent runs), and covers that, not the infinite-sample
+    value."""
+    d, n = 64, 500
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(d, d)) / np.sqrt(d)
+    mu_g, s_g = np.full(d, 0.5), mixing @ mixing.T + 0.5 * np.eye(d)
+    reference = Stats(np.zeros(d), np.eye(d), 10**9)
+
+    def sample(seed: int) -> np.ndarray:
+        return np.random.default_rng(seed).multivariate_normal(mu_g, s_g, size=n)
+
+    at_n = np.mean([Frechet(sample(5000 + t), reference)(np.ones((1, n)))[0]
+                    for t in range(400)])
+    infinite = true_fid(mu_g, s_g, np.zeros(d), np.eye(d))
+    covered, covered_infinite = 0, 0
+    for trial in range(100):
+        frechet = Frechet(sample(1000 + trial), reference)
+        value = frechet(np.ones((1, n)))[0]
+        ci = interval(value, frechet(resample_counts(np.arange(n), 200, seed=trial)),
+                      shift=True)
+        covered += ci.low <= at_n <= ci.high
+        covered_infinite += ci.low <= infinite <= ci.high
+    assert covered >= 90, covered
+    assert covered_infinite < 10 and at_n > infinite + 2
 
 
 def test_mean_interval_covers_with_prompts_and_row_resampling_would_not():
