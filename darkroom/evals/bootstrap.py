@@ -4,7 +4,12 @@ Resampling works on rows that are already scored (features extracted once): a re
 vector of counts, how often each row is drawn, and every metric computes its value from the rows
 weighted by those counts. When a prompt has several images the prompts are resampled and their
 images kept together (the cluster bootstrap, Davison & Hinkley 1997, section 3.8): images of one
-prompt are not independent, and treating them as such would make intervals too narrow.
+prompt are not independent, and treating them as such would make intervals too narrow. When the
+prompts come in classes or categories (a prompt set built with so many prompts per class), they
+are resampled within each (the stratified bootstrap, ibid. section 3.2.2), so a resample keeps
+the set's balance: corpus metrics react strongly to how many images each class has, and a
+resample that changed it would widen the interval with a variation the prompt set, by design,
+does not have.
 
 The interval is the percentile interval (Efron & Tibshirani 1993, chapter 13) of the resampled
 values. For statistics that drift under resampling it is shifted so that the resampled values'
@@ -30,20 +35,30 @@ import numpy as np
 Resample = Callable[[np.ndarray], np.ndarray]  # counts (B x n) -> B values
 
 
-def resample_counts(groups: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+def resample_counts(groups: np.ndarray, resamples: int, seed: int,
+                    strata: np.ndarray | None = None) -> np.ndarray:
     """B x n counts: how often each of n rows is drawn in each of B resamples.
 
     Rows with the same group (prompt) are drawn together: the groups are drawn with replacement,
-    as many as there are, and each row takes its group's count. With one row per group this is
-    the ordinary bootstrap over rows.
+    as many as there are, and each row takes its group's count. With `strata` (one per row, the
+    same for all rows of a group), the groups of each stratum are drawn from that stratum only,
+    as many as it has. With one row per group this is the ordinary bootstrap over rows.
     """
-    groups = np.asarray(groups)
+    groups = np.asarray(groups).astype(str)
     if resamples < 1 or len(groups) == 0:
         return np.zeros((0, len(groups)), np.int64)
-    _, inverse = np.unique(groups.astype(str), return_inverse=True)
+    _, inverse = np.unique(groups, return_inverse=True)
     count = int(inverse.max()) + 1
+    layer = np.zeros(count, dtype=np.int64)  # the stratum of each group
+    if strata is not None:
+        _, codes = np.unique(np.asarray(strata).astype(str), return_inverse=True)
+        layer[inverse] = codes
     rng = np.random.default_rng(seed)
-    drawn = rng.multinomial(count, np.full(count, 1.0 / count), size=resamples)  # B x groups
+    drawn = np.zeros((resamples, count), dtype=np.int64)
+    for stratum in np.unique(layer):
+        members = np.flatnonzero(layer == stratum)
+        drawn[:, members] = rng.multinomial(len(members), np.full(len(members), 1 / len(members)),
+                                            size=resamples)
     return drawn[:, inverse]
 
 

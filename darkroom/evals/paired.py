@@ -171,14 +171,14 @@ def compare_runs(run: RunData, base: RunData, metrics: list[str], resamples: int
     notes = []
     if why_not is None:
         mine, theirs = run.scores.take(a), base.scores.take(b)
-        counts = resample_counts(mine.groups(), resamples, seed)
+        counts = mine.counts(resamples, seed)
         other = counts
         if len(a) < max(run.scores.count, base.scores.count):
             notes.append(f"paired over the {len(a)} images both runs have")
     else:
         mine, theirs = run.scores, base.scores
-        counts = resample_counts(mine.groups(), resamples, seed)
-        other = resample_counts(theirs.groups(), resamples, seed + 1)
+        counts = mine.counts(resamples, seed)
+        other = theirs.counts(resamples, seed + 1)
         notes.append(f"unpaired: {why_not}; each run resampled on its own")
     differences: dict[str, Difference] = {}
     missing: dict[str, str] = {}

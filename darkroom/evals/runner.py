@@ -13,7 +13,6 @@ import numpy as np
 import pyarrow as pa
 
 from darkroom.evals import tracking as track
-from darkroom.evals.bootstrap import resample_counts
 from darkroom.evals.categories import prompt_categories
 from darkroom.evals.extractors import check_extractor, extractor_protocol
 from darkroom.evals.features import align, image_hashes, left_out, read_features, write_features
@@ -168,7 +167,7 @@ def evaluate_runs(run_dirs: list[Path], spec: EvalSpec,
         ctx.memo["category_reason"] = categories[1]
         ctx.warnings += _unreadable_warnings(result, bad_files)
         stats, result.missing = statistics(scores, ctx, spec.metrics, skipped)
-        counts = resample_counts(scores.groups(), spec.bootstrap.resamples, spec.bootstrap.seed)
+        counts = scores.counts(spec.bootstrap.resamples, spec.bootstrap.seed)
         result.metrics = with_intervals(stats, counts, spec.bootstrap.level)
         result.warnings = list(ctx.warnings)
         for name, reason in result.missing.items():

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from darkroom.evals.bootstrap import Resample
+from darkroom.evals.bootstrap import Resample, resample_counts
 from darkroom.evals.distances import Stats
 
 FEATURES = "features."  # column prefix: features.<extractor>
@@ -59,6 +59,20 @@ class RunScores:
         if "prompt_id" in self.columns:
             return np.asarray(self.columns["prompt_id"]).astype(str)
         return np.asarray(self.columns["row_id"]).astype(str)
+
+    def strata(self) -> np.ndarray | None:
+        """The class (`class_label`) or, failing that, the `category` of each row's prompt, when
+        every row has one: prompts are resampled within it."""
+        for name in ("class_label", "category"):
+            values = self.columns.get(name)
+            if values is not None and len(values) and all(
+                    v is not None and v == v and v != "" for v in values):
+                return np.asarray(values).astype(str)
+        return None
+
+    def counts(self, resamples: int, seed: int) -> np.ndarray:
+        """Bootstrap counts over the rows: prompts drawn with their images, within classes."""
+        return resample_counts(self.groups(), resamples, seed, self.strata())
 
     def take(self, rows: np.ndarray) -> RunScores:
         """The same run restricted to (and ordered by) the given row positions."""

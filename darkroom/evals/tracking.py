@@ -286,13 +286,18 @@ NAME_PARTS = {
 
 
 def run_names(infos: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Distinct names for a job's runs (run_id -> name): the base name, plus every other setting
-    whose value differs between the job's runs (eta, sampler overrides, size, seed, model
-    source); the run id where that still leaves two the same."""
+    """Distinct names for a job's runs (run_id -> name): the base name, then, among runs that
+    still share a name, every other setting whose value differs between them (eta, sampler
+    overrides, size, seed, model source); the run id where that still leaves two the same."""
     names = {run_id: run_name(info, run_id) for run_id, info in infos.items()}
     for part in NAME_PARTS.values():
-        if len({part(info) for info in infos.values()}) > 1:
-            names = {run_id: f"{names[run_id]}-{part(info)}" for run_id, info in infos.items()}
+        groups: dict[str, list[str]] = {}
+        for run_id, name in names.items():
+            groups.setdefault(name, []).append(run_id)
+        for members in groups.values():
+            if len({part(infos[r]) for r in members}) > 1:
+                for r in members:
+                    names[r] = f"{names[r]}-{part(infos[r])}"
     counts = {n: list(names.values()).count(n) for n in names.values()}
     return {run_id: name if counts[name] == 1 else f"{name}-{run_id[:8]}"
             for run_id, name in names.items()}

@@ -31,6 +31,19 @@ def test_counts_draw_prompts_with_their_images():
     assert resample_counts(groups, 0, seed=1).shape == (0, 6)  # bootstrap off
 
 
+def test_counts_keep_the_classes_of_a_balanced_prompt_set():
+    """Prompts drawn within their class: every resample has as many prompts of each class as
+    the run, while which prompts (and how often each) varies."""
+    prompts = np.repeat(np.arange(20), 3)  # 20 prompts, 3 images each
+    classes = np.repeat(np.arange(20) % 4, 3)  # 5 prompts per class
+    counts = resample_counts(prompts, 300, seed=0, strata=classes)
+    for c in range(4):
+        assert (counts[:, classes == c].sum(axis=1) == 15).all()
+    assert len({tuple(row) for row in counts}) > 250
+    free = resample_counts(prompts, 300, seed=0)
+    assert (free[:, classes == 0].sum(axis=1) != 15).mean() > 0.5
+
+
 def true_fid(mu1, s1, mu2, s2) -> float:
     """The Fréchet distance between two Gaussians, from the formula (Dowson & Landau 1982)."""
     root = scipy.linalg.sqrtm(s2)

@@ -176,3 +176,7 @@ def test_runs_that_differ_only_in_eta_or_overrides_get_distinct_names():
     assert names["b"] == "tiny-sd-ddim-s3-g5.0-eta0.5-default"
     assert names["d"] == "tiny-sd-ddim-s3-g5.0-eta0.5-timestep_spacing=trailing"
     assert run_names({"a": base}) == {"a": "tiny-sd-ddim-s3-g5.0"}  # nothing differs
+    # a setting is added only where it tells apart runs that would share a name
+    other = {**base, "model_label": "tiny-dit", "model": {"model": "tiny:dit"}, "eta": 0.5}
+    assert run_names({"a": {**base, "model": {"model": "tiny:sd"}}, "e": other}) == {
+        "a": "tiny-sd-ddim-s3-g5.0", "e": "tiny-dit-ddim-s3-g5.0"}
