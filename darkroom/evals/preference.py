@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from darkroom.evals.extractors import WeightsMissing
+from darkroom.evals.extractor_types import WeightsMissing, is_local
 from darkroom.platform.errors import UserError, did_you_mean
 
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # the processor PickScore uses
@@ -45,10 +45,6 @@ class ScorerEntry:
     description: str
 
 
-def _is_local(name: str) -> bool:
-    return Path(name).expanduser().exists() or name.startswith((".", "/", "~"))
-
-
 class PickScore:
     """PickScore (Kirstain et al. 2023) from a local folder (model and processor saved there)
     or a hub id (processor from the LAION CLIP-H repository, as the authors load it)."""
@@ -56,7 +52,7 @@ class PickScore:
     def __init__(self, weights: str, device: str = "cpu") -> None:
         from transformers import AutoProcessor, CLIPModel
 
-        local = _is_local(weights)
+        local = is_local(weights)
         folder = Path(weights).expanduser()
         if local and not (folder / "config.json").is_file():
             raise WeightsMissing(
