@@ -197,7 +197,7 @@ class MMD:
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray,
-                 kernel: Callable[[np.ndarray, np.ndarray], np.ndarray], block: int = 2048,
+                 kernel: Callable[[np.ndarray, np.ndarray], np.ndarray], block: int = 1024,
                  reference_term: bool = True):
         self.x, self.y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         self.kernel, self.block = kernel, block

@@ -4,7 +4,6 @@ categories of per-category FID; contact sheets; run names."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,32 +22,19 @@ def _images(count: int, size: int = 40, seed: int = 0) -> list[np.ndarray]:
     return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(count)]
 
 
-@pytest.fixture(scope="module")
-def tiny_dinov2(tmp_path_factory) -> Path:
-    """A random-init Dinov2Model (one layer, 32 wide, 14 px patches at 224) saved to a folder."""
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("dinov2")
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                          mlp_ratio=2, image_size=224, patch_size=14)
-    Dinov2Model(config).eval().save_pretrained(folder)
-    return folder
-
-
-def test_dinov2_features_follow_the_dgm_eval_protocol(tiny_dinov2):
+def test_dinov2_features_follow_the_dgm_eval_protocol(tiny_dinov2_dir):
     """Our features against the protocol done by hand: torchvision's PIL bicubic resize to
     224x224, ToTensor, ImageNet normalisation, then the CLS token of the final layer norm."""
     import torchvision.transforms as T
     from transformers import Dinov2Model
 
-    extractor = load_extractor("dinov2", str(tiny_dinov2))
+    extractor = load_extractor("dinov2", str(tiny_dinov2_dir))
     images = _images(3, size=48) + _images(1, size=20, seed=1)
     features = np.concatenate([extractor(images[:3]), extractor(images[3:])])
     assert features.shape == (4, 32) and extractor.num_features == 32
     prepare = T.Compose([T.Resize((224, 224), T.InterpolationMode.BICUBIC), T.ToTensor(),
                          T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-    model = Dinov2Model.from_pretrained(tiny_dinov2).eval()
+    model = Dinov2Model.from_pretrained(tiny_dinov2_dir).eval()
     with torch.no_grad():
         batch = torch.stack([prepare(Image.fromarray(i)) for i in images])
         hidden = model.encoder(model.embeddings(batch)).last_hidden_state
@@ -57,10 +43,10 @@ def test_dinov2_features_follow_the_dgm_eval_protocol(tiny_dinov2):
     assert "224" in extractor.protocol["resize"] and extractor.protocol["weights_sha256"]
 
 
-def test_fd_dinov2_of_identical_sets_is_zero_and_grows_with_a_difference(tiny_dinov2):
-    extractor = load_extractor("dinov2", str(tiny_dinov2))
+def test_fd_dinov2_of_identical_sets_is_zero_and_grows_with_a_difference(tiny_dinov2_dir):
+    extractor = load_extractor("dinov2", str(tiny_dinov2_dir))
     real = extractor(_images(60, seed=2))
-    spec = EvalSpec(dinov2_model=str(tiny_dinov2))
+    spec = EvalSpec(dinov2_model=str(tiny_dinov2_dir))
     ctx = Context(spec, references={"dinov2": Stats.of(real)})
     same = fd_dinov2(RunScores("r", {"row_id": np.arange(60), "features.dinov2": real}), ctx)
     assert abs(same["fd_dinov2"].value) < 1e-6

@@ -263,3 +263,23 @@ def test_features_are_cached_per_run_and_extractor(evaluated, sd_job, monkeypatc
     assert set(again) >= {"fid_category.indoor", "fid_category.outdoor",
                           "fid_category.indoor_ci_low"}
     assert again["fid_category.indoor"] != again["fid_category.outdoor"]
+
+
+def test_fd_dinov2_and_cmmd_through_the_actors(evaluated, sd_job, tiny_dinov2_dir,
+                                               tiny_clip_dir):
+    """FD-DINOv2 and CMMD end to end with small random-init models: their features extracted on
+    the actors (and cached), reference statistics for each extractor, values with intervals."""
+    from darkroom.evals.results import read_record
+
+    spec = EvalSpec.model_validate({**evaluated["spec"].model_dump(),
+                                    "metrics": ["fd_dinov2", "cmmd"],
+                                    "dinov2_model": str(tiny_dinov2_dir)})
+    results = evaluate_job(sd_job, spec, TrackingSpec(uri=evaluated["uri"]), experiment="smoke",
+                           job_spec=JOB_SPEC, run_ids=["run-ddim-1"])
+    metrics = results[0]["metrics"]
+    assert metrics["fd_dinov2"] > 0 and metrics["cmmd"] == pytest.approx(
+        evaluated["results"]["run-ddim-1"]["metrics"]["cmmd"], rel=1e-6)  # clip cached
+    assert metrics["fd_dinov2_ci_low"] <= metrics["fd_dinov2"] <= metrics["fd_dinov2_ci_high"]
+    record = read_record(sd_job / "run-ddim-1")
+    assert record["protocols"]["dinov2"]["weights"] == str(tiny_dinov2_dir)
+    assert record["references"]["dinov2"]["count"] == 40
