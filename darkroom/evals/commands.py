@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     c = subparsers.add_parser(
         "compare", help="rank an experiment's runs, with intervals; against a baseline; HTML",
         description="Print an experiment's runs ranked by a metric, each value with ± half its "
-        "95%% interval; --baseline adds every run's difference to one run with its interval and "
+        "95% interval; --baseline adds every run's difference to one run with its interval and "
         "a verdict; --html also writes a report (contact sheets, quality vs speed with the "
         "Pareto front, metric vs steps) and logs it to MLflow.",
     )
