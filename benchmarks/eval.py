@@ -110,7 +110,7 @@ def actor_pool(paths: list[str], extractor: str, weights: str | None, batch: int
     """(end-to-end seconds, seconds from the first batch's start to the last batch's end)."""
     from darkroom.evals.scoring import ScorePlan, images_dataset, scored_dataset
 
-    plan = ScorePlan(features=extractor, weights=weights)
+    plan = ScorePlan(features={extractor: weights})
     ds = scored_dataset(images_dataset(paths, ["bench"] * len(paths)), plan, actors, batch,
                         actor=TimedScorer)
     start = time.perf_counter()

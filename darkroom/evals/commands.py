@@ -19,13 +19,17 @@ def register(subparsers) -> None:
         "start from the eval: section of the folder's job.yaml; flags override them.",
     )
     p.add_argument("output_dir", help="a job folder (OUTPUT/<job>) or a run folder in it")
-    p.add_argument("--metrics", help="comma-separated: fid,kid,clip_score,safety,class_accuracy")
-    p.add_argument("--feature-extractor", help="for fid/kid: inception, clip, digits, tiny")
+    p.add_argument("--metrics", help="comma-separated: fid,kid,fd_dinov2,cmmd,precision,recall,"
+                   "density,coverage,fid_per_category,clip_score,safety,class_accuracy,pickscore")
+    p.add_argument("--feature-extractor",
+                   help="for fid, kid, precision/recall: inception, clip, dinov2, digits, tiny")
     p.add_argument("--reference", help="builtin:NAME, a folder of images, a .parquet, or a .npz")
     p.add_argument("--weights", help="the feature extractor's weights (file or folder)")
     p.add_argument("--clip-model", help="CLIP for clip_score: a local folder or hub id")
     p.add_argument("--backend", choices=["cleanfid", "torchmetrics"], help="FID/KID math")
     p.add_argument("--safety-threshold", type=float, help="flag at or above this NSFW score")
+    p.add_argument("--resamples", type=int,
+                   help="bootstrap resamples for the intervals (0: none; default 500)")
     p.add_argument("--runs", help="comma-separated run ids (default: all runs)")
     p.add_argument("--experiment", help="MLflow experiment (default: the job name)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's)")
@@ -33,19 +37,23 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run_eval)
 
     c = subparsers.add_parser(
-        "compare", help="rank an experiment's runs; optional HTML report",
-        description="Print an experiment's runs ranked by a metric; --html also writes a report "
-        "(contact sheets, quality vs speed with the Pareto front, metric vs steps) and logs it "
-        "to MLflow.",
+        "compare", help="rank an experiment's runs, with intervals; against a baseline; HTML",
+        description="Print an experiment's runs ranked by a metric, each value with ± half its "
+        "95% interval; --baseline adds every run's difference to one run with its interval and "
+        "a verdict; --html also writes a report (contact sheets, quality vs speed with the "
+        "Pareto front, metric vs steps) and logs it to MLflow.",
     )
     c.add_argument("--experiment", required=True, help="MLflow experiment (the job name)")
     c.add_argument("--metric", help="rank by this metric (default: fid, else the first present)")
     c.add_argument("--html", help="write the HTML report here")
     c.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's)")
-    c.add_argument("--real-baseline", metavar="DATASET:EXTRACTOR:COUNT",
-                   help="also print the FID of COUNT real images against the rest of a built-in "
-                   "dataset, e.g. builtin:digits:digits:500 (the floor a run of COUNT images "
-                   "is measured against)")
+    c.add_argument("--baseline", metavar="RUN",
+                   help="compare every run with this one (a run name, MLflow run id or Darkroom "
+                   "run id): difference, 95%% interval, better/worse/no detectable difference")
+    c.add_argument("--real-baseline", metavar="COUNT", nargs="?", const="auto",
+                   help="also score COUNT real images (default: the runs' image count) from the "
+                   "runs' own reference against its other images, with the same features: the "
+                   "floor a run of that size is measured against")
     c.set_defaults(handler=run_compare)
 
 
@@ -84,6 +92,9 @@ def eval_settings(args: argparse.Namespace, job: dict[str, Any]) -> dict[str, An
         "weights": args.weights, "clip_model": args.clip_model, "backend": args.backend,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
+    if args.resamples is not None:
+        settings["bootstrap"] = {**(settings.get("bootstrap") or {}),
+                                 "resamples": args.resamples}
     if args.safety_threshold is not None:
         settings["safety"] = {**(settings.get("safety") or {}),
                               "threshold": args.safety_threshold}
@@ -112,8 +123,18 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2, default=str))
         return 0
+    from darkroom.evals.compare import fmt
+    from darkroom.evals.metrics import CI_HIGH, CI_LOW
+
     for result in results:
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items()) or "no metrics"
+        metrics = result["metrics"]
+
+        def interval(key: str, metrics=metrics) -> tuple[float, float] | None:
+            low, high = metrics.get(key + CI_LOW), metrics.get(key + CI_HIGH)
+            return None if low is None or high is None else (low, high)
+
+        shown = ", ".join(f"{k}={fmt(v, interval(k))}" for k, v in metrics.items()
+                          if not k.endswith((CI_LOW, CI_HIGH))) or "no metrics"
         print(f"{result['run_id']}: {result['images']} images; {shown}")
         for name, reason in result["missing"].items():
             print(f"  {name}: missing ({reason})")
@@ -123,22 +144,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    """`darkroom compare`: rank an experiment's runs; optionally write the HTML report."""
+    """`darkroom compare`: rank an experiment's runs with their intervals; against a baseline
+    run and real images if asked; optionally write the HTML report."""
     from darkroom.evals.compare import compare
 
-    text, path = compare(args.experiment, args.metric, args.html, args.tracking_uri)
+    text, path = compare(args.experiment, args.metric, args.html, args.tracking_uri,
+                         baseline=args.baseline, real=args.real_baseline)
     print(text)
     if path is not None:
         print(f"report: {path}")
-    if args.real_baseline:
-        from darkroom.evals.reference import real_vs_real_fid
-
-        dataset, _, rest = args.real_baseline.rpartition(":")
-        dataset, _, extractor = dataset.rpartition(":")
-        if not (dataset and extractor and rest.isdigit()):
-            raise UserError(f"`--real-baseline` takes DATASET:EXTRACTOR:COUNT, e.g. "
-                            f"builtin:digits:digits:500; got {args.real_baseline!r}")
-        fid, others = real_vs_real_fid(dataset, extractor, int(rest))
-        print(f"real vs real: FID {fid:.2f} for {rest} real images of {dataset} against the "
-              f"other {others} ({extractor} features): the floor for a run of that size")
     return 0

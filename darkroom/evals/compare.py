@@ -1,24 +1,33 @@
-"""Compare the runs of an experiment: a table on the terminal and a static HTML report (contact
-sheets side by side, quality vs speed with its Pareto front, metric vs steps per sampler), which
-is also logged to MLflow in the experiment's `compare` run.
+"""Compare the runs of an experiment: a table on the terminal (each value with ± half its 95%
+interval), optionally every run against a baseline run (difference, interval, verdict; paired
+over shared prompts and seeds) and real images against the same reference, and a static HTML
+report of all of it (`report.py`), which is also logged to MLflow in the experiment's `compare`
+run.
 """
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import html
-import io
 import math
+import statistics as stats
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from darkroom.evals import tracking
-from darkroom.evals.metrics import HIGHER_IS_BETTER, METRICS
+from darkroom.evals.metrics import CI_HIGH, CI_LOW, METRICS, higher_is_better
+from darkroom.evals.paired import (
+    Comparison,
+    RealBaseline,
+    RunData,
+    compare_runs,
+    load_run,
+    real_baseline,
+)
+from darkroom.evals.report import SPEED, report_html
 from darkroom.platform.errors import UserError, did_you_mean
 
-SPEED = "images_per_s"
-QUALITY = [m.key for m in METRICS.values()]
+QUALITY = [m.key for m in METRICS.values() if "*" not in m.key]
+# Settings that tell runs with the same base name apart in a table.
+DISTINGUISHING = ["seed", "eta", "sampler.overrides", "width", "height", "model.source"]
 
 
 @dataclass
@@ -30,11 +39,40 @@ class RunRow:
     params: dict[str, str]
     metrics: dict[str, float]
     missing: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    display: str = ""
 
     def value(self, key: str) -> float | None:
         """The run's value of a metric, or None when it has none or it is NaN."""
         value = self.metrics.get(key)
         return None if value is None or math.isnan(value) else value
+
+    def interval(self, key: str) -> tuple[float, float] | None:
+        """The metric's logged interval (low, high), or None."""
+        low, high = self.value(key + CI_LOW), self.value(key + CI_HIGH)
+        return None if low is None or high is None or self.value(key) is None else (low, high)
+
+    def shown(self, key: str) -> str:
+        """`value ± half-width` (or the value alone, or `missing`)."""
+        return fmt(self.value(key), self.interval(key))
+
+
+def places(ci: tuple[float, float], digits: int = 4) -> int:
+    """Decimal places that show two significant digits of an interval's half-width."""
+    half = (ci[1] - ci[0]) / 2
+    return min(6, max(0, 1 - math.floor(math.log10(half)))) if half > 0 else digits
+
+
+def fmt(value: float | None, ci: tuple[float, float] | None = None, digits: int = 4,
+        sign: bool = False) -> str:
+    """A value with ± half its interval, to two significant digits of the half-width."""
+    if value is None:
+        return "missing"
+    plus = "+" if sign else ""
+    if ci is None:
+        return f"{value:{plus}.{digits}f}" if digits else str(int(value))
+    shown = places(ci, digits)
+    return f"{value:{plus}.{shown}f} ± {(ci[1] - ci[0]) / 2:.{shown}f}"
 
 
 def load_runs(client, experiment: str) -> list[RunRow]:
@@ -52,8 +90,28 @@ def load_runs(client, experiment: str) -> list[RunRow]:
         missing = {k.removeprefix(tracking.MISSING): v for k, v in tags.items()
                    if k.startswith(tracking.MISSING)}
         rows.append(RunRow(run.info.run_id, run.info.run_name or run.info.run_id,
-                           dict(run.data.params), dict(run.data.metrics), missing))
-    return sorted(rows, key=lambda r: r.name)
+                           dict(run.data.params), dict(run.data.metrics), missing, dict(tags)))
+    name_rows(rows)
+    return sorted(rows, key=lambda r: r.display)
+
+
+def name_rows(rows: list[RunRow]) -> None:
+    """Each row's display name: its MLflow name, plus the settings that tell apart runs that
+    share one (runs of two jobs in one experiment), plus the run id if that is not enough."""
+    for row in rows:
+        row.display = row.name
+    for name in {r.name for r in rows}:
+        same = [r for r in rows if r.name == name]
+        if len(same) < 2:
+            continue
+        for param in DISTINGUISHING:
+            if len({r.params.get(param) for r in same}) > 1:
+                for r in same:
+                    r.display += f"-{param.split('.')[-1]}{r.params.get(param)}"
+    counts = {d: [r.display for r in rows].count(d) for d in (r.display for r in rows)}
+    for r in rows:
+        if counts[r.display] > 1:
+            r.display += f"-{r.run_id[:8]}"
 
 
 def pick_metric(rows: list[RunRow], metric: str | None) -> str:
@@ -73,179 +131,191 @@ def pick_metric(rows: list[RunRow], metric: str | None) -> str:
 
 def rank(rows: list[RunRow], key: str) -> list[RunRow]:
     """Best first under the metric's direction; runs without it last."""
-    sign = -1.0 if HIGHER_IS_BETTER.get(key, True) else 1.0
+    sign = -1.0 if higher_is_better(key) else 1.0
     return sorted(rows, key=lambda r: (r.value(key) is None, sign * (r.value(key) or 0.0)))
 
 
-def table_rows(rows: list[RunRow], key: str) -> tuple[list[str], list[list[str]]]:
+def table_rows(rows: list[RunRow], key: str, real: RealBaseline | None = None
+               ) -> tuple[list[str], list[list[str]]]:
     """The table's header and cells: run params, the ranking metric, images/s, then the
-    other quality metrics some run has; absent values read `missing`."""
+    other quality metrics some run has (each as value ± half its interval); absent values read
+    `missing`; the real-vs-real baseline last."""
     extra = [k for k in QUALITY if k != key and any(r.value(k) is not None for r in rows)]
+    extra += sorted({k for r in rows for k in r.metrics
+                     if k.startswith("fid_category.") and not k.endswith((CI_LOW, CI_HIGH))})
     header = ["run", "model", "sampler", "steps", "guidance", "images", key, SPEED, *extra]
     body = []
     for r in rows:
         p = r.params
-        cells = [r.name, p.get("model", ""), p.get("sampler", ""), p.get("steps", ""),
-                 p.get("guidance_scale", ""), _fmt(r.value("images"), 0)]
-        cells += [_fmt(r.value(k)) for k in (key, SPEED, *extra)]
+        cells = [r.display, p.get("model", ""), p.get("sampler", ""), p.get("steps", ""),
+                 p.get("guidance_scale", ""), fmt(r.value("images"), digits=0)]
+        cells += [r.shown(k) for k in (key, SPEED, *extra)]
         body.append(cells)
+    if real is not None:
+        def shown(k: str) -> str:
+            if k not in real.metrics:
+                return ""
+            low, high = real.metrics.get(k + CI_LOW), real.metrics.get(k + CI_HIGH)
+            return fmt(real.metrics[k], (low, high) if low is not None else None)
+
+        body.append([f"real vs real: {real.count} reference images against the other "
+                     f"{real.others}", "", "", "", "", str(real.count),
+                     *[shown(k) for k in (key, SPEED, *extra)]])
     return header, body
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    if value is None:
-        return "missing"
-    return f"{value:.{digits}f}" if digits else str(int(value))
 
 
 def format_table(header: list[str], body: list[list[str]]) -> str:
     """The table as plain text: columns padded to width, a dashed rule under the header."""
     widths = [max(len(str(c)) for c in column) for column in zip(header, *body, strict=True)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True))
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in [header, ["-" * w for w in widths], *body]]
     return "\n".join(lines)
 
 
-def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
-    """Indices of the points no other point beats on both speed (x, higher) and quality (y)."""
-    sign = 1.0 if higher_is_better else -1.0
-    front = []
-    for i, (x, y) in enumerate(points):
-        dominated = any(
-            x2 >= x and sign * y2 >= sign * y and (x2 > x or sign * y2 > sign * y)
-            for j, (x2, y2) in enumerate(points) if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: points[i][0])
+# -- against a baseline -------------------------------------------------------------------------
 
 
-def _svg(figure) -> str:
-    buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
-    text = buffer.getvalue()
-    return text[text.index("<svg"):]  # drop the XML prolog and doctype: inline in HTML
-
-
-def scatter_svg(rows: list[RunRow], key: str) -> str:
-    """Inline SVG of the metric against images/s, runs labelled, Pareto front dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    usable = [r for r in rows if r.value(key) is not None and r.value(SPEED) is not None]
-    figure, axes = plt.subplots(figsize=(6, 4))
-    points = [(r.value(SPEED), r.value(key)) for r in usable]
-    if points:
-        axes.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue")
-        for r, (x, y) in zip(usable, points, strict=True):
-            axes.annotate(r.name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        front = pareto_front(points, HIGHER_IS_BETTER.get(key, True))
-        axes.plot([points[i][0] for i in front], [points[i][1] for i in front], "--",
-                  color="tab:red", label="Pareto front")
-        axes.legend()
-    better = "higher" if HIGHER_IS_BETTER.get(key, True) else "lower"
-    axes.set(xlabel="images/s (higher is faster)", ylabel=f"{key} ({better} is better)",
-             title=f"{key} vs speed")
-    return _svg(figure)
+def find_run(rows: list[RunRow], wanted: str) -> RunRow:
+    """The row named by an MLflow run id, a Darkroom run id or a run (display) name."""
+    for attribute in ("run_id", "display", "name"):
+        hits = [r for r in rows if getattr(r, attribute) == wanted]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise UserError(f"--baseline `{wanted}` names {len(hits)} runs; give one of their "
+                            f"names: {', '.join(r.display for r in hits)}")
+    hits = [r for r in rows if r.tags.get("darkroom.run_id") == wanted]
+    if len(hits) == 1:
+        return hits[0]
+    raise UserError(f"--baseline: no run `{wanted}` in the experiment;"
+                    f"{did_you_mean(wanted, [r.display for r in rows])}")
 
 
-def steps_svg(rows: list[RunRow], key: str) -> str:
-    """Inline SVG of the metric against steps, one line per model and sampler."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lines: dict[str, list[tuple[float, float]]] = {}
-    for r in rows:
-        steps = r.params.get("steps")
-        if r.value(key) is not None and steps not in (None, "None"):
-            label = f"{r.params.get('model', '')} {r.params.get('sampler', '')}".strip()
-            lines.setdefault(label, []).append((float(steps), r.value(key)))
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for label, points in sorted(lines.items()):
-        points.sort()
-        axes.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
-    if lines:
-        axes.legend(fontsize=7)
-    axes.set(xlabel="steps", ylabel=key, title=f"{key} vs steps, per sampler")
-    return _svg(figure)
+def _run_data(row: RunRow, cache: dict[str, RunData | str]) -> RunData | str:
+    if row.run_id not in cache:
+        folder = row.tags.get("darkroom.output")
+        cache[row.run_id] = (load_run(row.display, Path(folder)) if folder and Path(folder).is_dir()
+                             else f"its output folder {folder} is not on this machine")
+    return cache[row.run_id]
 
 
-def contact_sheet_uri(client, run_id: str) -> str | None:
-    """The run's contact sheet as a data: URI (the report is one self-contained file)."""
-    import tempfile
+def against_baseline(rows: list[RunRow], base: RunRow, cache: dict[str, RunData | str]
+                     ) -> tuple[list[Comparison], list[str]]:
+    """Every other run against the baseline, from the runs' folders; notes on what could not
+    be compared."""
+    baseline = _run_data(base, cache)
+    if isinstance(baseline, str):
+        raise UserError(f"--baseline {base.display}: {baseline}")
+    boot = baseline.spec.bootstrap
+    out, notes = [], []
+    for row in rows:
+        if row is base:
+            continue
+        data = _run_data(row, cache)
+        if isinstance(data, str):
+            notes.append(f"{row.display}: not compared: {data}")
+            continue
+        metrics = [m for m in data.spec.metrics if m in baseline.spec.metrics]
+        out.append(compare_runs(data, baseline, metrics, boot.resamples or 500, boot.seed,
+                                boot.level))
+    return out, notes
 
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            path = client.download_artifacts(run_id, "contact_sheet.png", folder)
-        except Exception:  # no sheet logged for this run: the report says so
-            return None
-        data = Path(path).read_bytes()
-    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+def baseline_table(comparisons: list[Comparison], key: str) -> tuple[list[str], list[list[str]],
+                                                                     list[str]]:
+    """One row per run and metric (the ranking metric first): difference ± half-width, the
+    interval, the verdict, paired or not; and each row's verdict."""
+    header = ["run", "metric", "run - baseline", "95% interval", "verdict", "how"]
+    body, verdicts = [], []
+    for c in comparisons:
+        for k in sorted(c.differences, key=lambda k: (k != key, k)):
+            d = c.differences[k]
+            ci = (d.interval.low, d.interval.high) if d.interval else None
+            interval = ("" if ci is None else
+                        f"[{ci[0]:+.{places(ci)}f}, {ci[1]:+.{places(ci)}f}]")
+            body.append([c.run, k, fmt(d.delta, ci, sign=True), interval, d.verdict,
+                         "paired" if d.paired else "unpaired"])
+            verdicts.append(d.verdict)
+        for name, reason in c.missing.items():
+            body.append([c.run, name, "missing", "", reason, ""])
+            verdicts.append("")
+    return header, body, verdicts
 
 
-def report_html(client, experiment: str, rows: list[RunRow], key: str) -> str:
-    """The self-contained HTML report: the table, contact sheets and both plots."""
-    header, body = table_rows(rows, key)
-    esc = html.escape
-    table = "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>" + "".join(
-        "<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in body
-    ) + "</table>"
-    sheets = []
-    for r in rows:
-        uri = contact_sheet_uri(client, r.run_id)
-        image = (f'<img src="{uri}" alt="contact sheet of {esc(r.name)}">' if uri
-                 else "<p>(no contact sheet logged)</p>")
-        sheets.append(f"<figure>{image}<figcaption>{esc(r.name)}<br>{esc(key)}: "
-                      f"{_fmt(r.value(key))}</figcaption></figure>")
-    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>Darkroom compare: {esc(experiment)}</title>
-<link rel="icon" href="data:,">
-<style>
-body {{ font-family: sans-serif; margin: 1.5em; }}
-table {{ border-collapse: collapse; font-size: 0.9em; }}
-th, td {{ border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; }}
-.sheets {{ display: flex; flex-wrap: wrap; gap: 1em; }}
-figure {{ margin: 0; }} figure img {{ max-width: 520px; image-rendering: pixelated; }}
-.plots {{ display: flex; flex-wrap: wrap; gap: 2em; }} .plots svg {{ max-width: 600px; }}
-</style></head><body>
-<h1>{esc(experiment)}: {esc(key)}</h1>
-<p>{len(rows)} runs, ranked by {esc(key)} ({'higher' if HIGHER_IS_BETTER.get(key, True)
-else 'lower'} is better). Made {when}.</p>
-{table}
-<h2>Contact sheets</h2><div class="sheets">{''.join(sheets)}</div>
-<h2>Quality and speed</h2><div class="plots">{scatter_svg(rows, key)}{steps_svg(rows, key)}</div>
-</body></html>
-"""
+# -- the command ----------------------------------------------------------------------------------
+
+
+def parse_real(value: str, rows: list[RunRow], data: RunData) -> int:
+    """COUNT from `--real-baseline` (empty: the runs' median image count); the old
+    DATASET:EXTRACTOR:COUNT form is accepted when it names the runs' own reference and
+    extractor."""
+    if value in ("", "auto"):
+        counts = [r.value("images") for r in rows if r.value("images")]
+        return int(stats.median(counts)) if counts else 500
+    if value.isdigit():
+        return int(value)
+    dataset, _, count = value.rpartition(":")
+    dataset, _, extractor = dataset.rpartition(":")
+    if not (dataset and extractor and count.isdigit()):
+        raise UserError(f"--real-baseline takes COUNT (or DATASET:EXTRACTOR:COUNT); got {value!r}")
+    used = (data.spec.reference.dataset if data.spec.reference else None,
+            data.spec.feature_extractor)
+    if (dataset, extractor) != used:
+        raise UserError(f"--real-baseline {value}: the runs were measured against {used[0]} "
+                        f"with `{used[1]}` features; the baseline uses the runs' own reference "
+                        "(give just COUNT)")
+    return int(count)
 
 
 def compare(experiment: str, metric: str | None = None, html_path: str | Path | None = None,
-            uri: str | None = None) -> tuple[str, Path | None]:
-    """The ranked table as text, and the report's path (also logged to MLflow) if asked for."""
+            uri: str | None = None, baseline: str | None = None,
+            real: str | None = None) -> tuple[str, Path | None]:
+    """The ranked table as text (and the baseline comparison, and real vs real), and the
+    report's path (also logged to MLflow) if asked for."""
     client = tracking.client(uri)
     rows = load_runs(client, experiment)
     if not rows:
         raise UserError(f"experiment `{experiment}` has no evaluated runs yet")
     key = pick_metric(rows, metric)
     rows = rank(rows, key)
-    text = format_table(*table_rows(rows, key))
+    cache: dict[str, RunData | str] = {}
+    parts, notes = [], []
+    real_row = None
+    if real is not None:
+        data = next((d for d in (_run_data(r, cache) for r in rows) if not isinstance(d, str)),
+                    None)
+        if data is None:
+            raise UserError("--real-baseline: no run's folder holds an eval record")
+        found = real_baseline(data, parse_real(real, rows, data))
+        if isinstance(found, str):
+            raise UserError(found)
+        real_row = found
+    table = table_rows(rows, key, real_row)
+    parts.append(format_table(*table))
+    against = None
+    if baseline is not None:
+        base = find_run(rows, baseline)
+        comparisons, notes = against_baseline(rows, base, cache)
+        header, body, verdicts = baseline_table(comparisons, key)
+        notes += [f"{c.run}: {n}" for c in comparisons for n in c.notes]
+        title = (f"against the baseline {base.display} (95% intervals; paired bootstrap over "
+                 "shared prompts and seeds unless noted)")
+        against = (title, header, body, verdicts)
+        parts += ["", title, format_table(header, body)]
+    if real_row is not None:
+        notes.append(f"real vs real: {real_row.count} images drawn from the runs' reference, "
+                     f"measured against its other {real_row.others} with the same features: "
+                     "the floor for a run of that size")
+    parts += [f"note: {n}" for n in notes]
+    text = "\n".join(parts)
     if html_path is None:
         return text, None
     path = Path(html_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    page = report_html(client, experiment, rows, key)
+    page = report_html(client, experiment, rows, key, table, against, real_row)
     path.write_text(page)
     exp = tracking.experiment_id(client, experiment)
     with tracking.run_scope(client, exp, tracking.path_key("compare", experiment), "compare",
                             {tracking.KIND: "compare", "darkroom.compare.metric": key}) as run:
         tracking.log_files(client, run, {"report.html": page, "table.txt": text + "\n"})
     return text, path
-

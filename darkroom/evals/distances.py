@@ -1,9 +1,16 @@
-"""Corpus math over feature arrays: FID (Heusel et al. 2017) and KID (Bińkowski et al. 2018).
+"""Corpus math over feature arrays: the Fréchet distance (FID, Heusel et al. 2017; FD-DINOv2,
+Stein et al. 2023) and the squared MMD (KID, Bińkowski et al. 2018; CMMD, Jayasumana et al. 2024).
 
-Two backends compute the same quantities: `cleanfid` (clean-fid's numpy/scipy code, the default)
-and `torchmetrics` (its FrechetInceptionDistance / KernelInceptionDistance fed the features through
-an identity module). Both use the covariance with n-1 and KID's cubic polynomial kernel
-k(x, y) = (x.y / d + 1)^3, averaged over random subsets.
+Two backends compute the logged FID and KID from the same features: `cleanfid` (clean-fid's
+numpy/scipy code, the default) and `torchmetrics` (its FrechetInceptionDistance /
+KernelInceptionDistance fed the features through an identity module). Both use the covariance
+with n-1 and KID's cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over random
+subsets.
+
+`Frechet` and `MMD` compute the same quantities for many weighted resamples of the generated
+rows at once (the reference stays fixed), for bootstrap intervals: the reference's square root
+is taken once, and each resample costs one d x d eigendecomposition (FID) or one pass over the
+kernel matrix (MMD), never a new feature extraction.
 """
 
 from __future__ import annotations
@@ -115,3 +122,107 @@ BACKENDS: dict[str, Backend] = {
     "cleanfid": Backend(cleanfid_fid, cleanfid_kid),
     "torchmetrics": Backend(torchmetrics_fid, torchmetrics_kid),
 }
+
+
+# -- resampled statistics (bootstrap) -------------------------------------------------------------
+
+
+def _sym_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """The symmetric PSD square root of a symmetric matrix (negative eigenvalues, round-off of a
+    rank-deficient covariance, are taken as 0)."""
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+
+class Frechet:
+    """FID of weighted resamples of generated features against fixed reference statistics.
+
+    ||mu - mu_r||^2 + Tr(S) + Tr(S_r) - 2 Tr((S_r^1/2 S S_r^1/2)^1/2) (Heusel et al. 2017); the
+    last trace is that of (S S_r)^1/2, taken from the eigenvalues of a symmetric matrix.
+    """
+
+    def __init__(self, features: np.ndarray, ref: Stats) -> None:
+        self.x = np.asarray(features, np.float64)
+        root = _sym_sqrt(np.asarray(ref.sigma, np.float64))
+        self.z = self.x @ root  # rows in the reference's square-root basis, computed once
+        self.root, self.mu_r = root, np.asarray(ref.mu, np.float64)
+        self.trace_r = float(np.trace(ref.sigma))
+
+    def __call__(self, counts: np.ndarray) -> np.ndarray:
+        """One FID per row of `counts` (B x n; a row of ones is the plain FID)."""
+        out = np.full(len(counts), np.nan)
+        for b, c in enumerate(np.asarray(counts, np.float64)):
+            total = c.sum()
+            if total < 2 or (c > 0).sum() < 2:
+                continue
+            mu = c @ self.x / total
+            centred = self.x - mu
+            trace = float(c @ (centred**2).sum(axis=1)) / (total - 1)
+            z = self.z - mu @ self.root
+            middle = (z.T * c) @ z / (total - 1)
+            root_trace = np.sqrt(np.clip(np.linalg.eigvalsh(middle), 0, None)).sum()
+            out[b] = ((mu - self.mu_r) ** 2).sum() + trace + self.trace_r - 2 * root_trace
+        return out
+
+
+def polynomial_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """KID's kernel (x.y / d + 1)^3 (Bińkowski et al. 2018)."""
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def rbf_kernel(sigma: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The Gaussian RBF kernel exp(-||x - y||^2 / (2 sigma^2)) (CMMD uses sigma 10)."""
+
+    def kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        squared = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2 * a @ b.T
+        return np.exp(-np.clip(squared, 0, None) / (2 * sigma**2))
+
+    return kernel
+
+
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray,
+                  kernel: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> float:
+    """The unbiased estimate of MMD^2 (Gretton et al. 2012, eq. 3): the within-set means leave
+    out i = j, the cross mean keeps every pair."""
+    return float(MMD(x, y, kernel)(np.ones((1, len(x))))[0])
+
+
+class MMD:
+    """Unbiased MMD^2 of weighted resamples of generated rows `x` against fixed reference rows
+    `y` (Gretton et al. 2012, eq. 3), for KID's cubic kernel or CMMD's Gaussian one.
+
+    A resample repeats rows; pairs of a row with its own copies are left out of the within-set
+    mean as i = j is, so a resample stays unbiased. The kernel matrix is computed once, in
+    blocks of rows (memory O(block x n)); each resample then costs O(n^2).
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray,
+                 kernel: Callable[[np.ndarray, np.ndarray], np.ndarray], block: int = 1024,
+                 reference_term: bool = True):
+        self.x, self.y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        self.kernel, self.block = kernel, block
+        m = len(self.y)
+        self.yy = 0.0  # reference_term=False: a constant left out (differences do not need it)
+        if reference_term:
+            within_y = sum(float(kernel(self.y[i:i + block], self.y).sum())
+                           for i in range(0, m, block))
+            diag_y = sum(float(np.diag(kernel(self.y[i:i + block], self.y[i:i + block])).sum())
+                         for i in range(0, m, block))
+            self.yy = (within_y - diag_y) / (m * (m - 1))
+        # per generated row: its kernel with itself and its mean kernel with the reference
+        self.diag = np.concatenate([np.diag(kernel(self.x[i:i + block], self.x[i:i + block]))
+                                    for i in range(0, len(self.x), block)])
+        self.cross = np.concatenate([kernel(self.x[i:i + block], self.y).mean(axis=1)
+                                     for i in range(0, len(self.x), block)])
+
+    def __call__(self, counts: np.ndarray) -> np.ndarray:
+        """One MMD^2 per row of `counts` (B x n; a row of ones is the plain estimate)."""
+        c = np.asarray(counts, np.float64)
+        quadratic = np.zeros(len(c))
+        for i in range(0, len(self.x), self.block):
+            k = self.kernel(self.x[i:i + self.block], self.x)  # block x n
+            quadratic += ((c[:, i:i + self.block] @ k) * c).sum(axis=1)
+        total = c.sum(axis=1)
+        pairs = total**2 - (c**2).sum(axis=1)  # ordered pairs of distinct rows
+        within = (quadratic - (c**2) @ self.diag) / np.where(pairs > 0, pairs, np.nan)
+        return within + self.yy - 2 * (c @ self.cross) / total

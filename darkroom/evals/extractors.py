@@ -7,22 +7,44 @@ protocol are never compared with features of another.
   float, then the TF-ported Inception-v3 of Heusel et al. 2017 (`inception-2015-12-05.pt`), 2048-d.
 - `clip`: CLIP image embeddings (Radford et al. 2021) through the model's own processor, for
   CLIP-FID (Kynkäänniemi et al. 2023).
-- `digits`: the bundled digits classifier's 64-d penultimate layer.
+- `dinov2`: DINOv2 (Oquab et al. 2023) CLS features through dgm-eval's preprocessing, for
+  FD-DINOv2 (Stein et al. 2023) (built in `backbones.py`).
+- `digits`: the bundled digits classifier's 64-d penultimate layer, standardised with the real
+  training digits' statistics (protocol 2; built in `backbones.py`).
 - `tiny`: a fixed random conv net on a 32x32 clean resize; for smoke runs and tests only.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from darkroom.evals.backbones import (
+    digits_build,
+    digits_check,
+    digits_protocol,
+    dinov2_build,
+    dinov2_check,
+    dinov2_protocol,
+    load_digits,
+)
+from darkroom.evals.extractor_types import (
+    ExtractorEntry,
+    FeatureExtractor,
+    WeightsMissing,
+    file_sha256,
+    per_size,
+    to_float_nchw,
+)
 from darkroom.platform.errors import UserError, did_you_mean
+
+__all__ = ["EXTRACTORS", "ExtractorEntry", "FeatureExtractor", "WeightsMissing",
+           "check_extractor", "extractor_protocol", "load_digits", "load_extractor", "per_size",
+           "register_extractor", "to_float_nchw"]
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = (
@@ -31,36 +53,6 @@ INCEPTION_URL = (
 INCEPTION_ENV = "DARKROOM_INCEPTION_WEIGHTS"
 CLEANFID_CACHE = Path("/tmp")  # where clean-fid itself looks for (and downloads) the file
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-
-
-class WeightsMissing(UserError):
-    """An extractor's weights are not on this machine; the message says what to put where."""
-
-
-@dataclass
-class FeatureExtractor:
-    """A loaded extractor: `fn` maps a batch of uint8 HxWx3 images to float32 N x num_features."""
-
-    name: str
-    num_features: int
-    protocol: dict[str, Any]
-    fn: Callable[[Sequence[np.ndarray]], np.ndarray] = field(repr=False)
-
-    def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Features of a batch as float32 N x num_features; no images give 0 rows."""
-        if not len(images):
-            return np.zeros((0, self.num_features), np.float32)
-        return np.asarray(self.fn(images), dtype=np.float32).reshape(len(images), -1)
-
-
-@dataclass(frozen=True)
-class ExtractorEntry:
-    """How to build an extractor; `protocol` and `check` answer cheaply, without loading it."""
-
-    build: Callable[[str | None, str], FeatureExtractor]  # (weights, torch device)
-    protocol: Callable[[str | None], dict[str, Any]]
-    check: Callable[[str | None], str | None] = lambda weights: None
-    description: str = ""
 
 
 EXTRACTORS: dict[str, ExtractorEntry] = {}
@@ -99,14 +91,6 @@ def _clean_resizer(size: int) -> Callable[[np.ndarray], np.ndarray]:
     from cleanfid.resize import make_resizer
 
     return make_resizer("PIL", False, "bicubic", (size, size))
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- inception ----------------------------------------------------------------------------------
@@ -164,7 +148,7 @@ def _inception_path(weights: str | None) -> Path:
 
 def _inception_protocol(weights: str | None) -> dict[str, Any]:
     return {"extractor": "inception", "weights": INCEPTION_FILE,
-            "weights_sha256": _file_sha256(_inception_path(weights)),
+            "weights_sha256": file_sha256(_inception_path(weights)),
             "resize": "clean-fid clean: PIL bicubic 299x299 float", "features": "pool3, 2048"}
 
 
@@ -225,82 +209,10 @@ def _clip_build(weights: str | None, device: str = "cpu") -> FeatureExtractor:
 def _clip_protocol(weights: str | None) -> dict[str, Any]:
     name = weights or DEFAULT_CLIP
     config = Path(name).expanduser() / "config.json"
-    identity = _file_sha256(config) if config.is_file() else "hub"
+    identity = file_sha256(config) if config.is_file() else "hub"
     return {"extractor": "clip", "weights": name, "config_sha256": identity,
             "resize": "the CLIP processor's (shortest side, centre crop)",
             "features": "projected image embeddings"}
-
-
-# -- digits -------------------------------------------------------------------------------------
-
-
-def _digits_folder(weights: str | None) -> Path:
-    from darkroom.platform.zoo.classifier import default_folder
-
-    return Path(weights).expanduser() if weights else default_folder()
-
-
-def _digits_check(weights: str | None) -> str | None:
-    folder = _digits_folder(weights)
-    if (folder / "config.json").is_file():
-        return None
-    return f"no digits classifier in {folder}; train it with `darkroom zoo train-digits`"
-
-
-def load_digits(weights: str | None = None):
-    """The digits classifier saved in `weights` (a folder), or the bundled one when None;
-    raises `WeightsMissing` when it has not been trained."""
-    reason = _digits_check(weights)
-    if reason:
-        raise WeightsMissing(reason)
-    from darkroom.platform.zoo.classifier import load_digits_classifier
-
-    return load_digits_classifier(_digits_folder(weights))
-
-
-def to_float_nchw(images: Sequence[np.ndarray]):
-    """uint8 HxWx3 images of one size -> float NCHW tensor in [0, 1]."""
-    import torch
-
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
-
-
-def per_size(fn: Callable[[list[np.ndarray]], np.ndarray]) -> Callable[..., np.ndarray]:
-    """Run a batch function on each group of same-sized images, keeping the order: one batch
-    can span runs generated at different sizes."""
-
-    def wrapped(images: Sequence[np.ndarray]) -> np.ndarray:
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, image in enumerate(images):
-            groups.setdefault(image.shape, []).append(i)
-        out: list[Any] = [None] * len(images)
-        for members in groups.values():
-            for i, row in zip(members, fn([images[i] for i in members]), strict=True):
-                out[i] = row
-        return np.stack(out)
-
-    return wrapped
-
-
-def _digits_build(weights: str | None, device: str = "cpu") -> FeatureExtractor:
-    import torch
-
-    model = load_digits(weights).to(device)
-
-    def fn(images: list[np.ndarray]) -> np.ndarray:
-        with torch.no_grad():
-            return model.features(to_float_nchw(images).to(device)).cpu().numpy()
-
-    return FeatureExtractor("digits", model.num_features, _digits_protocol(weights), per_size(fn))
-
-
-def _digits_protocol(weights: str | None) -> dict[str, Any]:
-    folder = _digits_folder(weights)
-    if _digits_check(weights):
-        raise WeightsMissing(_digits_check(weights))
-    return {"extractor": "digits", "weights": "digits-classifier",
-            "weights_sha256": _file_sha256(folder / "model.safetensors"),
-            "resize": "bilinear antialias to 16x16", "features": "penultimate, 64"}
 
 
 # -- tiny ---------------------------------------------------------------------------------------
@@ -347,8 +259,11 @@ register_extractor("inception", ExtractorEntry(
     "Inception-v3 pool3 (clean-fid clean protocol)"))
 register_extractor("clip", ExtractorEntry(
     _clip_build, _clip_protocol, _clip_check, "CLIP image embeddings"))
+register_extractor("dinov2", ExtractorEntry(
+    dinov2_build, dinov2_protocol, dinov2_check,
+    "DINOv2 CLS features (dgm-eval preprocessing), for FD-DINOv2"))
 register_extractor("digits", ExtractorEntry(
-    _digits_build, _digits_protocol, _digits_check,
+    digits_build, digits_protocol, digits_check,
     "the bundled digits classifier's penultimate layer"))
 register_extractor("tiny", ExtractorEntry(
     _tiny_build, _tiny_protocol, description="random conv net, for smoke runs and tests"))

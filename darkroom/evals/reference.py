@@ -91,7 +91,8 @@ def fingerprint(images: list[bytes]) -> str:
     return digest.hexdigest()
 
 
-def _load_npz(path: Path) -> tuple[Stats, dict[str, Any]]:
+def load_npz(path: Path) -> tuple[Stats, dict[str, Any]]:
+    """Statistics saved as .npz (mu, sigma; features, count and info when there are)."""
     with np.load(path, allow_pickle=False) as npz:
         if "mu" not in npz or "sigma" not in npz:
             raise UserError(f"reference.stats: `{path}` needs arrays `mu` and `sigma`, "
@@ -129,7 +130,7 @@ def reference_stats(spec: ReferenceSpec, extractor: str, weights: str | None,
         path = Path(spec.stats).expanduser()
         if not path.is_file():
             raise UserError(f"reference.stats: `{spec.stats}` does not exist")
-        stats, info = _load_npz(path)
+        stats, info = load_npz(path)
         info = {**info, "source": str(path.resolve()), "count": stats.count, "cached": True}
         return Reference(stats, info, _count_warnings(stats, info))
     source, images = load_images(spec)
@@ -144,7 +145,7 @@ def reference_stats(spec: ReferenceSpec, extractor: str, weights: str | None,
     info = {"source": source, "count": len(images), "fingerprint": data, "protocol": protocol,
             "cache": str(path)}
     if path.is_file():
-        stats, _ = _load_npz(path)
+        stats, _ = load_npz(path)
         info["cached"] = True
     else:
         features = extract(pa.table({"image": pa.array(images, pa.binary())}))
@@ -161,23 +162,3 @@ def _count_warnings(stats: Stats, info: dict[str, Any]) -> list[str]:
                 "its covariance is rank-deficient and FID from it is unreliable; use at least "
                 f"{dims} images (ideally 10x that)"]
     return []
-
-
-def real_vs_real_fid(dataset: str, extractor: str, count: int, seed: int = 0) -> tuple[float, int]:
-    """FID of `count` real images against the rest of a built-in dataset, on one extractor.
-
-    The floor a generated set of `count` images is measured against: what two disjoint samples
-    of the real data score with the same features and the same sample size.
-    """
-    from darkroom.evals.distances import cleanfid_fid
-    from darkroom.evals.extractors import load_extractor
-    from darkroom.platform.records import decode_png
-
-    if dataset not in DATASETS:
-        raise UserError(f"unknown dataset `{dataset}`;{did_you_mean(dataset, DATASETS)}")
-    images = [decode_png(png) for png in DATASETS[dataset]()]
-    if not 2 <= count < len(images) - 1:
-        raise UserError(f"`count` must be between 2 and {len(images) - 2}, got {count}")
-    order = np.random.default_rng(seed).permutation(len(images))
-    features = load_extractor(extractor)([images[i] for i in order])
-    return cleanfid_fid(Stats.of(features[:count]), Stats.of(features[count:])), len(images) - count

@@ -1,14 +1,15 @@
-"""One run's evaluation results on disk: per-image scores Parquet, counts, contact sheets.
+"""One run's evaluation results on disk: per-image scores Parquet, counts, the eval record.
 
-`RunResult` is what evaluating one run gives (metrics, missing metrics with reasons, warnings);
-`write_scores` keeps per-image scores beside the run's images, keyed by row_id.
+`RunResult` is what evaluating one run gives (metrics with their intervals, missing metrics with
+reasons, warnings); `write_scores` keeps per-image scores beside the run's images, keyed by
+row_id; `write_record` notes how they were made (`scores/eval.json`), which `darkroom compare`
+reads to compare runs image by image.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -20,14 +21,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from darkroom.evals.metrics import RunScores
+from darkroom.evals.scores import FEATURES, RunScores
 from darkroom.platform import layout
-from darkroom.platform.records import contact_sheet, decode_png
 
 PENDING_FILE = "eval_pending.json"
 SCORES_FILE = "scores.parquet"
 UNREADABLE_FILE = "unreadable.parquet"
-PASSED_THROUGH = {"row_id", "group", "prompt", "class_label", "features"}
+RECORD_FILE = "eval.json"
+# Columns that are not scores: identity and request columns (in the images already), features
+# (kept per extractor by `features.py`), and the category read from the prompt file.
+PASSED_THROUGH = {"row_id", "group", "prompt", "class_label", "prompt_id", "sample_idx", "seed",
+                  "category"}
 
 
 @dataclass
@@ -120,11 +124,11 @@ def write_unreadable(run_dir: Path, unreadable: dict[str, str]) -> Path:
     table = pa.table({"row_id": pa.array(sorted(unreadable), pa.string()),
                       "reason": pa.array([unreadable[r] for r in sorted(unreadable)], pa.string())})
     target = folder / UNREADABLE_FILE
-    _write_atomic(table, target)
+    write_atomic(table, target)
     return target
 
 
-def _write_atomic(table: pa.Table, target: Path) -> None:
+def write_atomic(table: pa.Table, target: Path) -> None:
     fd, staging = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".parquet",
                                    dir=target.parent)
     os.close(fd)
@@ -139,7 +143,8 @@ def _write_atomic(table: pa.Table, target: Path) -> None:
 def write_scores(run_dir: Path, scores: RunScores) -> Path | None:
     """Per-image scores keyed by row_id into <run>/scores/scores.parquet, merged with columns an
     earlier evaluation wrote; written under a dot-name and renamed, so readers never see half."""
-    new = {k: v for k, v in scores.columns.items() if k not in PASSED_THROUGH}
+    new = {k: v for k, v in scores.columns.items()
+           if k not in PASSED_THROUGH and not k.startswith(FEATURES)}
     if not new or not scores.count:
         return None
     table = pa.table({"row_id": pa.array(scores.columns["row_id"].astype(str)),
@@ -154,8 +159,33 @@ def write_scores(run_dir: Path, scores: RunScores) -> Path | None:
         keep = [c for c in old.column_names if c not in table.column_names or c == "row_id"]
         if len(keep) > 1:
             table = table.join(old.select(keep), "row_id", join_type="left outer")
-    _write_atomic(table.sort_by("row_id"), target)
+    write_atomic(table.sort_by("row_id"), target)
     return target
+
+
+def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
+    """<run>/scores/eval.json: the eval settings, the feature extractors' protocols and the
+    reference statistics each run was measured against (what compare needs to redo the math)."""
+    folder = run_dir / layout.SCORES
+    folder.mkdir(exist_ok=True)
+    target = folder / RECORD_FILE
+    earlier = read_record(run_dir) or {}
+    # an evaluation of other metrics keeps what the earlier ones were measured with
+    record = {**earlier, **record, **{key: {**(earlier.get(key) or {}), **(record.get(key) or {})}
+                                      for key in ("protocols", "references")}}
+    staging = folder / f".{RECORD_FILE}.tmp"
+    staging.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(staging, target)
+    return target
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """The run's eval record, or None when it has not been evaluated (by this version)."""
+    path = Path(run_dir) / layout.SCORES / RECORD_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_timing(run_dir: Path) -> dict[str, Any]:
@@ -177,47 +207,3 @@ def first_value(run_dir: Path, column: str) -> Any:
         return None
     values = pq.read_table(files[0], columns=[column]).column(column).to_pylist()
     return values[0] if values else None
-
-
-def contact_sheet_png(run_dir: Path, count: int) -> bytes:
-    """The first `count` images (by row_id) with their prompts or class labels under them.
-
-    Images the safety checker flagged (`nsfw_flag` in the run's scores) are withheld: a grey
-    tile takes their place, so no flagged image reaches MLflow or a report.
-    """
-    table = layout.read_table(run_dir / layout.IMAGES,
-                              columns=["row_id", "image", "prompt", "class_label"])
-    images, labels = [], []
-    if table is not None and len(table):
-        flagged = _flagged(run_dir)
-        table = table.sort_by("row_id").slice(0, count)
-        rows = zip(table.column("row_id").to_pylist(), table.column("image").to_pylist(),
-                   table.column("prompt").to_pylist(), table.column("class_label").to_pylist(),
-                   strict=True)
-        for row_id, image, prompt, label in rows:
-            caption = prompt or (f"class {label}" if label is not None else "")
-            if row_id in flagged:
-                image, caption = WITHHELD, f"withheld: {caption}"
-            else:
-                try:
-                    image = decode_png(image)
-                except Exception:  # left out of the metrics; shown as a grey tile here
-                    image, caption = WITHHELD, f"unreadable: {caption}"
-            images.append(image)
-            labels.append(caption)
-    buffer = io.BytesIO()
-    contact_sheet(images, labels or None, columns=min(8, max(len(images), 1)),
-                  cell=64).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-WITHHELD = np.full((64, 64, 3), 128, np.uint8)
-
-
-def _flagged(run_dir: Path) -> set[str]:
-    path = run_dir / layout.SCORES / SCORES_FILE
-    if not path.exists() or "nsfw_flag" not in pq.read_schema(path).names:
-        return set()
-    table = pq.read_table(path, columns=["row_id", "nsfw_flag"])
-    return {r for r, f in zip(table.column("row_id").to_pylist(),
-                              table.column("nsfw_flag").to_pylist(), strict=True) if f}

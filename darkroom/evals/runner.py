@@ -13,25 +13,33 @@ import numpy as np
 import pyarrow as pa
 
 from darkroom.evals import tracking as track
+from darkroom.evals.categories import prompt_categories
 from darkroom.evals.extractors import check_extractor, extractor_protocol
-from darkroom.evals.metrics import METRICS, Context, Unavailable
+from darkroom.evals.features import align, image_hashes, left_out, read_features, write_features
+from darkroom.evals.metrics import METRICS, statistics, with_intervals
 from darkroom.evals.reference import reference_stats
 from darkroom.evals.results import (
     PendingResults,
     RunResult,
-    count_rows,
     read_timing,
     run_scores,
+    write_record,
     write_scores,
     write_unreadable,
 )
-from darkroom.evals.scoring import ScorePlan, images_dataset, score_dataset, table_dataset
+from darkroom.evals.scores import Context, RunScores, extractor_weights, feature_column
+from darkroom.evals.scoring import (
+    META_COLUMNS,
+    ScorePlan,
+    images_dataset,
+    score_dataset,
+    table_dataset,
+)
 from darkroom.evals.spec import EvalSpec, TrackingSpec
 from darkroom.platform import layout
 from darkroom.platform.errors import UserError
 
 log = logging.getLogger("darkroom.evals")
-DISTANCES = ("fid", "kid")
 
 
 def evaluate_job(job_dir: Path, eval_spec: EvalSpec, tracking: TrackingSpec, *,
@@ -52,7 +60,7 @@ def evaluate_job(job_dir: Path, eval_spec: EvalSpec, tracking: TrackingSpec, *,
     pending = PendingResults(job_dir, runs, eval_spec)
     saved = pending.load()
     if saved is None:
-        results, protocol = evaluate_runs(runs, eval_spec)
+        results, protocol = evaluate_runs(runs, eval_spec, prompt_categories(job_spec))
         pending.save(results, protocol)
     else:
         results, protocol = saved
@@ -85,67 +93,155 @@ def _ensure_ray() -> None:
     connect_ray(log_to_driver=False)
 
 
-def evaluate_runs(run_dirs: list[Path], spec: EvalSpec) -> tuple[list[RunResult], dict]:
-    """1. plan the per-image parts; 2. reference statistics; 3. the pass over all runs' images
-    on actors; 4. per run: scores Parquet and corpus metrics."""
+def evaluate_runs(run_dirs: list[Path], spec: EvalSpec,
+                  categories: tuple[dict[str, str] | None, str] = (None, "")
+                  ) -> tuple[list[RunResult], dict]:
+    """1. plan the per-image parts; 2. reference statistics per feature extractor; 3. the passes
+    over the runs' images on actors (features already cached for a run are not extracted
+    again); 4. per run: scores, features, metrics with bootstrap intervals, the eval record.
+
+    `categories`: (prompt_id -> category, or None with the reason), for per-category FID.
+    """
     results = [RunResult(d.name, d, layout.read_json(d / layout.RUN_INFO), read_timing(d))
                for d in run_dirs]
-    shared = Context(spec)  # the reference, and warnings about it
+    shared = Context(spec)  # the references, and warnings about them
     plan, skipped = _plan(spec)
 
     # 2. reference statistics (cached on disk), extracted on the same kind of actor pool
-    protocol: dict[str, Any] = {}
-    if plan.features:
+    protocols: dict[str, dict[str, Any]] = {}
+    references: dict[str, dict[str, Any]] = {}
+    for extractor, weights in dict(plan.features).items():
         _ensure_ray()
         try:
-            ref = reference_stats(spec.reference, plan.features, plan.weights,
-                                  lambda table: _features_of(table, plan, spec))
-            shared.reference, protocol["reference"] = ref.stats, ref.info
-            shared.warnings.extend(ref.warnings)
+            protocols[extractor] = extractor_protocol(extractor, weights)
+            ref = reference_stats(spec.reference, extractor, weights,
+                                  lambda table, e=extractor, w=weights, d=plan.device:
+                                  _features_of(table, e, w, d, spec))
         except (UserError, RuntimeError) as err:
-            reason = f"reference statistics: {err}"
-            plan = plan.model_copy(update={"features": None})
-            skipped.update({m: reason for m in DISTANCES if m in spec.metrics})
+            reason = f"reference statistics ({extractor} features): {err}"
+            plan = plan.only([p for p in plan.parts() if p != f"features.{extractor}"])
+            skipped.update({m: reason for m in _metrics_of(spec, f"features.{extractor}")})
+            continue
+        shared.references[extractor], references[extractor] = ref.stats, ref.info
+        shared.warnings.extend(ref.warnings)
 
-    # 3. one pass over every run's images; unreadable files and images are left out, with reasons
-    files, groups = [], []
+    # 3. the passes: runs grouped by the parts they still need
+    cached: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    needs: dict[tuple[str, ...], list[RunResult]] = {}
     for result in results:
-        for f in layout.parquet_files(result.run_dir / layout.IMAGES):
-            files.append(str(f))
-            groups.append(result.run_id)
-    columns: dict[str, np.ndarray] = {}
+        need = _needed(result, plan, protocols, cached.setdefault(result.run_id, {}))
+        needs.setdefault(need, []).append(result)
     bad_files: list[tuple[str, str]] = []
-    if files and plan.parts():
+    scored: dict[str, tuple[RunScores, dict[str, str], bool]] = {}
+    for parts, members in needs.items():
+        if not parts:  # everything it needs is cached: no images are read
+            for result in members:
+                scored[result.run_id] = (*_from_disk(result.run_dir, bad_files), False)
+            continue
+        files, groups = [], []
+        for result in members:
+            for f in layout.parquet_files(result.run_dir / layout.IMAGES):
+                files.append(str(f))
+                groups.append(result.run_id)
         _ensure_ray()
-        columns = score_dataset(images_dataset(files, groups, bad_files), plan, spec.actors,
-                                spec.batch_size, spec.gpus_per_actor)
+        columns = score_dataset(images_dataset(files, groups, bad_files), plan.only(list(parts)),
+                                spec.actors, spec.batch_size, spec.gpus_per_actor)
+        for result in members:
+            scored[result.run_id] = (*run_scores(result.run_id, columns), True)
 
     # 4. per run
     for result in results:
-        scores, result.unreadable = run_scores(result.run_id, columns)
-        result.count = scores.count if columns else count_rows(result.run_dir)
-        if columns:
+        scores, result.unreadable, fresh = scored[result.run_id]
+        result.count = scores.count
+        _attach_cached(scores, cached[result.run_id])
+        if fresh:
             write_scores(result.run_dir, scores)
             write_unreadable(result.run_dir, result.unreadable)
-        ctx = Context(spec, shared.reference, warnings=list(shared.warnings))
+            for extractor in plan.features:
+                column = feature_column(extractor)
+                if extractor not in cached[result.run_id] and column in scores.columns:
+                    write_features(result.run_dir, extractor, protocols[extractor],
+                                   scores.columns["row_id"], scores.columns[column])
+        _attach_categories(scores, categories[0])
+        ctx = Context(spec, shared.references, warnings=list(shared.warnings))
+        ctx.memo["category_reason"] = categories[1]
         ctx.warnings += _unreadable_warnings(result, bad_files)
-        for name in spec.metrics:
-            metric = METRICS[name]
-            reason = skipped.get(name) or scores.part_errors.get(metric.part)
-            if reason is None and result.count == 0:
-                reason = "the run has no images"
-            if reason:
-                result.missing[name] = reason
-                continue
-            try:
-                result.metrics.update(metric.compute(scores, ctx))
-            except Unavailable as err:
-                result.missing[name] = str(err)
+        stats, result.missing = statistics(scores, ctx, spec.metrics, skipped)
+        counts = scores.counts(spec.bootstrap.resamples, spec.bootstrap.seed)
+        result.metrics = with_intervals(stats, counts, spec.bootstrap.level)
         result.warnings = list(ctx.warnings)
         for name, reason in result.missing.items():
             log.warning("%s: %s missing: %s", result.run_id, name, reason)
-    protocol.update(_protocol(spec, plan))
+        write_record(result.run_dir, {"spec": spec.model_dump(mode="json"),
+                                      "protocols": protocols, "references": references})
+    protocol = _protocol(spec, plan, protocols)
+    if references:
+        protocol["reference"] = references.get(spec.feature_extractor,
+                                               next(iter(references.values())))
+        protocol["references"] = references
     return results, protocol
+
+
+def _metrics_of(spec: EvalSpec, part: str) -> list[str]:
+    return [m for m in spec.metrics if METRICS[m].part(spec) == part]
+
+
+def _needed(result: RunResult, plan: ScorePlan, protocols: dict[str, dict[str, Any]],
+            cached: dict[str, dict[str, np.ndarray]]) -> tuple[str, ...]:
+    """The parts a run still needs; features found in its cache go into `cached`."""
+    hashes = image_hashes(result.run_dir)
+    need = []
+    for part in plan.parts():
+        kind, _, name = part.partition(".")
+        if kind == "features":
+            hit = read_features(result.run_dir, name, protocols[name], hashes)
+            if hit is not None:
+                cached[name] = hit
+                continue
+        need.append(part)
+    return tuple(need)
+
+
+def _from_disk(run_dir: Path, bad_files: list[tuple[str, str]]
+               ) -> tuple[RunScores, dict[str, str]]:
+    """A run's rows without reading images (all its features are cached): identity and request
+    columns from the image files, less the rows the last evaluation left out as unreadable."""
+    import pyarrow.parquet as pq
+
+    tables = []
+    for path in layout.parquet_files(run_dir / layout.IMAGES):
+        try:
+            names = pq.read_schema(path).names
+            tables.append(pq.read_table(path, columns=[
+                c for c in ["row_id", "prompt", "class_label", *META_COLUMNS] if c in names]))
+        except Exception as err:  # reported with the run, as the scoring pass does
+            bad_files.append((str(path), f"{type(err).__name__}: {str(err)[:200]}"))
+    skipped = left_out(run_dir)
+    if not tables:
+        return RunScores(run_dir.name, {"row_id": np.array([], dtype=object)}), skipped
+    table = pa.concat_tables(tables, promote_options="default")
+    ids = np.asarray(table.column("row_id").to_pylist(), dtype=object)
+    _, first = np.unique(ids.astype(str), return_index=True)
+    keep = np.array([i for i in first if ids[i] not in skipped], dtype=np.int64)
+    columns = {name: np.asarray(table.column(name).to_pylist(), dtype=object)[keep]
+               for name in table.column_names}
+    return RunScores(run_dir.name, columns), skipped
+
+
+def _attach_cached(scores: RunScores, cached: dict[str, dict[str, np.ndarray]]) -> None:
+    for extractor, rows in cached.items():
+        aligned = align(rows, scores.columns["row_id"])
+        if aligned is not None:
+            scores.columns[feature_column(extractor)] = aligned
+        elif scores.count:
+            scores.part_errors[f"features.{extractor}"] = (
+                "the feature cache does not hold every row; evaluate the run again")
+
+
+def _attach_categories(scores: RunScores, categories: dict[str, str] | None) -> None:
+    if categories is not None and "prompt_id" in scores.columns:
+        scores.columns["category"] = np.array(
+            [categories.get(str(p)) for p in scores.columns["prompt_id"]], dtype=object)
 
 
 def _unreadable_warnings(result: RunResult, bad_files: list[tuple[str, str]]) -> list[str]:
@@ -160,22 +256,28 @@ def _unreadable_warnings(result: RunResult, bad_files: list[tuple[str, str]]) ->
     return warnings
 
 
+PREFERENCE_WEIGHTS = {"pickscore": lambda spec: spec.pickscore_model}
+
+
 def _plan(spec: EvalSpec) -> tuple[ScorePlan, dict[str, str]]:
     """Which per-image parts to run, and the metrics already known to be missing (and why)."""
-    wanted = {METRICS[m].part for m in spec.metrics}
+    wanted = {METRICS[m].part(spec) for m in spec.metrics}
     skipped: dict[str, str] = {}
-    features = spec.feature_extractor if "features" in wanted else None
-    # one CLIP configured for clip_score serves CLIP-FID too, unless weights say otherwise
-    weights = spec.clip_model if features == "clip" and not spec.weights else spec.weights
-    if features:
-        reason = check_extractor(features, weights)
+    features: dict[str, str | None] = {}
+    for part in sorted(p for p in wanted if p.startswith("features.")):
+        extractor = part.removeprefix("features.")
+        weights = extractor_weights(spec, extractor)
+        reason = check_extractor(extractor, weights)
         if reason is None and spec.reference is None:
             reason = "no reference images: set eval.reference (or --reference)"
         if reason:
-            skipped = {m: reason for m in DISTANCES if m in spec.metrics}
-            features = None
+            skipped.update({m: reason for m in _metrics_of(spec, part)})
+        else:
+            features[extractor] = weights
+    preference = {p.removeprefix("preference."): PREFERENCE_WEIGHTS[p.removeprefix(
+        "preference.")](spec) for p in wanted if p.startswith("preference.")}
     plan = ScorePlan(
-        features=features, weights=weights,
+        features=features, preference=preference,
         clip_model=spec.clip_model if "clip" in wanted else None,
         safety=spec.safety if "safety" in wanted else None,
         classifier=spec.classifier if "classifier" in wanted else None,
@@ -184,17 +286,19 @@ def _plan(spec: EvalSpec) -> tuple[ScorePlan, dict[str, str]]:
     return plan, skipped
 
 
-def _features_of(table: pa.Table, plan: ScorePlan, spec: EvalSpec) -> np.ndarray:
-    only = ScorePlan(features=plan.features, weights=plan.weights, device=plan.device)
+def _features_of(table: pa.Table, extractor: str, weights: str | None, device: str,
+                 spec: EvalSpec) -> np.ndarray:
+    only = ScorePlan(features={extractor: weights}, device=device)
     columns = score_dataset(table_dataset(table, "reference"), only, spec.actors, spec.batch_size,
                             spec.gpus_per_actor)
-    if "error_features" in columns:
-        raise RuntimeError(columns["error_features"][0])
+    if f"error_features.{extractor}" in columns:
+        raise RuntimeError(columns[f"error_features.{extractor}"][0])
     order = np.argsort(columns["row_id"].astype(np.int64))
-    return columns["features"][order]
+    return columns[feature_column(extractor)][order]
 
 
-def _protocol(spec: EvalSpec, plan: ScorePlan) -> dict[str, Any]:
+def _protocol(spec: EvalSpec, plan: ScorePlan,
+              protocols: dict[str, dict[str, Any]]) -> dict[str, Any]:
     protocol: dict[str, Any] = {
         "metrics": {m: {"key": METRICS[m].key, "higher_is_better": METRICS[m].higher_is_better,
                         "description": METRICS[m].description} for m in spec.metrics},
@@ -202,10 +306,10 @@ def _protocol(spec: EvalSpec, plan: ScorePlan) -> dict[str, Any]:
         "kid": {"subsets": spec.kid_subsets, "subset_size": spec.kid_subset_size, "seed": 0},
         "clip_model": spec.clip_model, "clip_max_tokens": plan.max_prompt_tokens,
         "safety": spec.safety.model_dump(), "classifier": spec.classifier,
-        "versions": track.versions(),
+        "bootstrap": {**spec.bootstrap.model_dump(), "unit": "prompt (its images together)",
+                      "interval": "percentile, shifted onto the value"},
+        "extractor_protocols": protocols, "versions": track.versions(),
     }
-    if plan.features:
-        protocol["extractor_protocol"] = extractor_protocol(plan.features, plan.weights)
+    if spec.feature_extractor in protocols:
+        protocol["extractor_protocol"] = protocols[spec.feature_extractor]
     return protocol
-
-

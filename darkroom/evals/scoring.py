@@ -19,32 +19,60 @@ from darkroom.platform.errors import UserError
 from darkroom.platform.records import decode_png
 
 INPUT_COLUMNS = ["row_id", "image", "prompt", "class_label"]
+META_COLUMNS = ["prompt_id", "sample_idx", "seed"]  # passed through when the files have them
 Part = Callable[[list[np.ndarray], Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 class ScorePlan(BaseModel):
-    """What the actors compute: each non-empty field turns one part on."""
+    """What the actors compute: each non-empty field turns parts on."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    features: str | None = None  # feature extractor name
-    weights: str | None = None  # its weights
+    features: dict[str, str | None] = {}  # feature extractor name -> its weights
     clip_model: str | None = None
     safety: SafetySpec | None = None
     classifier: str | None = None
+    preference: dict[str, str] = {}  # preference scorer name -> its weights
     max_prompt_tokens: int = 77
     device: str = "cpu"  # "cuda" on actors that hold a GPU
 
     def parts(self) -> list[str]:
-        """The per-image passes this plan runs (those whose setting is given)."""
-        return [name for name in PARTS if getattr(self, _PLAN_FIELD[name]) is not None]
+        """The per-image passes this plan runs: `features.<extractor>`, `clip`, `safety`,
+        `classifier`, `preference.<scorer>`."""
+        parts = [f"features.{name}" for name in sorted(self.features)]
+        parts += [name for name in ("clip", "safety", "classifier")
+                  if getattr(self, _PLAN_FIELD[name]) is not None]
+        return parts + [f"preference.{name}" for name in sorted(self.preference)]
+
+    def only(self, parts: list[str]) -> ScorePlan:
+        """The same plan with only the given parts on."""
+        return ScorePlan(
+            features={k: v for k, v in self.features.items() if f"features.{k}" in parts},
+            clip_model=self.clip_model if "clip" in parts else None,
+            safety=self.safety if "safety" in parts else None,
+            classifier=self.classifier if "classifier" in parts else None,
+            preference={k: v for k, v in self.preference.items()
+                        if f"preference.{k}" in parts},
+            max_prompt_tokens=self.max_prompt_tokens, device=self.device)
 
 
-def _features_part(plan: ScorePlan) -> Part:
+def _features_part(plan: ScorePlan, name: str) -> Part:
     from darkroom.evals.extractors import load_extractor
 
-    extractor = load_extractor(plan.features, plan.weights, plan.device)
-    return lambda images, batch: {"features": extractor(images)}
+    extractor = load_extractor(name, plan.features[name], plan.device)
+    return lambda images, batch: {f"features.{name}": extractor(images)}
+
+
+def _preference_part(plan: ScorePlan, name: str) -> Part:
+    from darkroom.evals.preference import load_scorer
+
+    scorer = load_scorer(name, plan.preference[name], plan.device)
+
+    def part(images: list[np.ndarray], batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        prompts = [str(p or "") for p in batch.get("prompt", [""] * len(images))]
+        return {name: np.asarray(scorer.score(images, prompts), dtype=np.float64)}
+
+    return part
 
 
 def _clip_part(plan: ScorePlan) -> Part:
@@ -109,13 +137,22 @@ def _classifier_part(plan: ScorePlan) -> Part:
 
 
 PARTS: dict[str, Callable[[ScorePlan], Part]] = {
-    "features": _features_part,
     "clip": _clip_part,
     "safety": _safety_part,
     "classifier": _classifier_part,
 }
-_PLAN_FIELD = {"features": "features", "clip": "clip_model", "safety": "safety",
-               "classifier": "classifier"}
+_PLAN_FIELD = {"clip": "clip_model", "safety": "safety", "classifier": "classifier"}
+
+
+def build_part(plan: ScorePlan, part: str) -> Part:
+    """The named part of a plan, loaded (`features.<extractor>`, `preference.<scorer>` or one
+    of PARTS)."""
+    kind, _, name = part.partition(".")
+    if kind == "features":
+        return _features_part(plan, name)
+    if kind == "preference":
+        return _preference_part(plan, name)
+    return PARTS[part](plan)
 
 
 def _reason(err: Exception) -> str:
@@ -134,7 +171,7 @@ class Scorer:
         self.errors: dict[str, str] = {}
         for name in self.plan.parts():
             try:
-                self.parts[name] = PARTS[name](self.plan)
+                self.parts[name] = build_part(self.plan, name)
             except Exception as err:  # reported per metric as missing, never as 0
                 self.errors[name] = _reason(err)
 
@@ -146,8 +183,8 @@ class Scorer:
         column gives the reason; the driver leaves such rows out of every metric.
         """
         images, unreadable = decode_all(batch["image"])
-        out = {k: np.asarray(batch[k]) for k in ("row_id", "group", "prompt", "class_label")
-               if k in batch}
+        out = {k: np.asarray(batch[k]) for k in ("row_id", "group", "prompt", "class_label",
+                                                 *META_COLUMNS) if k in batch}
         out["unreadable"] = unreadable
         for part in self.parts.values():
             out.update(part(images, batch))
@@ -213,7 +250,10 @@ def images_dataset(files: Sequence[str], groups: Sequence[str],
     seen: set[tuple[str, str]] = set()
     for path, group in zip(files, groups, strict=True):
         try:
-            table = pq.read_table(path, columns=INPUT_COLUMNS, page_checksum_verification=True)
+            names = pq.read_schema(path).names
+            table = pq.read_table(path, columns=INPUT_COLUMNS + [c for c in META_COLUMNS
+                                                                 if c in names],
+                                  page_checksum_verification=True)
         except Exception as err:  # reported with the run; the other files are still scored
             if skipped is not None:
                 skipped.append((str(path), f"{type(err).__name__}: {str(err)[:200]}"))

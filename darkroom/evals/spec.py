@@ -9,6 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from darkroom.platform.errors import did_you_mean
 
 
+def _listing(names: list[str]) -> str:
+    """a, b and c"""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
 def _known(kind: str, name: str, registry) -> str:
     if name not in registry:
         raise ValueError(f"unknown {kind} `{name}`;{did_you_mean(name, registry)}")
@@ -54,6 +59,22 @@ class SafetySpec(BaseModel):
         return _known("safety checker", name, SAFETY_CHECKERS)
 
 
+class BootstrapSpec(BaseModel):
+    """Confidence intervals: resampling the scored images (or prompts) of each run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    resamples: int = Field(500, ge=0, le=10_000,
+                           description="bootstrap resamples per run; 0 turns intervals off")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the resampling")
+    level: float = Field(0.95, ge=0.5, le=0.999, description="confidence level of the intervals")
+
+
+# Metrics that compare a run's features with the reference's.
+REFERENCED = ("fid", "kid", "fd_dinov2", "cmmd", "precision", "recall", "density", "coverage",
+              "fid_per_category")
+
+
 class EvalSpec(BaseModel):
     """Which metrics to compute on a job's images, and against what."""
 
@@ -61,9 +82,12 @@ class EvalSpec(BaseModel):
 
     metrics: list[str] = Field(
         default_factory=lambda: ["fid", "kid", "clip_score", "safety"],
-        description="registry names: fid, kid, clip_score, safety, class_accuracy",
+        description="registry names: fid, kid, fd_dinov2, cmmd, precision, recall, density, "
+        "coverage, fid_per_category, clip_score, safety, class_accuracy, pickscore",
     )
-    feature_extractor: str = Field("inception", description="for fid/kid: inception, clip, digits")
+    feature_extractor: str = Field(
+        "inception", description="for fid, kid, precision/recall, density/coverage: inception, "
+        "clip, dinov2, digits, tiny")
     reference: ReferenceSpec | None = Field(None, description="real images for fid/kid")
     backend: Literal["cleanfid", "torchmetrics"] = Field(
         "cleanfid", description="who computes FID/KID from the features"
@@ -75,6 +99,11 @@ class EvalSpec(BaseModel):
     clip_model: str = Field(
         "openai/clip-vit-large-patch14", description="CLIP for clip_score: a local folder or hub id"
     )
+    dinov2_model: str = Field(
+        "facebook/dinov2-large", description="DINOv2 for fd_dinov2: a local folder or hub id")
+    pickscore_model: str = Field(
+        "yuvalkirstain/PickScore_v1", description="PickScore's CLIP: a local folder (model and "
+        "processor) or hub id (processor: laion/CLIP-ViT-H-14-laion2B-s32B-b79K)")
     classifier: str = Field("digits", description="the judge of class_accuracy")
     safety: SafetySpec = Field(default_factory=SafetySpec)
     kid_subsets: int = Field(100, ge=1, le=10_000, description="KID: number of random subsets")
@@ -85,6 +114,7 @@ class EvalSpec(BaseModel):
                                   description="GPUs per actor; > 0 runs on CUDA")
     batch_size: int = Field(32, ge=1, le=4096, description="images per extraction batch")
     contact_sheet: int = Field(16, ge=1, le=256, description="images on each run's contact sheet")
+    bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec)
 
     @field_validator("metrics")
     @classmethod
@@ -122,10 +152,10 @@ class EvalSpec(BaseModel):
     @model_validator(mode="after")
     def _reference_for_distances(self) -> EvalSpec:
         # Listed on purpose without real images is a mistake; the default list just skips them.
-        wanted = [m for m in self.metrics if m in ("fid", "kid")]
+        wanted = [m for m in self.metrics if m in REFERENCED]
         if wanted and self.reference is None and "metrics" in self.model_fields_set:
             raise ValueError(
-                f"{' and '.join(wanted)} compare against real images: give `reference` "
+                f"{_listing(wanted)} compare against real images: give `reference` "
                 "(dataset: builtin:digits | folder: PATH | parquet: PATH | stats: FILE.npz)"
             )
         return self

@@ -16,14 +16,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from darkroom.evals.metrics import METRICS
-from darkroom.evals.results import RunResult, contact_sheet_png, first_value
+from darkroom.evals.metrics import CI_HIGH, CI_LOW, METRICS
+from darkroom.evals.results import RunResult, first_value
+from darkroom.evals.sheets import contact_sheet_png
 from darkroom.evals.spec import EvalSpec, TrackingSpec
+from darkroom.platform import layout
 
 KIND = "darkroom.kind"  # job | run | compare
 KEY = "darkroom.key"
 MISSING = "darkroom.missing."
 PARENT = "mlflow.parentRunId"
+# MLflow 3 asks what an experiment is for and shows GenAI views until told; these are model runs.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 VERSIONED = ["darkroom", "torch", "diffusers", "transformers", "ray", "mlflow", "clean-fid",
              "torchmetrics", "nudenet"]
 
@@ -100,9 +104,12 @@ def experiment_id(mlflow_client, name: str) -> str:
     if found is not None:
         if found.lifecycle_stage == "deleted":
             mlflow_client.restore_experiment(found.experiment_id)
+        if EXPERIMENT_KIND[0] not in found.tags:
+            mlflow_client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
         return found.experiment_id
     return mlflow_client.create_experiment(
-        name, artifact_location=artifact_root(mlflow_client.tracking_uri))
+        name, artifact_location=artifact_root(mlflow_client.tracking_uri),
+        tags=dict([EXPERIMENT_KIND]))
 
 
 def open_run(mlflow_client, experiment: str, key: str, name: str, tags: Mapping[str, str]) -> str:
@@ -206,11 +213,15 @@ def log_job(results: list[RunResult], protocol: dict, job_dir: Path, tracking_sp
     stamped = {f"darkroom.version.{k}": v for k, v in versions().items()}
     key, name = path_key("job", job_dir, digest), f"{job_dir.name}-{digest[:8]}"
     tags = {KIND: "job", "darkroom.spec_hash": digest, "darkroom.output": job_dir, **stamped}
+    names = run_names({d.name: layout.read_json(d / layout.RUN_INFO)
+                       for d in layout.run_dirs(job_dir)}
+                      | {r.run_id: r.info for r in results})
     with run_scope(mlflow_client, exp, key, name, tags) as parent:
         log_params(mlflow_client, parent, {"job": job_dir.name, "runs": len(results)})
         for result in results:
             result.mlflow_run_id = _log_run(mlflow_client, exp, parent, result, protocol,
-                                            job_spec, digest, stamped, eval_spec)
+                                            job_spec, digest, stamped, eval_spec,
+                                            names[result.run_id])
         log_files(mlflow_client, parent, {
             "job_spec.json": to_json(job_spec),
             "metrics.json": to_json([r.summary() for r in results]),
@@ -219,9 +230,8 @@ def log_job(results: list[RunResult], protocol: dict, job_dir: Path, tracking_sp
 
 
 def _log_run(mlflow_client, exp: str, parent: str, result: RunResult, protocol: dict,
-             job_spec: dict, digest: str, stamped: dict, eval_spec: EvalSpec) -> str:
+             job_spec: dict, digest: str, stamped: dict, eval_spec: EvalSpec, name: str) -> str:
     info = result.info
-    name = run_name(info, result.run_id)
     tags = {KIND: "run", PARENT: parent, "darkroom.run_id": result.run_id,
             "darkroom.spec_hash": digest, "darkroom.output": result.run_dir, **stamped,
             "darkroom.eval.feature_extractor": eval_spec.feature_extractor,
@@ -238,8 +248,9 @@ def _log_run(mlflow_client, exp: str, parent: str, result: RunResult, protocol: 
             metrics["seconds_per_image"] = result.timing["seconds"] / result.timing["images"]
         metrics["images"] = result.count
         metrics["rows_unreadable"] = len(result.unreadable)
-        log_metrics(mlflow_client, run, metrics, result.missing,
-                    [METRICS[name].key for name in result.missing])
+        stale = [METRICS[m].key + end for m in result.missing for end in ("", CI_LOW, CI_HIGH)
+                 if "*" not in METRICS[m].key]
+        log_metrics(mlflow_client, run, metrics, result.missing, stale)
         mlflow_client.set_tag(run, "darkroom.warnings", "\n".join(result.warnings)[:5000] or "none")
         log_files(mlflow_client, run, {
             "contact_sheet.png": contact_sheet_png(result.run_dir, eval_spec.contact_sheet),
@@ -252,10 +263,44 @@ def _log_run(mlflow_client, exp: str, parent: str, result: RunResult, protocol: 
 
 
 def run_name(info: dict[str, Any], fallback: str) -> str:
-    """A run's name in MLflow: model, sampler, steps and guidance."""
+    """A run's base name: model, sampler, steps and guidance."""
     sampler = (info.get("sampler") or {}).get("name", "?")
     label = info.get("model_label") or (info.get("model") or {}).get("model") or fallback
     return f"{label}-{sampler}-s{info.get('steps', '?')}-g{info.get('guidance_scale', '?')}"
+
+
+def _overrides(info: dict[str, Any]) -> str:
+    pairs = sorted(((info.get("sampler") or {}).get("overrides") or {}).items())
+    return ",".join(f"{k}={v}" for k, v in pairs)
+
+
+# The other settings a sweep can vary, as they read in a name (only those that differ are shown).
+NAME_PARTS = {
+    "eta": lambda info: f"eta{info.get('eta')}",
+    "sampler.overrides": lambda info: _overrides(info) or "default",
+    "size": lambda info: f"{info.get('width')}x{info.get('height')}",
+    "seed": lambda info: f"seed{info.get('seed')}",
+    "model.source": lambda info: str((info.get("model") or {}).get("model")),
+    "model.revision": lambda info: str((info.get("model") or {}).get("revision")),
+}
+
+
+def run_names(infos: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Distinct names for a job's runs (run_id -> name): the base name, then, among runs that
+    still share a name, every other setting whose value differs between them (eta, sampler
+    overrides, size, seed, model source); the run id where that still leaves two the same."""
+    names = {run_id: run_name(info, run_id) for run_id, info in infos.items()}
+    for part in NAME_PARTS.values():
+        groups: dict[str, list[str]] = {}
+        for run_id, name in names.items():
+            groups.setdefault(name, []).append(run_id)
+        for members in groups.values():
+            if len({part(infos[r]) for r in members}) > 1:
+                for r in members:
+                    names[r] = f"{names[r]}-{part(infos[r])}"
+    counts = {n: list(names.values()).count(n) for n in names.values()}
+    return {run_id: name if counts[name] == 1 else f"{name}-{run_id[:8]}"
+            for run_id, name in names.items()}
 
 
 def run_params(info: dict[str, Any], result: RunResult) -> dict[str, Any]:

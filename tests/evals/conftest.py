@@ -90,6 +90,20 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_dinov2_dir(tmp_path_factory) -> Path:
+    """A random-init Dinov2Model (one layer, 32 wide, 14 px patches at 224) saved to a folder."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("dinov2")
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          mlp_ratio=2, image_size=224, patch_size=14)
+    Dinov2Model(config).eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def sd_job(tmp_path_factory) -> Path:
     """A job folder with three runs of tiny:sd (18 images each): ddim at 1 and 2 steps, euler at
     2 steps."""

@@ -51,8 +51,8 @@ def test_clip_score_equals_torchmetrics(tiny_clip_dir):
     assert (ours["clip_score"] > 0).any(), "the test needs some positive scores to compare"
     scores = RunScores("r", {"row_id": np.arange(8), "prompt": np.array(prompts, dtype=object),
                              **ours})
-    assert clip_score(scores, Context(EvalSpec()))["clip_score"] == pytest.approx(corpus,
-                                                                                  abs=1e-4)
+    assert clip_score(scores, Context(EvalSpec()))["clip_score"].value == pytest.approx(
+        corpus, abs=1e-4)
     assert not ours["clip_truncated"].any()
 
 
@@ -70,4 +70,4 @@ def test_long_prompts_are_truncated_and_counted(tiny_clip_dir):
     assert ours["clip_score"][0] == pytest.approx(again["clip_score"][0], abs=1e-4)
     scores = RunScores("r", {"row_id": np.arange(2), "prompt": np.array([long, "short"]),
                              **ours})
-    assert clip_score(scores, Context(EvalSpec()))["clip_prompts_truncated"] == 1
+    assert clip_score(scores, Context(EvalSpec()))["clip_prompts_truncated"].value == 1

@@ -99,7 +99,7 @@ def test_class_accuracy_is_agreement_with_the_requested_label(monkeypatch):
     scores = RunScores("r", {"row_id": np.arange(5), "class_label": labels,
                              "predicted_label": predicted})
     ctx = Context(EvalSpec(classifier="brightness"))
-    assert class_accuracy(scores, ctx)["class_accuracy"] == pytest.approx(3 / 4)
+    assert class_accuracy(scores, ctx)["class_accuracy"].value == pytest.approx(3 / 4)
     scores.columns["class_label"] = np.array([0, 7, 1, 1, 1], dtype=object)
     with pytest.raises(Exception, match="outside the `brightness` classifier's 2 classes"):
         class_accuracy(scores, ctx)
@@ -119,13 +119,15 @@ def test_digits_class_accuracy_and_fid_against_builtin_digits():
     np.testing.assert_array_equal(predicted, direct)
     scores = RunScores("r", {"row_id": np.arange(len(labels)),
                              "class_label": labels.astype(object), "predicted_label": predicted})
-    accuracy = class_accuracy(scores, Context(EvalSpec()))["class_accuracy"]
+    accuracy = class_accuracy(scores, Context(EvalSpec()))["class_accuracy"].value
     assert accuracy == pytest.approx((direct == labels).mean()) and accuracy > 0.9
     extractor = load_extractor("digits")
     all_images, _ = digits_dataset("all")
     reference = Stats.of(extractor(list(all_images)))
-    ctx = Context(EvalSpec(), reference=reference)
-    held_out = fid(RunScores("r", {"row_id": labels, "features": extractor(list(images))}), ctx)
+    ctx = Context(EvalSpec(feature_extractor="digits"), references={"digits": reference})
+    held_out = fid(RunScores("r", {"row_id": labels, "features.digits": extractor(list(images))}),
+                   ctx)
     noise = np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)
-    of_noise = fid(RunScores("r", {"row_id": labels, "features": extractor(list(noise))}), ctx)
-    assert held_out["fid"] < of_noise["fid"] / 10
+    of_noise = fid(RunScores("r", {"row_id": labels, "features.digits": extractor(list(noise))}),
+                   ctx)
+    assert held_out["fid"].value < of_noise["fid"].value / 10

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from darkroom.cli import main
-from darkroom.evals.compare import pareto_front
+from darkroom.evals.report import pareto_front
 from darkroom.evals.results import RunResult
 from darkroom.evals.spec import EvalSpec, TrackingSpec
 from darkroom.evals.tracking import log_job
@@ -43,7 +43,9 @@ def logged(sd_job, tmp_path_factory):
                   "images_per_s": SPEEDS[run_dir.name]}
         results.append(RunResult(run_dir.name, run_dir,
                                  layout.read_json(run_dir / layout.RUN_INFO), timing, count=18,
-                                 metrics={"fid": FIDS[run_dir.name]},
+                                 metrics={"fid": FIDS[run_dir.name],
+                                          "fid_ci_low": FIDS[run_dir.name] - 1.5,
+                                          "fid_ci_high": FIDS[run_dir.name] + 2.5},
                                  missing={"kid": "not asked"}))
     log_job(results, {"backend": "cleanfid"}, sd_job, TrackingSpec(uri=uri), experiment="cmp",
             job_spec={"name": "cmp"}, eval_spec=EvalSpec())
@@ -67,8 +69,9 @@ def test_compare_prints_ranked_table_and_writes_a_report(logged, capsys):
     lines = [line for line in out.splitlines() if line.startswith("tiny:sd")]
     assert [line.split()[0] for line in lines] == [
         "tiny:sd-ddim-s2-g5.0", "tiny:sd-euler-s2-g5.0", "tiny:sd-ddim-s1-g5.0"]
-    assert "20.0000" in lines[0] and f"report: {html}" in out
+    assert "20.0 ± 2.0" in lines[0] and f"report: {html}" in out  # value ± half its interval
     page = html.read_text()
+    assert "20.0 ± 2.0" in page
     assert page.count('<img src="data:image/png;base64,') == 3
     assert page.count("<svg") == 2 and "Pareto front" in page
 
@@ -89,6 +92,13 @@ def test_compare_bad_input_exits_2(logged, capsys):
     assert main(["compare", "--experiment", "cmp", "--metric", "fdi",
                  "--tracking-uri", logged["uri"]]) == 2
     assert "did you mean `fid`" in capsys.readouterr().err
+    assert main(["compare", "--experiment", "cmp", "--baseline", "tiny:sd-ddim-s2-g5.O",
+                 "--tracking-uri", logged["uri"]]) == 2
+    assert "did you mean `tiny:sd-ddim-s2-g5.0`" in capsys.readouterr().err
+    # these runs were logged without being evaluated: nothing to compare image by image
+    assert main(["compare", "--experiment", "cmp", "--baseline", "tiny:sd-ddim-s2-g5.0",
+                 "--tracking-uri", logged["uri"]]) == 2
+    assert "has no eval record" in capsys.readouterr().err
 
 
 # -- the report in a real browser ---------------------------------------------------------------

@@ -101,15 +101,27 @@ def test_unknown_extractor_suggests_a_name():
         load_extractor("inceptoin")
 
 
-def test_digits_extractor_uses_the_bundled_classifier():
+def test_digits_extractor_standardises_the_classifier_features():
+    """Protocol 2: the bundled classifier's features minus the real training digits' mean
+    feature, over their RMS standard deviation."""
     from darkroom.platform.zoo.classifier import load_digits_classifier
     from darkroom.platform.zoo.data import digits_dataset
 
+    def raw(images):
+        with torch.no_grad():
+            x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+            return load_digits_classifier().features(x).double().numpy()
+
+    train, _ = digits_dataset("train")
+    real = raw(train)
+    mean = real.mean(axis=0)
+    scale = np.sqrt(((real - mean) ** 2).sum(axis=1).mean() / real.shape[1])
     images, _ = digits_dataset("test")
     extractor = load_extractor("digits")
     features = extractor(list(images[:8]))
-    with torch.no_grad():
-        x = torch.from_numpy(images[:8]).permute(0, 3, 1, 2).float() / 255
-        expected = load_digits_classifier().features(x).numpy()
     assert features.shape == (8, 64)
-    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(features, (raw(images[:8]) - mean) / scale, rtol=1e-4, atol=1e-5)
+    assert extractor.protocol["version"] == 2 and "standardised" in extractor.protocol
+    # real digits now have |x|^2 / d of about 1, KID's kernel works in its intended range
+    standardised = extractor(list(images))
+    assert 0.5 < (standardised**2).sum(axis=1).mean() / 64 < 2

@@ -81,11 +81,11 @@ def test_stats_file_with_only_moments_gives_fid_but_not_kid(tmp_path):
     np.savez(path, mu=features.mean(0), sigma=np.cov(features, rowvar=False))
     ref = reference_stats(ReferenceSpec(stats=str(path)), "tiny", None, CountingExtract())
     assert ref.stats.features is None
-    scores = RunScores("r", {"row_id": np.arange(30), "features": features})
-    ctx = Context(EvalSpec(), reference=ref.stats)
+    scores = RunScores("r", {"row_id": np.arange(30), "features.tiny": features})
+    ctx = Context(EvalSpec(feature_extractor="tiny"), references={"tiny": ref.stats})
     from darkroom.evals.metrics import fid
 
-    assert abs(fid(scores, ctx)["fid"]) < 1e-6
+    assert abs(fid(scores, ctx)["fid"].value) < 1e-6
     with pytest.raises(Unavailable, match="KID needs the reference features"):
         kid(scores, ctx)
     np.savez(tmp_path / "bad.npz", mean=features.mean(0))

@@ -1,0 +1,178 @@
+"""Two feature extractors with weights of their own: the bundled digits classifier (`digits`) and
+DINOv2 (`dinov2`, for FD-DINOv2). `extractors.py` registers them.
+
+- `digits`: the bundled digits classifier's 64-d penultimate layer, standardised with the real
+  training digits' statistics (protocol 2; see `_digits_build`).
+- `dinov2`: DINOv2 (Oquab et al. 2023) CLS features through dgm-eval's preprocessing (PIL
+  bicubic resize to 224x224, ImageNet mean/std), for FD-DINOv2 (Stein et al. 2023); ViT-L/14
+  (`facebook/dinov2-large`) unless other weights are given.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from darkroom.evals.extractor_types import (
+    FeatureExtractor,
+    WeightsMissing,
+    file_sha256,
+    is_local,
+    per_size,
+    to_float_nchw,
+)
+
+DEFAULT_DINOV2 = "facebook/dinov2-large"  # ViT-L/14, as Stein et al. 2023 use
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# -- digits -------------------------------------------------------------------------------------
+
+
+def _digits_folder(weights: str | None) -> Path:
+    from darkroom.platform.zoo.classifier import default_folder
+
+    return Path(weights).expanduser() if weights else default_folder()
+
+
+def digits_check(weights: str | None) -> str | None:
+    """Why the digits classifier cannot be loaded (not trained), or None."""
+    folder = _digits_folder(weights)
+    if (folder / "config.json").is_file():
+        return None
+    return f"no digits classifier in {folder}; train it with `darkroom zoo train-digits`"
+
+
+def load_digits(weights: str | None = None):
+    """The digits classifier saved in `weights` (a folder), or the bundled one when None;
+    raises `WeightsMissing` when it has not been trained."""
+    reason = digits_check(weights)
+    if reason:
+        raise WeightsMissing(reason)
+    from darkroom.platform.zoo.classifier import load_digits_classifier
+
+    return load_digits_classifier(_digits_folder(weights))
+
+
+@functools.lru_cache(maxsize=4)
+def _digits_standardisation(folder: str, weights_sha256: str) -> tuple[np.ndarray, float]:
+    """The mean feature vector and RMS standard deviation of the real training digits under the
+    classifier in `folder` (the sha names the weights, so new weights give new constants)."""
+    import torch
+
+    from darkroom.platform.zoo.data import digits_dataset
+
+    model = load_digits(folder)
+    images, _ = digits_dataset("train")
+    with torch.no_grad():
+        features = model.features(to_float_nchw(list(images))).double().numpy()
+    mean = features.mean(axis=0)
+    return mean, float(np.sqrt(((features - mean) ** 2).sum(axis=1).mean() / features.shape[1]))
+
+
+def digits_build(weights: str | None, device: str = "cpu") -> FeatureExtractor:
+    """The digits extractor: the classifier's features, standardised (protocol 2)."""
+    import torch
+
+    model = load_digits(weights).to(device)
+    folder = _digits_folder(weights)
+    # Protocol 2: the raw features average |x|^2 / d of about 130, so KID's kernel
+    # (x.y / d + 1)^3 ran into the millions and KID into the thousands, often negative. Centred
+    # on the real training digits' mean and divided by their RMS standard deviation (one number
+    # for all dimensions: FID only scales by its square, rankings keep), x.y / d is about 1, as
+    # for Inception features.
+    mean, scale = _digits_standardisation(str(folder),
+                                          file_sha256(folder / "model.safetensors"))
+
+    def fn(images: list[np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            raw = model.features(to_float_nchw(images).to(device)).cpu().double().numpy()
+        return (raw - mean) / scale
+
+    return FeatureExtractor("digits", model.num_features, digits_protocol(weights), per_size(fn))
+
+
+def digits_protocol(weights: str | None) -> dict[str, Any]:
+    """The digits extractor's protocol: weights hash, resize, standardisation."""
+    folder = _digits_folder(weights)
+    if digits_check(weights):
+        raise WeightsMissing(digits_check(weights))
+    return {"extractor": "digits", "version": 2, "weights": "digits-classifier",
+            "weights_sha256": file_sha256(folder / "model.safetensors"),
+            "resize": "bilinear antialias to 16x16", "features": "penultimate, 64",
+            "standardised": "minus the real training digits' mean feature, over their RMS "
+                            "standard deviation"}
+
+
+# -- dinov2 -------------------------------------------------------------------------------------
+
+
+def dinov2_check(weights: str | None) -> str | None:
+    """Why DINOv2 cannot be loaded here (no folder, or a hub id offline), or None."""
+    name = weights or DEFAULT_DINOV2
+    fix = ("download it where there is network (e.g. `hf download facebook/dinov2-large "
+           "--local-dir DIR`) and give that folder as `eval.dinov2_model` (or `eval.weights` "
+           "with feature_extractor dinov2)")
+    if is_local(name):
+        if (Path(name).expanduser() / "config.json").is_file():
+            return None
+        return f"DINOv2 folder `{name}` has no config.json (Dinov2Model.save_pretrained); {fix}"
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return f"DINOv2 weights `{name}` are not on this machine (offline); {fix}"
+    return None
+
+
+def dinov2_build(weights: str | None, device: str = "cpu") -> FeatureExtractor:
+    """The DINOv2 extractor: CLS features with dgm-eval's preprocessing."""
+    import torch
+    from PIL import Image
+    from transformers import Dinov2Model
+
+    reason = dinov2_check(weights)
+    if reason:
+        raise WeightsMissing(reason)
+    name = weights or DEFAULT_DINOV2
+    try:
+        model = Dinov2Model.from_pretrained(
+            str(Path(name).expanduser()) if is_local(name) else name).eval().to(device)
+    except OSError as err:
+        raise WeightsMissing(f"DINOv2 `{name}` could not be loaded "
+                             f"({str(err).splitlines()[0]}); give a local folder as "
+                             "`eval.dinov2_model`") from err
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def fn(images: Sequence[np.ndarray]) -> np.ndarray:
+        # dgm-eval: PIL bicubic resize of the 8-bit image to 224x224, to [0, 1], ImageNet norm
+        resized = np.stack([np.asarray(Image.fromarray(image).convert("RGB").resize(
+            (224, 224), Image.Resampling.BICUBIC)) for image in images])
+        batch = (torch.from_numpy(resized).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+        with torch.no_grad():
+            out = model(pixel_values=batch.to(device))
+        return out.pooler_output.float().cpu().numpy()  # the CLS token after the final norm
+
+    return FeatureExtractor("dinov2", int(model.config.hidden_size),
+                            dinov2_protocol(weights), fn)
+
+
+def dinov2_protocol(weights: str | None) -> dict[str, Any]:
+    """The DINOv2 extractor's protocol: weights identity, resize, which features."""
+    name = weights or DEFAULT_DINOV2
+    folder = Path(name).expanduser()
+    identity = {"config_sha256": "hub"}
+    if is_local(name) and (folder / "config.json").is_file():
+        identity = {"config_sha256": file_sha256(folder / "config.json"),
+                    "weights_sha256": [file_sha256(p) for p in sorted(
+                        folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))]}
+    return {"extractor": "dinov2", "weights": name, **identity,
+            "resize": "PIL bicubic 224x224 (8-bit), ImageNet mean/std (dgm-eval)",
+            "features": "CLS token after the final layer norm"}
