@@ -81,7 +81,8 @@ def _run(args: argparse.Namespace) -> int:
     from darkroom.jobs.jobfile import load
     from darkroom.jobs.pipeline import run_job
 
-    spec = load(args.job, args.overrides)
+    # the workers read and check the prompt file whole; here only its first rows
+    spec = load(args.job, args.overrides, deep=False)
     run_job(spec, dry_run=args.dry_run, evaluate=not args.no_eval)
     return 0
 
