@@ -156,6 +156,17 @@ def set_options(prefix: str | Location, options: dict[str, Any] | None) -> None:
         _OPTIONS[loc.uri] = tuple(sorted(options.items()))
 
 
+def registered() -> dict[str, dict[str, Any]]:
+    """Every prefix's options, to hand to the workers of a pass (`register`)."""
+    return {prefix: dict(options) for prefix, options in _OPTIONS.items()}
+
+
+def register(options_by_prefix: dict[str, dict[str, Any]] | None) -> None:
+    """Options from `registered()` in another process."""
+    for prefix, options in (options_by_prefix or {}).items():
+        set_options(prefix, options)
+
+
 def _options_for(loc: UriPath) -> tuple[tuple[str, Any], ...]:
     best = ""
     for prefix in _OPTIONS:
