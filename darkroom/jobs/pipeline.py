@@ -220,8 +220,11 @@ def dataset(spec: JobSpec, runs: list[Run], prompts: Prompts, done: list[Any], i
     batch_size = spec.generation.batch_size
     per_call = math.ceil(todo / (compute.actors.max * CALLS_PER_ACTOR))
     per_call = min(compute.checkpoint_rows, batch_size * math.ceil(per_call / batch_size))
-    expanded = prompts.dataset().map_batches(
-        expand_missing, batch_format="pyarrow", batch_size=_expansion_batch(spec, runs),
+    # Prompts in blocks that expand to about one call each, so every actor of the pool gets
+    # work (one block reaches one actor); split before the actors hold the CPUs.
+    per_block = max(1, per_call // (len(runs) * spec.prompts.images_per_prompt))
+    expanded = prompts.split(per_block).dataset().map_batches(
+        expand_missing, batch_format="pyarrow", batch_size=None,
         fn_kwargs={"plan": expansion(spec, runs), "done": done},
         num_cpus=0,  # light work: it must not wait for CPUs that the actors hold
     )

@@ -173,10 +173,12 @@ class ComputeSpec(_Section):
     )
     checkpoint_rows: int = Field(
         256, ge=1, le=1_000_000,
-        description="rows per Parquet file; a crash loses at most this many"
+        description="rows per actor call and Parquet file, at most; a crash loses at most this "
+        "many per actor"
     )
     checkpoint_seconds: float = Field(
-        30, gt=0, le=86_400, description="write what is buffered at least this often"
+        30, gt=0, le=86_400, description="not used since actors write their own files (one per "
+        "call); accepted so older job files stay valid"
     )
 
 

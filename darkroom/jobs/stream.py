@@ -15,6 +15,7 @@ file or a folder listing: they are made on the driver and put into the object st
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -32,16 +33,38 @@ READ_BLOCKS = 16  # blocks a prompt file is read in, at least: the expansion's p
 
 @dataclass
 class Prompts:
-    """A job's prompts in the object store: block references (in prompt order) and the count."""
+    """A job's prompts in the object store: block references (in prompt order), rows of each."""
 
     blocks: list[Any]
-    count: int
+    counts: list[int]
+
+    @property
+    def count(self) -> int:
+        """How many prompts."""
+        return sum(self.counts)
 
     def dataset(self) -> Any:
         """The prompts as a Ray dataset (the blocks already exist: nothing is read again)."""
         import ray.data
 
         return ray.data.from_arrow_refs(self.blocks)
+
+    def split(self, rows: int) -> Prompts:
+        """The same prompts in blocks of at most `rows` (sliced by tasks on the workers)."""
+        import ray
+
+        slicer = ray.remote(slice_block)
+        blocks, counts = [], []
+        for block, count in zip(self.blocks, self.counts, strict=True):
+            parts = [min(rows, count - start) for start in range(0, count, rows)]
+            if len(parts) <= 1:
+                blocks.append(block)
+                counts.append(count)
+                continue
+            sliced = slicer.options(num_returns=len(parts)).remote(block, rows)
+            blocks += sliced
+            counts += parts
+        return Prompts(blocks, counts)
 
 
 def open_prompts(source: PromptSource) -> Prompts:
@@ -51,24 +74,25 @@ def open_prompts(source: PromptSource) -> Prompts:
 
     if source.kind != "file":
         table = prompts_table(load_prompts(source)).cast(PROMPT_SCHEMA)
-        return Prompts([ray.put(table)], table.num_rows)
+        return Prompts([ray.put(table)], [table.num_rows])
     path = storage.location(source.file or "")
     try:
         refs, counts = _read(source, path)
     except Exception as err:
         raise as_prompt_error(err, path.name) from err
+    counts = list(counts)
     if not sum(counts):
         raise PromptError("prompts.file", f"{path.name} holds no prompts", str(path))
     if source.columns.id is None:
         number = ray.remote(number_block)
-        offsets = [sum(counts[:i]) for i in range(len(counts))]
+        offsets = [0, *itertools.accumulate(counts)][:-1]
         refs = [number.remote(ref, offset) for ref, offset in zip(refs, offsets, strict=True)]
     else:
         repeated = ray.get(ray.remote(first_repeated_id).remote(*refs))
         if repeated is not None:
             raise PromptError("prompts.columns.id", f"id {repeated!r} appears more than once in "
                               f"{path.name}; ids must be unique", source.columns.id)
-    return Prompts(refs, sum(counts))
+    return Prompts(refs, counts)
 
 
 def _read(source: PromptSource, path: storage.Location) -> tuple[list[Any], list[int]]:
@@ -103,7 +127,8 @@ def _read(source: PromptSource, path: storage.Location) -> tuple[list[Any], list
     import ray
 
     refs = ds.materialize().to_arrow_refs()  # the blocks stay in the object store
-    return refs, ray.get([ray.remote(_num_rows).remote(ref) for ref in refs])
+    count = ray.remote(_num_rows)
+    return refs, ray.get([count.remote(ref) for ref in refs])
 
 
 def _num_rows(block: pa.Table) -> int:
@@ -174,6 +199,11 @@ def _prompt_values(record: dict[str, Any], mapping: ColumnMap, name: str) -> dic
     return {"prompt_id": None if mapping.id is None else str(record[mapping.id]),
             "prompt": text, "negative_prompt": None if negative is None else str(negative),
             "class_label": None if label is None else str(label), "control_path": None}
+
+
+def slice_block(block: pa.Table, rows: int) -> list[pa.Table]:
+    """Task: a block cut into pieces of `rows` rows (the last one shorter)."""
+    return [block.slice(start, rows) for start in range(0, block.num_rows, rows)]
 
 
 def number_block(block: pa.Table, offset: int) -> pa.Table:
