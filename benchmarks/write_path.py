@@ -240,9 +240,10 @@ def memory_child(args: argparse.Namespace) -> None:
         return original(*a, **k, generator_class=TinyFakeGenerator)
 
     pipeline.dataset = fake
-    data = job(1, args.memory_output, "memory", 100_000, prompts={"file": args.memory_child},
-               generation={"width": 8, "height": 8, "batch_size": 1000},
-               compute={"actors": {"min": 1, "max": 1}, "checkpoint_rows": 100_000})
+    data = job(1, args.memory_output, "memory", 100_000)
+    data.update(prompts={"file": args.memory_child},
+                generation={"width": 8, "height": 8, "batch_size": 1000},
+                compute={"actors": {"min": 1, "max": 1}, "checkpoint_rows": 100_000})
     if args.memory_rows:
         data["prompts"]["limit"] = args.memory_rows
     spec = validate(data, base=".", deep=False)
