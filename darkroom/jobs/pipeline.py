@@ -26,7 +26,7 @@ from darkroom.jobs.lease import JobLease
 from darkroom.jobs.plan import Run, describe, expand, expansion, run_info
 from darkroom.jobs.prompts import PromptError, count_prompts
 from darkroom.jobs.spec import MAX_ROWS_PER_RUN, JobSpec
-from darkroom.jobs.stream import Prompts, open_prompts, user_error
+from darkroom.jobs.stream import Prompts, open_prompts
 from darkroom.jobs.workers import GenerateAndWrite, check_block, expand_missing
 from darkroom.platform import layout, storage
 from darkroom.platform.cluster import connect_ray
@@ -254,18 +254,8 @@ def dataset(spec: JobSpec, runs: list[Run], prompts: Prompts, done: list[Any], i
 
 
 def _results(ds: Any) -> Iterator[Any]:
-    """The small result batches of a dataset; errors raised on a worker for bad input come
-    back as the user errors they are (exit code 2)."""
-    try:
-        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
-    except Exception as err:
-        found = user_error(err, PromptError)
-        if found is not None:
-            raise SpecError("job", [Problem(found.path, found.message, found.value)]) from err
-        found = user_error(err, UserError)
-        if found is not None:
-            raise UserError(str(found)) from err
-        raise
+    """The small result batches of a pass, as they come."""
+    return ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def summary(runs: list[Run], result: JobResult) -> str:

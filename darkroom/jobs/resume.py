@@ -18,7 +18,6 @@ another prompt, negative prompt, class or control image stops the job before any
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +28,6 @@ import pyarrow.compute as pc
 from darkroom.platform import layout, storage
 from darkroom.platform.records import sha256
 from darkroom.platform.storage import Location
-
-log = logging.getLogger("darkroom.jobs")
 
 # What defines a row besides its id: a row written under the same id with any of these different
 # would be a different image, so a rerun refuses rather than mix them.

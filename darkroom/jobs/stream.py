@@ -1,12 +1,13 @@
 """Prompt sources as Ray data: a prompt file is read and checked on the workers, never whole on
 the driver, which holds only references to the blocks and their row counts.
 
-1. Ray Data reads the file (`.parquet`, `.jsonl`, `.csv`, `.txt`; local or a URI) and each block
-   is turned into PROMPT_COLUMNS (`parse_block`), every row checked (a missing column, a row
-   without text, a line that is not JSON is a `PromptError` naming the field); `limit` keeps the
-   first prompts. Order is preserved, so a prompt's row number is the same on every read.
-2. Prompts without an id column get their row number as id (`00000`, ...): one small task per
-   block, given the block's offset.
+1. Ray Data reads the file (`.parquet`, `.jsonl`, `.csv`, `.txt`; local or a URI), one row per
+   prompt, and `limit` keeps the first ones. Order is preserved, so a prompt's row number is
+   the same on every read.
+2. A task per block turns its rows into PROMPT_COLUMNS (`parse_block`), every row checked (a
+   missing column, a row without text, a line that is not JSON is a `PromptError` naming the
+   field), and prompts without an id column get their row number as id (`00000`, ...) from the
+   block's offset. (Plain tasks: a PromptError raised in one reaches the driver as it is.)
 3. With an id column, one task over the id columns finds an id given twice.
 
 Inline sources (a list, classes, a folder of control images) are small and come from the job
@@ -29,6 +30,7 @@ from darkroom.platform import storage
 
 PROMPT_SCHEMA = pa.schema([(name, pa.string()) for name in PROMPT_COLUMNS])
 READ_BLOCKS = 16  # blocks a prompt file is read in, at least: the expansion's parallelism
+PROMPTS_PER_BLOCK = 10_000
 
 
 @dataclass
@@ -83,16 +85,25 @@ def open_prompts(source: PromptSource) -> Prompts:
     counts = list(counts)
     if not sum(counts):
         raise PromptError("prompts.file", f"{path.name} holds no prompts", str(path))
-    if source.columns.id is None:
-        number = ray.remote(number_block)
-        offsets = [0, *itertools.accumulate(counts)][:-1]
-        refs = [number.remote(ref, offset) for ref, offset in zip(refs, offsets, strict=True)]
-    else:
+    parse = ray.remote(parse_block)
+    offsets = [0, *itertools.accumulate(counts)][:-1]
+    options = {"suffix": path.suffix.lower(), "columns": source.columns.model_dump(),
+               "name": path.name}
+    refs = [parse.remote(ref, offset, **options) for ref, offset in zip(refs, offsets,
+                                                                         strict=True)]
+    ray.wait(refs, num_returns=len(refs), fetch_local=False)
+    for ref in refs:  # a bad row: its PromptError, raised here
+        try:
+            ray.get(ray.remote(_num_rows).remote(ref))
+        except Exception as err:
+            raise as_prompt_error(err, path.name) from err
+    if source.columns.id is not None:
         repeated = ray.get(ray.remote(first_repeated_id).remote(*refs))
         if repeated is not None:
             raise PromptError("prompts.columns.id", f"id {repeated!r} appears more than once in "
                               f"{path.name}; ids must be unique", source.columns.id)
-    return Prompts(refs, counts)
+    # blocks of at most PROMPTS_PER_BLOCK: the check pass runs a task per block
+    return Prompts(refs, counts).split(PROMPTS_PER_BLOCK)
 
 
 def _read(source: PromptSource, path: storage.Location) -> tuple[list[Any], list[int]]:
@@ -105,7 +116,8 @@ def _read(source: PromptSource, path: storage.Location) -> tuple[list[Any], list
                               source.columns.id, source.columns.class_label) if c]
         present = set(_parquet_columns(fs, inner))
         ds = ray.data.read_parquet(inner, filesystem=fs, columns=[c for c in wanted
-                                                                  if c in present])
+                                                                  if c in present],
+                                   override_num_blocks=READ_BLOCKS)
     elif suffix == ".csv":
         import pyarrow.csv as pacsv
 
@@ -119,9 +131,6 @@ def _read(source: PromptSource, path: storage.Location) -> tuple[list[Any], list
     else:  # .txt and .jsonl: one row per non-empty line
         ds = ray.data.read_text(inner, filesystem=fs, override_num_blocks=READ_BLOCKS)
     ds.context.execution_options.preserve_order = True  # row numbers are prompt ids
-    ds = ds.map_batches(parse_block, batch_format="pyarrow", batch_size=None,
-                        fn_kwargs={"suffix": suffix, "columns": source.columns.model_dump(),
-                                   "name": path.name})
     if source.limit:
         ds = ds.limit(source.limit)
     import ray
@@ -151,9 +160,10 @@ def _csv_header(fs: Any, inner: str) -> list[str]:
     return next(csv.reader(io.StringIO(head)), [])
 
 
-def parse_block(block: pa.Table, suffix: str, columns: dict[str, Any], name: str) -> pa.Table:
-    """Ray Data task: raw rows of a prompt file -> PROMPT_COLUMNS (prompt_id null unless the
-    file has an id column); a row that cannot be a prompt raises PromptError."""
+def parse_block(block: pa.Table, offset: int, suffix: str, columns: dict[str, Any],
+                name: str) -> pa.Table:
+    """Task: raw rows of a prompt file, the first of them row `offset` of the file ->
+    PROMPT_COLUMNS; a row that cannot be a prompt raises PromptError."""
     mapping = ColumnMap.model_validate(columns)
     if suffix == ".txt":
         texts = [line.strip() for line in block.column("text").to_pylist()]
@@ -165,8 +175,11 @@ def parse_block(block: pa.Table, suffix: str, columns: dict[str, Any], name: str
     else:
         records = block.to_pylist()
     out: dict[str, list] = {column: [] for column in PROMPT_COLUMNS}
-    for record in records:
-        for column, value in _prompt_values(record, mapping, name).items():
+    for index, record in enumerate(records, start=offset):
+        values = _prompt_values(record, mapping, name)
+        if values["prompt_id"] is None:
+            values["prompt_id"] = f"{index:05d}"  # as `load_prompts` numbers them
+        for column, value in values.items():
             out[column].append(value)
     return pa.table(out, schema=PROMPT_SCHEMA)
 
@@ -204,12 +217,6 @@ def _prompt_values(record: dict[str, Any], mapping: ColumnMap, name: str) -> dic
 def slice_block(block: pa.Table, rows: int) -> list[pa.Table]:
     """Task: a block cut into pieces of `rows` rows (the last one shorter)."""
     return [block.slice(start, rows) for start in range(0, block.num_rows, rows)]
-
-
-def number_block(block: pa.Table, offset: int) -> pa.Table:
-    """Task: prompt ids from row numbers (`00000`, ...), as `load_prompts` gives them."""
-    ids = pa.array([f"{offset + i:05d}" for i in range(block.num_rows)], pa.string())
-    return block.set_column(0, "prompt_id", ids)
 
 
 def first_repeated_id(*blocks: pa.Table) -> str | None:
