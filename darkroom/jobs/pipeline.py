@@ -163,6 +163,11 @@ def _check(spec: JobSpec, runs: list[Run], prompts: Prompts,
     rows: dict[str, int] = defaultdict(int)
     missing: dict[str, int] = defaultdict(int)
     for model_runs in _by_model(spec, runs).values():
+        if not _done(states, model_runs):  # nothing written yet: every row is missing
+            for run in model_runs:
+                rows[run.run_id] = missing[run.run_id] = (
+                    prompts.count * spec.prompts.images_per_prompt)
+            continue
         ds = prompts.dataset().map_batches(
             check_block, batch_format="pyarrow", batch_size=_expansion_batch(spec, model_runs),
             fn_kwargs={"plan": expansion(spec, model_runs), "done": _done(states, model_runs)},
@@ -214,7 +219,7 @@ def dataset(spec: JobSpec, runs: list[Run], prompts: Prompts, done: list[Any], i
             todo: int, generator_class: type | None = None) -> Any:
     """The missing request rows of one model's runs through a pool of actors that generate and
     write them (lazy); each output row describes one written file."""
-    from ray.data import ActorPoolStrategy
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     compute = spec.compute
     batch_size = spec.generation.batch_size
@@ -226,7 +231,9 @@ def dataset(spec: JobSpec, runs: list[Run], prompts: Prompts, done: list[Any], i
     expanded = prompts.split(per_block).dataset().map_batches(
         expand_missing, batch_format="pyarrow", batch_size=None,
         fn_kwargs={"plan": expansion(spec, runs), "done": done},
-        num_cpus=0,  # light work: it must not wait for CPUs that the actors hold
+        # light work that must not wait for CPUs the actors hold; a few at a time, as each
+        # holds the rows already done
+        num_cpus=0, compute=TaskPoolStrategy(size=max(2, compute.actors.max)),
     )
     with warnings.catch_warnings():
         # Ray 2.60 has no named parameter for actor fault tolerance: it comes in the remote
