@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from darkroom.platform import layout
+from darkroom.platform import layout, storage
 from darkroom.platform.errors import UserError
 
 
@@ -18,7 +18,8 @@ def register(subparsers) -> None:
         description="Evaluate a job folder (OUTPUT/<job>) or one run folder in it. Settings "
         "start from the eval: section of the folder's job.yaml; flags override them.",
     )
-    p.add_argument("output_dir", help="a job folder (OUTPUT/<job>) or a run folder in it")
+    p.add_argument("output_dir", help="a job folder (OUTPUT/<job>) or a run folder in it; a "
+                   "path or a URI (s3://bucket/outputs/job)")
     p.add_argument("--metrics", help="comma-separated: fid,kid,fd_dinov2,cmmd,precision,recall,"
                    "density,coverage,fid_per_category,clip_score,safety,class_accuracy,pickscore")
     p.add_argument("--feature-extractor",
@@ -72,13 +73,14 @@ def reference_from_arg(value: str) -> dict[str, str]:
     return {"folder": value}
 
 
-def _job_file(job_dir: Path) -> dict[str, Any]:
+def _job_file(job_dir: storage.Location) -> dict[str, Any]:
     path = job_dir / layout.JOB_SPEC
-    if not path.exists():
+    if not storage.is_file(path):
         return {}
-    from darkroom.platform.config import read_yaml_file
+    from darkroom.platform.config import parse_yaml
 
-    return read_yaml_file(path, "job file")[0]
+    data = parse_yaml(storage.read_text(path), str(path))[0]
+    return data if isinstance(data, dict) else {}
 
 
 def eval_settings(args: argparse.Namespace, job: dict[str, Any]) -> dict[str, Any]:
@@ -107,11 +109,14 @@ def run_eval(args: argparse.Namespace) -> int:
     from darkroom.evals.spec import EvalSpec, TrackingSpec
     from darkroom.platform.config import validate
 
-    target = Path(args.output_dir).expanduser()
-    if not target.is_dir():
+    problem = storage.check(args.output_dir)
+    if problem:
+        raise UserError(f"OUTPUT_DIR: {problem}")
+    target = storage.location(args.output_dir)
+    if not (storage.exists(target) and not storage.is_file(target)):
         raise UserError(f"OUTPUT_DIR `{args.output_dir}` is not a folder")
     run_ids = [r.strip() for r in args.runs.split(",")] if args.runs else None
-    if (target / layout.RUN_INFO).exists():  # a single run folder
+    if storage.is_file(target / layout.RUN_INFO):  # a single run folder
         target, run_ids = target.parent, [target.name]
     job = _job_file(target)
     spec = validate(EvalSpec, eval_settings(args, job), "eval settings (job.yaml and flags)")

@@ -1,4 +1,5 @@
-"""One run's evaluation results on disk: per-image scores Parquet, counts, the eval record.
+"""One run's evaluation results beside its images: per-image scores Parquet, counts, the eval
+record. The run folder is a local path or a URI (`platform.storage`).
 
 `RunResult` is what evaluating one run gives (metrics with their intervals, missing metrics with
 reasons, warnings); `write_scores` keeps per-image scores beside the run's images, keyed by
@@ -11,10 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from darkroom.evals.scores import FEATURES, RunScores
-from darkroom.platform import layout
+from darkroom.platform import layout, storage
+from darkroom.platform.storage import Location
 
 PENDING_FILE = "eval_pending.json"
 SCORES_FILE = "scores.parquet"
@@ -39,7 +38,7 @@ class RunResult:
     """One run's evaluation: its images, metrics, missing metrics with reasons, warnings."""
 
     run_id: str
-    run_dir: Path
+    run_dir: Location
     info: dict[str, Any]
     timing: dict[str, Any]
     count: int = 0
@@ -60,10 +59,13 @@ class PendingResults:
     """Computed metrics not yet in MLflow: `<job>/eval_pending.json`, valid while the runs'
     image files and the eval settings are those it was computed from."""
 
-    def __init__(self, job_dir: Path, run_dirs: list[Path], spec: Any) -> None:
+    def __init__(self, job_dir: Location, run_dirs: list[Location], spec: Any) -> None:
         self.path = job_dir / PENDING_FILE
-        files = [(str(f.relative_to(job_dir)), f.stat().st_size, f.stat().st_mtime_ns)
-                 for d in run_dirs for f in layout.parquet_files(d / layout.IMAGES)]
+        files = []
+        for d in run_dirs:
+            for f in layout.parquet_files(d / layout.IMAGES):
+                found = storage.info(f)
+                files.append((f"{d.name}/{f.name}", found and found.size, found and found.mtime))
         self.key = hashlib.sha256(json.dumps(
             [spec.model_dump(mode="json"), [d.name for d in run_dirs], files],
             sort_keys=True).encode()).hexdigest()
@@ -72,14 +74,12 @@ class PendingResults:
         """Write the results and protocol (atomically) before anything is logged."""
         body = {"key": self.key, "protocol": protocol, "results": [
             {**r.summary(), "unreadable": r.unreadable} for r in results]}
-        staging = self.path.with_name(f".{self.path.name}.tmp")
-        staging.write_text(json.dumps(body, default=str))
-        os.replace(staging, self.path)
+        storage.write_text(self.path, json.dumps(body, default=str))
 
     def load(self) -> tuple[list[RunResult], dict] | None:
         """The saved results if they are for exactly these files and settings, else None."""
         try:
-            body = json.loads(self.path.read_text())
+            body = json.loads(storage.read_text(self.path))
         except (OSError, ValueError):
             return None
         if body.get("key") != self.key:
@@ -116,11 +116,10 @@ def run_scores(run_id: str, columns: dict[str, np.ndarray]) -> tuple[RunScores, 
     return RunScores(run_id, picked, errors), unreadable
 
 
-def write_unreadable(run_dir: Path, unreadable: dict[str, str]) -> Path:
+def write_unreadable(run_dir: Location, unreadable: dict[str, str]) -> Location:
     """<run>/scores/unreadable.parquet: the rows evaluation left out, each with its reason
     (rewritten by every evaluation, so it lists exactly the current ones)."""
     folder = run_dir / layout.SCORES
-    folder.mkdir(exist_ok=True)
     table = pa.table({"row_id": pa.array(sorted(unreadable), pa.string()),
                       "reason": pa.array([unreadable[r] for r in sorted(unreadable)], pa.string())})
     target = folder / UNREADABLE_FILE
@@ -128,19 +127,14 @@ def write_unreadable(run_dir: Path, unreadable: dict[str, str]) -> Path:
     return target
 
 
-def write_atomic(table: pa.Table, target: Path) -> None:
-    fd, staging = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".parquet",
-                                   dir=target.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, staging, write_page_checksum=True)
-        os.replace(staging, target)
-    finally:
-        if os.path.exists(staging):
-            os.unlink(staging)
+def write_atomic(table: pa.Table, target: Location) -> None:
+    """A Parquet file that readers see whole or not at all (`storage.write_bytes`)."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, write_page_checksum=True)
+    storage.write_bytes(target, buffer.getvalue().to_pybytes())
 
 
-def write_scores(run_dir: Path, scores: RunScores) -> Path | None:
+def write_scores(run_dir: Location, scores: RunScores) -> Location | None:
     """Per-image scores keyed by row_id into <run>/scores/scores.parquet, merged with columns an
     earlier evaluation wrote; written under a dot-name and renamed, so readers never see half."""
     new = {k: v for k, v in scores.columns.items()
@@ -151,11 +145,9 @@ def write_scores(run_dir: Path, scores: RunScores) -> Path | None:
                       **{k: pa.array(list(v)) for k, v in new.items()}})
     table = table.append_column("evaluated_at", pa.array(
         [dt.datetime.now(dt.UTC)] * len(table), pa.timestamp("us", tz="UTC")))
-    folder = run_dir / layout.SCORES
-    folder.mkdir(exist_ok=True)
-    target = folder / SCORES_FILE
-    if target.exists():
-        old = pq.read_table(target)
+    target = run_dir / layout.SCORES / SCORES_FILE
+    if storage.exists(target):
+        old = storage.read_parquet(target)
         keep = [c for c in old.column_names if c not in table.column_names or c == "row_id"]
         if len(keep) > 1:
             table = table.join(old.select(keep), "row_id", join_type="left outer")
@@ -163,47 +155,43 @@ def write_scores(run_dir: Path, scores: RunScores) -> Path | None:
     return target
 
 
-def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
+def write_record(run_dir: Location, record: dict[str, Any]) -> Location:
     """<run>/scores/eval.json: the eval settings, the feature extractors' protocols and the
     reference statistics each run was measured against (what compare needs to redo the math)."""
-    folder = run_dir / layout.SCORES
-    folder.mkdir(exist_ok=True)
-    target = folder / RECORD_FILE
+    target = run_dir / layout.SCORES / RECORD_FILE
     earlier = read_record(run_dir) or {}
     # an evaluation of other metrics keeps what the earlier ones were measured with
     record = {**earlier, **record, **{key: {**(earlier.get(key) or {}), **(record.get(key) or {})}
                                       for key in ("protocols", "references")}}
-    staging = folder / f".{RECORD_FILE}.tmp"
-    staging.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(staging, target)
+    text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
+    storage.write_bytes(target, text.encode())
     return target
 
 
-def read_record(run_dir: Path) -> dict[str, Any] | None:
+def read_record(run_dir: Location) -> dict[str, Any] | None:
     """The run's eval record, or None when it has not been evaluated (by this version)."""
-    path = Path(run_dir) / layout.SCORES / RECORD_FILE
     try:
-        return json.loads(path.read_text())
+        return json.loads(storage.read_bytes(run_dir / layout.SCORES / RECORD_FILE))
     except (OSError, ValueError):
         return None
 
 
-def read_timing(run_dir: Path) -> dict[str, Any]:
+def read_timing(run_dir: Location) -> dict[str, Any]:
     """The run's timing.json (images, seconds, images/s of its generation), or {}."""
     path = run_dir / layout.TIMING
-    return layout.read_json(path) if path.exists() else {}
+    return layout.read_json(path) if storage.exists(path) else {}
 
 
-def count_rows(run_dir: Path) -> int:
+def count_rows(run_dir: Location) -> int:
     """Distinct image rows of the run (only the row_id column is read)."""
     table = layout.read_table(run_dir / layout.IMAGES, columns=["row_id"])
     return 0 if table is None else len(set(table.column("row_id").to_pylist()))
 
 
-def first_value(run_dir: Path, column: str) -> Any:
+def first_value(run_dir: Location, column: str) -> Any:
     """A column's value in the run's first image row (for settings all rows share)."""
     files = layout.parquet_files(run_dir / layout.IMAGES)
     if not files:
         return None
-    values = pq.read_table(files[0], columns=[column]).column(column).to_pylist()
+    values = layout.read_file(files[0], columns=[column]).column(column).to_pylist()
     return values[0] if values else None

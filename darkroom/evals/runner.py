@@ -36,13 +36,14 @@ from darkroom.evals.scoring import (
     table_dataset,
 )
 from darkroom.evals.spec import EvalSpec, TrackingSpec
-from darkroom.platform import layout
+from darkroom.platform import layout, storage
 from darkroom.platform.errors import UserError
+from darkroom.platform.storage import Location
 
 log = logging.getLogger("darkroom.evals")
 
 
-def evaluate_job(job_dir: Path, eval_spec: EvalSpec, tracking: TrackingSpec, *,
+def evaluate_job(job_dir: str | Location, eval_spec: EvalSpec, tracking: TrackingSpec, *,
                  experiment: str, job_spec: dict, run_ids: list[str] | None = None) -> list[dict]:
     """Evaluate the runs of a job folder and log them to MLflow.
 
@@ -50,7 +51,8 @@ def evaluate_job(job_dir: Path, eval_spec: EvalSpec, tracking: TrackingSpec, *,
     {metric: reason}, warnings. A metric that cannot be computed (no weights, no reference, no
     prompts) is missing with its reason; the others are still computed and logged.
     """
-    job_dir = Path(job_dir).resolve()
+    job_dir = storage.location(job_dir)  # a local folder or a URI
+    job_dir = job_dir.resolve() if isinstance(job_dir, Path) else job_dir
     eval_spec = EvalSpec.model_validate(eval_spec)
     tracking = TrackingSpec.model_validate(tracking or {})
     runs = select_runs(job_dir, run_ids)
@@ -67,11 +69,11 @@ def evaluate_job(job_dir: Path, eval_spec: EvalSpec, tracking: TrackingSpec, *,
         log.warning("logging the metrics an earlier evaluation computed (%s)", pending.path)
     track.log_job(results, protocol, job_dir, tracking, experiment=experiment,
                   job_spec=job_spec, eval_spec=eval_spec)
-    pending.path.unlink(missing_ok=True)
+    storage.delete(pending.path)
     return [r.summary() for r in results]
 
 
-def select_runs(job_dir: Path, run_ids: list[str] | None) -> list[Path]:
+def select_runs(job_dir: Location, run_ids: list[str] | None) -> list[Location]:
     """The run folders to evaluate: all of the job's, or the named ones (unknown ids refused)."""
     runs = layout.run_dirs(job_dir)
     if run_ids is not None:
@@ -93,7 +95,7 @@ def _ensure_ray() -> None:
     connect_ray(log_to_driver=False)
 
 
-def evaluate_runs(run_dirs: list[Path], spec: EvalSpec,
+def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
                   categories: tuple[dict[str, str] | None, str] = (None, "")
                   ) -> tuple[list[RunResult], dict]:
     """1. plan the per-image parts; 2. reference statistics per feature extractor; 3. the passes
@@ -247,7 +249,8 @@ def _attach_categories(scores: RunScores, categories: dict[str, str] | None) -> 
 def _unreadable_warnings(result: RunResult, bad_files: list[tuple[str, str]]) -> list[str]:
     warnings = [f"file {path} is unreadable ({reason}); it was left out: `darkroom run` the job "
                 "again to move it aside and generate its rows again"
-                for path, reason in bad_files if Path(path).parent.parent == result.run_dir]
+                for path, reason in bad_files
+                if storage.location(path).parent.parent == result.run_dir]
     if result.unreadable:
         first = next(iter(result.unreadable.items()))
         warnings.append(f"{len(result.unreadable)} image(s) could not be read and were left out "

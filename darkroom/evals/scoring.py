@@ -235,36 +235,61 @@ def score_dataset(ds, plan: ScorePlan, actors: int = 1, batch_size: int = 32,
 
 def images_dataset(files: Sequence[str], groups: Sequence[str],
                    skipped: list[tuple[str, str]] | None = None):
-    """A Ray dataset over image Parquet files; `group` names the file's run.
+    """A Ray dataset over image Parquet files (local paths or URIs); `group` names the file's run.
 
-    The files are read here and handed to Ray as Arrow blocks (one per file, in the object store),
-    not by Ray Data's read tasks: on a machine whose CPUs are all taken by the scoring actors,
-    read tasks would wait for a CPU forever. Page checksums are verified; a file that cannot be
-    read is left out and listed in `skipped` as (path, reason). A row id seen in an earlier file
-    of the same group is left out too, so no image counts twice.
+    The files are read by Ray tasks on the workers, from where they are (the driver gets a few
+    bytes per file back; the images stay in the object store), and all of them are read before
+    the scoring actors start, so read tasks never wait for CPUs the actors hold. Page checksums
+    are verified; a file that cannot be read is left out and listed in `skipped` as (path,
+    reason). A row id that two files of a group hold is scored twice and counted once
+    (`results.run_scores`).
     """
-    import pyarrow.parquet as pq
     import ray
 
+    from darkroom.platform import storage
+
+    read = ray.remote(read_image_files).options(num_returns=2)
+    entries = list(zip(map(str, files), groups, strict=True))
+    pending = [read.remote(entries[i:i + FILES_PER_READ], storage.registered())
+               for i in range(0, len(entries), FILES_PER_READ)]
     tables = []
-    seen: set[tuple[str, str]] = set()
-    for path, group in zip(files, groups, strict=True):
+    for summary, table in pending:
+        for path, reason in ray.get(summary):
+            if reason is not None and skipped is not None:
+                skipped.append((path, reason))
+        tables.append(table)
+    return ray.data.from_arrow_refs(tables) if tables else ray.data.from_items([])
+
+
+FILES_PER_READ = 8
+
+
+def read_image_files(entries: Sequence[tuple[str, str]], options: dict | None
+                     ) -> tuple[list[tuple[str, str | None]], pa.Table]:
+    """Ray task: (path, group) pairs -> ([(path, why unreadable or None)], their rows with a
+    `group` column)."""
+    from darkroom.platform import storage
+
+    storage.register(options)
+    # files written before a column existed get it as nulls, so every block has one schema
+    schema = pa.schema([("row_id", pa.string()), ("image", pa.binary()), ("prompt", pa.string()),
+                        ("class_label", pa.int64()), ("prompt_id", pa.string()),
+                        ("sample_idx", pa.int64()), ("seed", pa.int64()), ("group", pa.string())])
+    summaries, tables = [], []
+    for path, group in entries:
         try:
-            names = pq.read_schema(path).names
-            table = pq.read_table(path, columns=INPUT_COLUMNS + [c for c in META_COLUMNS
-                                                                 if c in names],
-                                  page_checksum_verification=True)
+            table = storage.read_parquet(storage.location(path), verify=True)
+            table = table.select([c for c in INPUT_COLUMNS + META_COLUMNS
+                                  if c in table.column_names])
         except Exception as err:  # reported with the run; the other files are still scored
-            if skipped is not None:
-                skipped.append((str(path), f"{type(err).__name__}: {str(err)[:200]}"))
+            summaries.append((path, f"{type(err).__name__}: {str(err)[:200]}"))
             continue
-        fresh = []
-        for row_id in table.column("row_id").to_pylist():
-            fresh.append((group, row_id) not in seen)
-            seen.add((group, row_id))
-        table = table.filter(pa.array(fresh, pa.bool_()))
-        tables.append(table.append_column("group", pa.array([group] * len(table), pa.string())))
-    return ray.data.from_arrow(tables) if tables else ray.data.from_items([])
+        summaries.append((path, None))
+        table = table.append_column("group", pa.array([group] * len(table), pa.string()))
+        for missing in (f for f in schema if f.name not in table.column_names):
+            table = table.append_column(missing, pa.nulls(len(table), missing.type))
+        tables.append(table.select(schema.names).cast(schema))
+    return summaries, pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def table_dataset(table: pa.Table, group: str):

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import io
 import textwrap
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
-from darkroom.platform import layout
+from darkroom.platform import layout, storage
 from darkroom.platform.records import decode_png
+from darkroom.platform.storage import Location
 
 CELL = 96  # pixels per image: 16 px digits upscale 6x, 512 px images shrink
 LINES, LINE = 3, 12  # caption: up to 3 lines of 12 px under each image
@@ -72,17 +71,19 @@ def render(images: list[np.ndarray], captions: list[str], columns: int = COLUMNS
     return sheet
 
 
-def flagged_rows(run_dir: Path) -> set[str]:
-    """Row ids the safety checker flagged in the run's scores."""
+def flagged_rows(run_dir: Location) -> set[str]:
+    """Row ids the safety checker flagged in the run's scores (a local folder or a URI)."""
     path = run_dir / layout.SCORES / SCORES_FILE
-    if not path.exists() or "nsfw_flag" not in pq.read_schema(path).names:
+    if not storage.exists(path):
         return set()
-    table = pq.read_table(path, columns=["row_id", "nsfw_flag"])
+    table = storage.read_parquet(path)
+    if "nsfw_flag" not in table.column_names:
+        return set()
     return {r for r, f in zip(table.column("row_id").to_pylist(),
                               table.column("nsfw_flag").to_pylist(), strict=True) if f}
 
 
-def contact_sheet_png(run_dir: Path, count: int) -> bytes:
+def contact_sheet_png(run_dir: Location, count: int) -> bytes:
     """`count` images spread over the run's prompts, captioned, as PNG bytes."""
     columns = ["row_id", "prompt_id", "sample_idx", "image", "prompt", "class_label"]
     table = layout.read_table(run_dir / layout.IMAGES, columns=columns)

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from darkroom.jobs.prompts import Prompt, PromptError, load_prompts
+from darkroom.jobs.prompts import Prompt, PromptError, count_prompts, load_prompts, peek_prompts
 from darkroom.jobs.spec import (
     MAX_ROWS_PER_RUN,
     GenerationSpec,
@@ -20,6 +20,7 @@ from darkroom.jobs.spec import (
     PromptSource,
     SweepSpec,
 )
+from darkroom.platform import storage
 from darkroom.platform.caching import family_problem
 from darkroom.platform.config import Problem
 from darkroom.platform.errors import ModelLoadError, did_you_mean
@@ -31,24 +32,32 @@ from darkroom.platform.sources import class_names, local_family, pipeline_class_
 MAX_CLASS_PROBLEMS = 10
 
 
-def semantic_problems(data: dict[str, Any], spec: JobSpec | None) -> list[Problem]:
-    """Every problem of the sections that are valid on their own (types were checked before)."""
+def semantic_problems(data: dict[str, Any], spec: JobSpec | None,
+                      deep: bool = True) -> list[Problem]:
+    """Every problem of the sections that are valid on their own (types were checked before).
+
+    `deep` reads a prompt file whole (`darkroom validate`); otherwise only its first rows are
+    checked here (`darkroom run`: its workers read and check the rest).
+    """
     prompts = spec.prompts if spec else _section(PromptSource, data.get("prompts"))
     generation = spec.generation if spec else _section(GenerationSpec, data.get("generation", {}))
     runtime = spec.runtime if spec else _section(RuntimeSpec, data.get("runtime", {}))
     sweep = spec.sweep if spec else _section(SweepSpec, data.get("sweep", {}))
     models = list(enumerate(spec.models)) if spec else _models(data.get("models"))
-    problems: list[Problem] = []
+    problems = _storage_problems(data, spec)
     loaded: list[Prompt] = []
     if prompts:
         try:
-            loaded = load_prompts(prompts)
+            loaded = load_prompts(prompts) if deep else peek_prompts(prompts)
+            count = len(loaded) if deep or prompts.kind != "file" else (
+                count_prompts(prompts) if str(prompts.file).endswith(".parquet") else 0)
         except PromptError as err:
             problems.append(Problem(err.path, err.message, err.value))
-        rows = len(loaded) * prompts.images_per_prompt
+            count = 0
+        rows = count * prompts.images_per_prompt
         if rows > MAX_ROWS_PER_RUN:
             problems.append(Problem(
-                "prompts.images_per_prompt", f"{len(loaded)} prompts x "
+                "prompts.images_per_prompt", f"{count} prompts x "
                 f"{prompts.images_per_prompt} images = {rows} rows per run, more than "
                 f"{MAX_ROWS_PER_RUN}; split the prompts over several jobs or use `limit`"))
     if runtime:
@@ -63,6 +72,19 @@ def semantic_problems(data: dict[str, Any], spec: JobSpec | None) -> list[Proble
                 problems.append(Problem(f"sweep.{field}", "no model of the job has `loras`: "
                                         "give a model its adapters, or drop this axis"))
     return problems
+
+
+def _storage_problems(data: dict[str, Any], spec: JobSpec | None) -> list[Problem]:
+    """The output's scheme is known, its library installed, and the storage options fit."""
+    output = spec.output if spec else data.get("output")
+    options = spec.storage_options if spec else data.get("storage_options")
+    if not isinstance(output, str) or not isinstance(options, dict | None):
+        return []
+    reason = storage.check(output, options)
+    if reason is None:
+        return []
+    field = "storage_options" if options and "options" in reason else "output"
+    return [Problem(field, reason, output if field == "output" else options)]
 
 
 def _section(cls: type[BaseModel], value: Any) -> Any:

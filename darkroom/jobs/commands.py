@@ -1,4 +1,5 @@
-"""`darkroom run | validate | schema | submit | status | logs`: batch jobs from the command line.
+"""`darkroom run | validate | schema | replay | submit | status | logs`: batch jobs from the
+command line.
 
 Importing this module is cheap (the CLI builds every subcommand at start-up); Ray, torch and
 the pipeline are imported by the handlers that need them.
@@ -14,7 +15,7 @@ ADDRESS_HELP = "Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_API_
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `run`, `validate`, `schema`, `submit`, `status` and `logs` to `darkroom`."""
+    """Add `run`, `validate`, `schema`, `replay`, `submit`, `status` and `logs` to `darkroom`."""
     run = subparsers.add_parser("run", help="run a job file on local Ray (or $RAY_ADDRESS)")
     _job_arguments(run)
     run.add_argument("--dry-run", action="store_true", help="print the plan, generate nothing")
@@ -50,6 +51,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     submit.add_argument("--wait", action="store_true",
                         help="follow the job's logs until it ends; exit with its outcome")
     submit.set_defaults(handler=_submit)
+
+    replay = subparsers.add_parser(
+        "replay", help="make one row's image again from its provenance and compare",
+        description="Regenerate one image from the provenance in its row (seed, prompt, "
+        "settings; model and sampler from run.json; runtime from job.yaml) and report the "
+        "largest pixel difference from the stored image. Exit code 0 when it is within the "
+        "tolerance, 1 when not.")
+    replay.add_argument("location", help="a job folder (OUTPUT/<name>) or a run folder in it; "
+                        "a path or a URI (s3://bucket/outputs/name)")
+    replay.add_argument("row_id", help="<run_id>/<prompt_id>/<sample_idx>")
+    replay.add_argument("--device", help="run the model here (default: the job's runtime)")
+    replay.add_argument("--tolerance", type=int, default=1, metavar="N",
+                        help="pixel difference (out of 255) still counted the same; default 1")
+    replay.add_argument("--save", metavar="PNG", help="also write the regenerated image here")
+    replay.set_defaults(handler=_replay)
 
     status = subparsers.add_parser("status", help="status of a submitted job")
     status.add_argument("job_id")
@@ -92,7 +108,8 @@ def _run(args: argparse.Namespace) -> int:
     from darkroom.jobs.jobfile import load
     from darkroom.jobs.pipeline import run_job
 
-    spec = load(args.job, args.overrides)
+    # the workers read and check the prompt file whole; here only its first rows
+    spec = load(args.job, args.overrides, deep=False)
     run_job(spec, dry_run=args.dry_run, evaluate=not args.no_eval)
     return 0
 
@@ -135,6 +152,22 @@ def _submit(args: argparse.Namespace) -> int:
         print(f"follow it with: darkroom logs {job_id} --follow --address {client.get_address()}")
         return 0
     return follow(client, job_id)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from darkroom.jobs.replay import replay
+    from darkroom.platform import storage
+    from darkroom.platform.errors import UserError
+    from darkroom.platform.records import encode_png
+
+    problem = storage.check(args.location)
+    if problem:
+        raise UserError(f"LOCATION: {problem}")
+    found = replay(args.location, args.row_id, args.device)
+    if args.save:
+        storage.write_bytes(storage.location(args.save), encode_png(found.image))
+    print(found.report(args.tolerance))
+    return 0 if found.max_difference <= args.tolerance else 1
 
 
 def _status(args: argparse.Namespace) -> int:

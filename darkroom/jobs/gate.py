@@ -131,13 +131,19 @@ def image_quality(base: JobResult, cand: JobResult) -> tuple[list[float], list[f
 
 
 def metric_changes(base: list[dict], cand: list[dict]) -> dict[str, dict[str, float]]:
-    """Each metric's mean over the runs in both arms and the change (candidate - baseline)."""
+    """Each metric's mean over the runs in both arms and the change (candidate - baseline), with
+    the baseline's 95% interval where evaluation gives one (`<key>_ci_low`, `<key>_ci_high`): a
+    change inside it is within what another seed would give."""
     changes = {}
     keys = {k for r in base for k in r["metrics"]} & {k for r in cand for k in r["metrics"]}
-    for key in sorted(keys):
+    for key in sorted(k for k in keys if not k.endswith(("_ci_low", "_ci_high"))):
         values = [[r["metrics"][key] for r in arm if key in r["metrics"]] for arm in (base, cand)]
         b, c = (sum(v) / len(v) for v in values)
         changes[key] = {"baseline": b, "candidate": c, "delta": c - b}
+        bounds = [[r["metrics"].get(f"{key}{end}") for r in base] for end in ("_ci_low",
+                                                                                 "_ci_high")]
+        if all(x is not None for x in bounds[0] + bounds[1]) and len(base) == 1:
+            changes[key]["baseline_ci"] = [bounds[0][0], bounds[1][0]]
     return changes
 
 
@@ -171,8 +177,12 @@ def format_gate(result: GateResult) -> str:
              f"images compared: {result.images}; PSNR mean {result.psnr_mean:.2f} dB, min "
              f"{result.psnr_min:.2f}; SSIM mean {result.ssim_mean:.4f}, min {result.ssim_min:.4f}"]
     for key, change in result.metrics.items():
+        ci = change.get("baseline_ci")
+        inside = "" if ci is None else (
+            f"  baseline 95% interval [{ci[0]:.4g}, {ci[1]:.4g}]: candidate "
+            f"{'inside' if ci[0] <= change['candidate'] <= ci[1] else 'outside'}")
         lines.append(f"  {key:<20} {change['baseline']:>12.4g} -> {change['candidate']:<12.4g} "
-                     f"({change['delta']:+.4g})")
+                     f"({change['delta']:+.4g}){inside}")
     lines.append("gate: FAILED\n  " + "\n  ".join(result.failures) if result.failures
                  else "gate: passed")
     return "\n".join(lines)
@@ -193,6 +203,7 @@ def _log_to_mlflow(spec: JobSpec, result: GateResult, gate: GateSpec) -> None:
                    "psnr_min": result.psnr_min, "ssim_mean": result.ssim_mean,
                    "ssim_min": result.ssim_min, "failed_tolerances": len(result.failures),
                    **{f"{k}_delta": v["delta"] for k, v in result.metrics.items()}}
+        metrics = {k: v for k, v in metrics.items() if isinstance(v, float | int)}
         tracking.log_metrics(client, parent, metrics, {})
         tracking.log_files(client, parent, {"gate.json": tracking.to_json(result.summary())})
         for arm in ("baseline", "candidate"):

@@ -25,16 +25,18 @@ from darkroom.platform.config import (
 )
 
 
-def load(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
+def load(path: str | Path, overrides: Sequence[str] = (), deep: bool = True) -> JobSpec:
     """Read, override and validate a job file; prompt sources are resolved next to it."""
     data, problems = read_yaml_file(path, "job file")
     return validate(data, base=Path(path).parent, overrides=overrides, source=str(path),
-                    problems=problems)
+                    problems=problems, deep=deep)
 
 
 def validate(data: dict[str, Any], base: str | Path = ".", overrides: Sequence[str] = (),
-             source: str = "job", problems: Sequence[Problem] = ()) -> JobSpec:
-    """A JobSpec from plain data, or a SpecError listing every problem found."""
+             source: str = "job", problems: Sequence[Problem] = (),
+             deep: bool = True) -> JobSpec:
+    """A JobSpec from plain data, or a SpecError listing every problem found. `deep` reads a
+    prompt file whole; otherwise its first rows (a job's workers check the rest)."""
     from pydantic import ValidationError
 
     data = apply_overrides(copy.deepcopy(data), overrides)
@@ -45,7 +47,7 @@ def validate(data: dict[str, Any], base: str | Path = ".", overrides: Sequence[s
         spec = JobSpec.model_validate(data)
     except ValidationError as err:
         found += validation_problems(err, JobSpec)
-    found += semantic_problems(data, spec)
+    found += semantic_problems(data, spec, deep)
     if found:
         raise SpecError(source, found)
     return spec  # type: ignore[return-value]

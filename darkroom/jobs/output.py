@@ -1,184 +1,106 @@
-"""Writing a job's folder (`platform.layout`): run info, Parquet checkpoints, timing, resume scan.
+"""Writing a job's folder (`platform.layout`): job.yaml and run.json, the rows of each actor call,
+and timing.json. The folder is a local path or a URI; both go through `platform.storage`.
 
-A reader never sees half a file: every file is written under a dot-prefixed name and renamed into
-place (an atomic rename on one filesystem). Rows are buffered per run and written every
-`checkpoint_rows` rows or `checkpoint_seconds`, so a crash loses at most one buffer.
+The commit protocol (workers, no rename needed): an actor writes the rows of one call as one
+Parquet file per run and outcome (images, errors), and after each file is complete, its commit
+marker (`<file>.commit`, a few bytes). Readers trust only files with a marker. A file's name is
+the invocation's id and a digest of the call's row ids, so a batch that Ray retries (its actor
+died) rewrites its own files instead of adding copies: its marker is removed first, the file
+written again, and the marker written again. A data file left without a marker by a crash is
+invisible and is deleted by the next invocation (`jobs.resume`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
-import os
-import time
 import uuid
-from collections import defaultdict
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import yaml
 
-from darkroom.platform import layout
-from darkroom.platform.errors import UserError
+from darkroom.platform import layout, storage
 from darkroom.platform.records import ERROR_SCHEMA, IMAGE_SCHEMA
+from darkroom.platform.storage import Location
+
+# What the driver hears of each file an actor wrote: no pixels, a few dozen bytes.
+FILE_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("kind", pa.string()), ("file", pa.string()),
+    ("rows", pa.int64()), ("seconds", pa.float64()), ("error", pa.string()),
+])
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file under a staging name and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    staging.write_text(text)
-    os.replace(staging, path)
+def invocation_id() -> str:
+    """A new invocation's id: UTC time (so file names sort by invocation) and a random part."""
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-def write_job_files(job_dir: Path, job_spec: dict[str, Any], infos: list[dict[str, Any]]) -> None:
-    """job.yaml (the resolved spec of this invocation) and one run.json per run."""
-    write_atomic(job_dir / layout.JOB_SPEC, yaml.safe_dump(job_spec, sort_keys=False))
+def write_job_files(job_dir: Location, job_spec: dict[str, Any] | None,
+                    infos: list[dict[str, Any]]) -> None:
+    """run.json of every run (with the layout format) and, when given, job.yaml."""
     for info in infos:
         run_dir = job_dir / info["run_id"]
         for sub in (layout.IMAGES, layout.ERRORS):
-            (run_dir / sub).mkdir(parents=True, exist_ok=True)
-            for stale in (run_dir / sub).glob(".*.tmp"):  # staging files of a crashed invocation
-                stale.unlink(missing_ok=True)
-        write_atomic(run_dir / layout.RUN_INFO, json.dumps(info, indent=2) + "\n")
+            storage.makedirs(run_dir / sub)
+        storage.write_text(run_dir / layout.RUN_INFO,
+                           json.dumps({**info, "format": layout.FORMAT}, indent=2) + "\n")
+    if job_spec is not None:
+        storage.write_text(job_dir / layout.JOB_SPEC, yaml.safe_dump(job_spec, sort_keys=False))
 
 
-# What defines a row besides its id: a row written under the same id with any of these different
-# would be a different image, so a rerun refuses rather than mix them.
-ROW_INPUTS = ("prompt", "negative_prompt", "class_label", "control_image_sha256")
+def file_name(invocation: str, row_ids: list[str]) -> str:
+    """`<invocation>-<digest of the call's row ids>.parquet`: unique per invocation and call,
+    and the same again when Ray retries the call."""
+    digest = hashlib.sha256("\n".join(sorted(row_ids)).encode()).hexdigest()[:16]
+    return f"{invocation}-{digest}{layout.DATA_SUFFIX}"
 
 
-def done_rows(run_dir: Path, expected: dict[str, dict[str, Any]],
-              warn: Callable[[str], None] = print) -> tuple[set[str], int]:
-    """Row ids already written (images or errors) and how many of them are errors.
-
-    Every file is read whole with its page checksums verified, so a file corrupted anywhere
-    (even with a valid header and footer) is found: it is moved aside (dot-prefixed, so readers
-    skip it) and its rows are generated again. A row whose inputs (`ROW_INPUTS`) differ from
-    what the job now asks for that row id means the inputs changed under the same job name: an
-    error, since mixing them would be silent.
-    """
-    done: set[str] = set()
-    errors = 0
-    for sub in (layout.IMAGES, layout.ERRORS):
-        for path in layout.parquet_files(run_dir / sub):
-            try:
-                table = pq.read_table(path, page_checksum_verification=True)
-            except Exception as err:  # unreadable: regenerate its rows rather than fail the job
-                aside = path.with_name(f".unreadable-{path.name}")
-                os.replace(path, aside)
-                warn(f"warning: {path} is unreadable ({type(err).__name__}: {str(err)[:120]}); "
-                     f"moved it to {aside.name}, its rows will be generated again")
+def write_call(job_dir: Location, rows: pa.Table, invocation: str) -> pa.Table:
+    """Write the Generator's output rows of one call (image columns plus `error`): per run, one
+    images file and one errors file, each committed once complete. Returns FILE_SCHEMA rows."""
+    name = file_name(invocation, rows.column("row_id").to_pylist())
+    failed = pc.is_valid(rows.column("error"))
+    written = []
+    for run_id in pc.unique(rows.column("run_id")).to_pylist():
+        mine = pc.equal(rows.column("run_id"), run_id)
+        for kind, schema, pick in ((layout.IMAGES, IMAGE_SCHEMA, pc.invert(failed)),
+                                   (layout.ERRORS, ERROR_SCHEMA, failed)):
+            part = rows.filter(pc.and_(mine, pick))
+            path = job_dir / run_id / kind / name
+            # a retried call: its earlier files stop counting before they are replaced (and a
+            # kind this attempt did not produce must not keep rows from the first attempt)
+            layout.uncommit(path)
+            if not part.num_rows:
                 continue
-            ids = table.column("row_id").to_pylist()
-            if sub == layout.IMAGES:
-                _check_inputs(path, table.select(["row_id", *ROW_INPUTS]).to_pylist(), expected)
-            else:
-                errors += len(set(ids) - done)
-            done.update(ids)
-    return done, errors
+            part = part.select(schema.names).cast(schema)
+            storage.write_parquet(part, path)
+            seconds = 0.0
+            if kind == layout.IMAGES:
+                seconds = pc.sum(part.column("gen_seconds")).as_py() or 0.0
+            layout.commit(path, {"rows": part.num_rows, "seconds": seconds,
+                                 "invocation": invocation})
+            error = part.column("error")[0].as_py() if kind == layout.ERRORS else None
+            written.append({"run_id": run_id, "kind": kind, "file": name,
+                            "rows": part.num_rows, "seconds": seconds, "error": error})
+    return pa.Table.from_pylist(written, schema=FILE_SCHEMA)
 
 
-def _check_inputs(path: Path, rows: list[dict[str, Any]],
-                  expected: dict[str, dict[str, Any]]) -> None:
-    for row in rows:
-        want = expected.get(row["row_id"])
-        if want is None:
-            continue
-        for column, value in want.items():
-            if value is not ANY and row[column] != value:
-                raise UserError(
-                    f"{path} holds row {row['row_id']} with {column} {row[column]!r}, but the "
-                    f"job now gives {value!r} for it: the job's inputs changed under the same "
-                    "job name. Use a new `name` (or delete the job folder) so old and new images "
-                    "are not mixed"
-                )
-
-
-ANY = object()  # an expected input that cannot be told before generation (a class name)
-
-
-class Writer:
-    """Buffers Generator output per run and writes it as Parquet checkpoints."""
-
-    def __init__(self, job_dir: Path, rows_per_file: int, seconds_per_file: float,
-                 log: Callable[[str], None] = print) -> None:
-        self.job_dir = job_dir
-        self.rows_per_file = rows_per_file
-        self.seconds_per_file = seconds_per_file
-        self.log = log
-        self.buffers: dict[tuple[str, str], list[pa.Table]] = defaultdict(list)
-        self.last_flush = time.monotonic()
-        self.seen: set[str] = set()
-        self.written: dict[str, int] = defaultdict(int)  # run_id -> image rows this invocation
-        self.failed: dict[str, int] = defaultdict(int)  # run_id -> error rows this invocation
-
-    def add(self, batch: pa.Table) -> int:
-        """Buffer one Generator output batch; returns how many of its rows failed."""
-        # Ray Data hands each task's output over once, retries included; a row id seen twice
-        # would still never be written twice
-        ids = batch.column("row_id").to_pylist()
-        fresh = [row_id not in self.seen for row_id in ids]
-        self.seen.update(ids)
-        if not all(fresh):
-            batch = batch.filter(pa.array(fresh))
-        failed_mask = pc.is_valid(batch.column("error"))
-        images = batch.filter(pc.invert(failed_mask))
-        errors = batch.filter(failed_mask)
-        for kind, table, schema in ((layout.IMAGES, images, IMAGE_SCHEMA),
-                                    (layout.ERRORS, errors, ERROR_SCHEMA)):
-            if table.num_rows:
-                table = table.select(schema.names).cast(schema)
-                for run_id in pc.unique(table.column("run_id")).to_pylist():
-                    part = table.filter(pc.equal(table.column("run_id"), run_id))
-                    self.buffers[(run_id, kind)].append(part)
-        buffered = sum(t.num_rows for tables in self.buffers.values() for t in tables)
-        if (buffered >= self.rows_per_file
-                or time.monotonic() - self.last_flush >= self.seconds_per_file):
-            self.flush()
-        return errors.num_rows
-
-    def flush(self) -> None:
-        """Write every buffered run's rows as one new Parquet file each (staged, renamed)."""
-        for (run_id, kind), tables in self.buffers.items():
-            if not tables:
-                continue
-            table = pa.concat_tables(tables)
-            name = f"{time.time_ns() // 1000:016d}-{uuid.uuid4().hex[:8]}.parquet"
-            folder = self.job_dir / run_id / kind
-            staging = folder / f".{name}.tmp"
-            pq.write_table(table, staging, write_page_checksum=True)
-            os.replace(staging, folder / name)
-            counts = self.written if kind == layout.IMAGES else self.failed
-            counts[run_id] += table.num_rows
-            what = "image" if kind == layout.IMAGES else "failed"
-            self.log(f"  {run_id}: wrote {table.num_rows} {what} row(s)")
-        self.buffers.clear()
-        self.last_flush = time.monotonic()
-
-
-def write_timing(run_dir: Path) -> dict[str, Any]:
-    """timing.json from every image row of the run (so it stays right across resumed runs).
-
-    `seconds` is actor time spent on the run's images (the sum of their `gen_seconds`), so
-    `images_per_s` is the throughput of one actor; it is comparable across the runs of a sweep
-    whatever the pool size.
-    """
-    table = layout.read_table(run_dir / layout.IMAGES, columns=["row_id", "gen_seconds"])
-    per_row = {} if table is None else dict(zip(table.column("row_id").to_pylist(),
-                                                table.column("gen_seconds").to_pylist(),
-                                                strict=True))  # a repeated row counts once
-    images = len(per_row)
-    seconds = float(sum(s or 0.0 for s in per_row.values()))
-    errors = layout.read_table(run_dir / layout.ERRORS, columns=["row_id"])
-    timing = {
+def timing(images: int, seconds: float, errors: int) -> dict[str, Any]:
+    """What timing.json holds. `seconds` is actor time spent on the run's images (the sum of
+    their `gen_seconds`), so `images_per_s` is the throughput of one actor; it is comparable
+    across the runs of a sweep whatever the pool size."""
+    return {
         "images": images,
         "seconds": round(seconds, 4),
         "images_per_s": round(images / seconds, 4) if seconds else None,
-        "errors": 0 if errors is None else len(set(errors.column("row_id").to_pylist())),
+        "errors": errors,
     }
-    write_atomic(run_dir / layout.TIMING, json.dumps(timing, indent=2) + "\n")
-    return timing
+
+
+def write_timing(run_dir: Location, values: dict[str, Any]) -> dict[str, Any]:
+    """timing.json of a run."""
+    storage.write_text(run_dir / layout.TIMING, json.dumps(values, indent=2) + "\n")
+    return values

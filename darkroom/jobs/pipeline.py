@@ -1,11 +1,14 @@
-"""Run a job: request rows -> Ray Data `map_batches(Generator)` on an actor pool -> Parquet.
+"""Run a job: prompts -> request rows -> `map_batches(GenerateAndWrite)` on an actor pool, where
+each actor writes and commits its own Parquet files. The driver only plans, holds the lease, and
+counts what the workers report (a few bytes per file); no prompt file and no image passes
+through it, and its memory does not grow with the number of prompts or rows.
 
 One dataset per model: its actors load the model once and serve every run of the sweep that uses
 it (sampler, steps, guidance and eta are row columns; the Generator groups rows by settings and
-swaps schedulers per group). The driver writes what the pool returns, so the output folder only
-has to exist where the driver runs. Crashed actors are Ray's to restart (`max_restarts`) and their
-batches Ray's to retry (`max_task_retries`); a killed driver loses at most one checkpoint, and the
-rerun generates only the rows that are missing.
+swaps schedulers per group). Crashed actors are Ray's to restart (`max_restarts`) and their
+calls Ray's to retry (`max_task_retries`): a retried call rewrites its own files, so every row is
+written once. A killed driver loses at most the calls in flight; the rerun generates only the
+rows that are missing.
 """
 
 from __future__ import annotations
@@ -14,22 +17,25 @@ import math
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from darkroom.jobs import output
+from darkroom.jobs import output, resume
 from darkroom.jobs.lease import JobLease
-from darkroom.jobs.plan import Run, describe, expand, request_rows, run_info
-from darkroom.jobs.prompts import Prompt, load_prompts
-from darkroom.jobs.spec import JobSpec
-from darkroom.platform import layout
+from darkroom.jobs.plan import Run, describe, expand, expansion, run_info
+from darkroom.jobs.prompts import PromptError, count_prompts
+from darkroom.jobs.spec import MAX_ROWS_PER_RUN, JobSpec
+from darkroom.jobs.stream import Prompts, open_prompts
+from darkroom.jobs.workers import GenerateAndWrite, check_block, expand_missing
+from darkroom.platform import layout, storage
 from darkroom.platform.cluster import connect_ray
-from darkroom.platform.families import ModelSpec
-from darkroom.platform.records import sha256
+from darkroom.platform.config import Problem, SpecError
+from darkroom.platform.errors import UserError
+from darkroom.platform.storage import Location
 
-MAX_BLOCKS = 2000  # from_items blocks; one block is about one batch, so a retry redoes one batch
+EXPANSION_ROWS = 4096  # request rows made per expansion call, about
+CALLS_PER_ACTOR = 4  # small jobs: split the work so every actor of the pool gets some
 
 
 class JobFailed(RuntimeError):
@@ -40,7 +46,7 @@ class JobFailed(RuntimeError):
 class JobResult:
     """What one invocation of a job did: rows made and failed, timings, metrics."""
 
-    job_dir: Path
+    job_dir: Location
     runs: list[Run]
     generated: int = 0
     failed: int = 0
@@ -48,11 +54,12 @@ class JobResult:
     new: dict[str, int] = field(default_factory=dict)  # run_id -> images made by this invocation
     timings: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    driver_bytes: int = 0  # bytes of worker results that reached the driver while generating
 
 
-def job_dir_of(spec: JobSpec) -> Path:
-    """OUTPUT/<job name>: where a job's runs are written."""
-    return Path(spec.output).expanduser() / spec.name
+def job_dir_of(spec: JobSpec) -> Location:
+    """OUTPUT/<job name>: where a job's runs are written (a local path or a URI)."""
+    return storage.location(spec.output) / spec.name
 
 
 def run_job(spec: JobSpec, *, dry_run: bool = False, evaluate: bool = True,
@@ -63,36 +70,48 @@ def run_job(spec: JobSpec, *, dry_run: bool = False, evaluate: bool = True,
     first holds the folder's lease.
     """
     started = time.perf_counter()
-    # 1. Plan: prompts and runs.
-    prompts = load_prompts(spec.prompts)
+    storage.set_options(spec.output, spec.storage_options)
     runs = expand(spec)
     job_dir = job_dir_of(spec)
     result = JobResult(job_dir, runs)
     if dry_run:
-        log(describe(spec, runs, len(prompts)))
+        log(describe(spec, runs, count_prompts(spec.prompts)))
         return result
-    log(describe(spec, runs, len(prompts)).splitlines()[0])
     with JobLease(job_dir):
-        # 2. What earlier invocations wrote, checked against this spec before anything is
-        #    written: a refused spec leaves the folder (job.yaml included) as it was.
-        todo, earlier_errors, total = _missing_rows(spec, runs, prompts, job_dir, log)
+        # torch before Ray: loaded after Ray's and Arrow's libraries in a cluster job's driver,
+        # libtorch_cpu failed to load ("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so")
+        import darkroom.platform.generator  # noqa: F401
+
+        connect_ray(log, log_to_driver=True)
+        # 1. Prompts: read and checked on the workers, kept in the object store.
+        prompts = _open_prompts(spec)
+        log(describe(spec, runs, prompts.count).splitlines()[0])
+        # 2. What earlier invocations wrote (files verified on the workers), then the check
+        #    pass: the rows still missing, and no done row whose inputs changed. A refused
+        #    spec leaves the folder (job.yaml included) as it was.
+        states = resume.scan(job_dir, [r.run_id for r in runs], spec.storage_options, log)
+        rows, missing = _check(spec, runs, prompts, states)
         output.write_job_files(job_dir, spec.dump(),
-                               [run_info(spec, r, len(prompts)) for r in runs])
+                               [run_info(spec, r, prompts.count) for r in runs])
+        total = sum(rows.values())
         allowed = spec.allowed_errors(total)
 
-        # 3. Generate, one actor pool per model.
-        missing = sum(len(rows) for rows in todo.values())
-        if missing == 0:
+        # 3. Generate, one actor pool per model; the workers write.
+        todo = sum(missing.values())
+        if todo == 0:
             log(f"nothing to generate: all {total} rows of {len(runs)} run(s) are already in "
                 f"{job_dir}")
         else:
-            log(f"generating {missing} of {total} rows ({total - missing} already done) "
-                f"into {job_dir}")
-            _generate_all(spec, todo, job_dir, earlier_errors, allowed, result, log)
+            log(f"generating {todo} of {total} rows ({total - todo} already done) into "
+                f"{job_dir}")
+            earlier = sum(s.errors for s in states.values())
+            _generate_all(spec, runs, prompts, states, missing, earlier, allowed, result, log)
 
         # 4. Timing, summary, error budget, evaluation.
         for run in runs:
-            result.timings[run.run_id] = output.write_timing(job_dir / run.run_id)
+            state = states[run.run_id]
+            result.timings[run.run_id] = output.write_timing(job_dir / run.run_id, output.timing(
+                state.images, state.seconds, state.errors))
         result.seconds = time.perf_counter() - started
         log(summary(runs, result))
         errors = sum(t["errors"] for t in result.timings.values())
@@ -107,102 +126,143 @@ def run_job(spec: JobSpec, *, dry_run: bool = False, evaluate: bool = True,
     return result
 
 
-def _generate_all(spec: JobSpec, todo: dict[str, list[dict]], job_dir: Path, failed: int,
-                  allowed: int, result: JobResult, log: Callable[[str], None]) -> None:
-    """Every model's missing rows through its actor pool, written as they come."""
-    # torch before Ray: loaded after Ray's and Arrow's libraries in a cluster job's driver,
-    # libtorch_cpu failed to load ("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so")
-    import darkroom.platform.generator  # noqa: F401
-
-    connect_ray(log, log_to_driver=True)
-    writer = output.Writer(job_dir, spec.compute.checkpoint_rows,
-                           spec.compute.checkpoint_seconds, log)
+def _open_prompts(spec: JobSpec) -> Prompts:
     try:
-        for label, rows in todo.items():
-            if rows:
-                failed = _generate(spec, label, rows, writer, failed, allowed, log)
-    finally:
-        writer.flush()
-        result.new = dict(writer.written)
-        result.generated = sum(writer.written.values())
-        result.failed = sum(writer.failed.values())
+        prompts = open_prompts(spec.prompts)
+    except PromptError as err:
+        raise SpecError("job", [Problem(err.path, err.message, err.value)]) from err
+    rows = prompts.count * spec.prompts.images_per_prompt
+    if rows > MAX_ROWS_PER_RUN:
+        raise SpecError("job", [Problem(
+            "prompts.images_per_prompt", f"{prompts.count} prompts x "
+            f"{spec.prompts.images_per_prompt} images = {rows} rows per run, more than "
+            f"{MAX_ROWS_PER_RUN}; split the prompts over several jobs or use `limit`")])
+    return prompts
 
 
-def _missing_rows(spec: JobSpec, runs: list[Run], prompts: list[Prompt], job_dir: Path,
-                  log: Callable[[str], None]) -> tuple[dict[str, list[dict]], int, int]:
-    """Rows still to generate, grouped by model label; errors already recorded; all rows."""
-    todo: dict[str, list[dict]] = defaultdict(list)
-    earlier_errors = total = 0
+def _by_model(spec: JobSpec, runs: list[Run]) -> dict[str, list[Run]]:
+    grouped: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
-        rows = request_rows(spec, run, prompts)
-        expected = {row["row_id"]: row_inputs(row) for row in rows}
-        done, errors = output.done_rows(job_dir / run.run_id, expected, log)
-        earlier_errors += errors
-        total += len(rows)
-        todo[run.model.label] += [row for row in rows if row["row_id"] not in done]
-    return todo, earlier_errors, total
+        grouped[run.model.label].append(run)
+    return {m.label: grouped[m.label] for m in spec.models if grouped[m.label]}
 
 
-def row_inputs(row: dict[str, Any]) -> dict[str, Any]:
-    """A request row's inputs as its image row records them (`output.ROW_INPUTS`)."""
-    label = row.get("class_label")
-    if label is not None and not str(label).lstrip("-").isdigit():
-        recorded: Any = output.ANY  # a class name: the model resolves it to an id
-    else:
-        recorded = None if label is None else int(label)
-    control = row.get("control_image")
-    return {
-        "prompt": row.get("prompt") or "",
-        "negative_prompt": row.get("negative_prompt") or "",
-        "class_label": recorded,
-        "control_image_sha256": None if control is None else sha256(control),
-    }
+def _expansion_batch(spec: JobSpec, runs: list[Run]) -> int:
+    """Prompts per expansion call, so that a call makes about EXPANSION_ROWS request rows."""
+    return max(1, EXPANSION_ROWS // (len(runs) * spec.prompts.images_per_prompt))
 
 
-def _generate(spec: JobSpec, label: str, rows: list[dict], writer: output.Writer, failed: int,
-              allowed: int, log: Callable[[str], None]) -> int:
-    """Run one model's rows through its actor pool; returns the failed-row count so far."""
-    model = next(m for m in spec.models if m.label == label)
-    actors = spec.compute.actors
-    log(f"model {label}: {len(rows)} rows on {actors.min}-{actors.max} actor(s)")
-    for batch in dataset(spec, model, rows).iter_batches(batch_size=None, batch_format="pyarrow"):
-        failed += writer.add(batch)
-        if failed > allowed:
-            writer.flush()
-            raise JobFailed(
-                f"{failed} row(s) failed, more than the error budget allows ({allowed}); "
-                f"stopped early; reasons are in {writer.job_dir}/*/{layout.ERRORS}/"
-            )
-    return failed
+def _done(states: dict[str, resume.RunState], runs: list[Run]) -> list[Any]:
+    return [ref for run in runs for ref in states[run.run_id].done]
 
 
-def dataset(spec: JobSpec, model: ModelSpec, rows: list[dict]) -> Any:
-    """The request rows of one model mapped through a pool of Generator actors (lazy)."""
-    import ray
-    from ray.data import ActorPoolStrategy
+def _check(spec: JobSpec, runs: list[Run], prompts: Prompts,
+           states: dict[str, resume.RunState]) -> tuple[dict[str, int], dict[str, int]]:
+    """The check pass on the workers: per run, its rows and how many are missing; a done row
+    whose inputs changed is refused (exit code 2)."""
+    rows: dict[str, int] = defaultdict(int)
+    missing: dict[str, int] = defaultdict(int)
+    for model_runs in _by_model(spec, runs).values():
+        if not _done(states, model_runs):  # nothing written yet: every row is missing
+            for run in model_runs:
+                rows[run.run_id] = missing[run.run_id] = (
+                    prompts.count * spec.prompts.images_per_prompt)
+            continue
+        ds = prompts.dataset().map_batches(
+            check_block, batch_format="pyarrow", batch_size=_expansion_batch(spec, model_runs),
+            fn_kwargs={"plan": expansion(spec, model_runs), "done": _done(states, model_runs)},
+        )
+        for batch in _results(ds):
+            for row in batch.to_pylist():
+                if row["problem"]:
+                    raise UserError(row["problem"])
+                rows[row["run_id"]] += row["rows"]
+                missing[row["run_id"]] += row["missing"]
+    return rows, missing
 
-    from darkroom.platform.generator import Generator
+
+def _generate_all(spec: JobSpec, runs: list[Run], prompts: Prompts,
+                  states: dict[str, resume.RunState], missing: dict[str, int], failed: int,
+                  allowed: int, result: JobResult, log: Callable[[str], None]) -> None:
+    """Every model's missing rows through its actor pool; the driver tallies what is written."""
+    invocation = output.invocation_id()
+    for label, model_runs in _by_model(spec, runs).items():
+        todo = sum(missing[r.run_id] for r in model_runs)
+        if not todo:
+            continue
+        actors = spec.compute.actors
+        log(f"model {label}: {todo} rows on {actors.min}-{actors.max} actor(s)")
+        ds = dataset(spec, model_runs, prompts, _done(states, model_runs), invocation, todo)
+        for batch in _results(ds):
+            result.driver_bytes += batch.nbytes
+            for row in batch.to_pylist():
+                state = states[row["run_id"]]
+                if row["kind"] == layout.IMAGES:
+                    state.images += row["rows"]
+                    state.seconds += row["seconds"]
+                    result.new[row["run_id"]] = result.new.get(row["run_id"], 0) + row["rows"]
+                    result.generated += row["rows"]
+                    log(f"  {row['run_id']}: wrote {row['rows']} image row(s)")
+                else:
+                    state.errors += row["rows"]
+                    result.failed += row["rows"]
+                    failed += row["rows"]
+                    log(f"  {row['run_id']}: {row['rows']} row(s) failed ({row['error']})")
+            if failed > allowed:
+                raise JobFailed(
+                    f"{failed} row(s) failed, more than the error budget allows ({allowed}); "
+                    f"stopped early; reasons are in {result.job_dir}/*/{layout.ERRORS}/"
+                )
+
+
+def dataset(spec: JobSpec, runs: list[Run], prompts: Prompts, done: list[Any], invocation: str,
+            todo: int, generator_class: type | None = None) -> Any:
+    """The missing request rows of one model's runs through a pool of actors that generate and
+    write them (lazy); each output row describes one written file."""
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     compute = spec.compute
     batch_size = spec.generation.batch_size
-    blocks = min(MAX_BLOCKS, math.ceil(len(rows) / batch_size))
+    per_call = math.ceil(todo / (compute.actors.max * CALLS_PER_ACTOR))
+    per_call = min(compute.checkpoint_rows, batch_size * math.ceil(per_call / batch_size))
+    # Prompts in blocks that expand to about one call each, so every actor of the pool gets
+    # work (one block reaches one actor); split before the actors hold the CPUs.
+    per_block = max(1, per_call // (len(runs) * spec.prompts.images_per_prompt))
+    expanded = prompts.split(per_block).dataset().map_batches(
+        expand_missing, batch_format="pyarrow", batch_size=None,
+        fn_kwargs={"plan": expansion(spec, runs), "done": done},
+        # light work that must not wait for CPUs the actors hold; a few at a time, as each
+        # holds the rows already done
+        num_cpus=0, compute=TaskPoolStrategy(size=max(2, compute.actors.max)),
+    )
     with warnings.catch_warnings():
         # Ray 2.60 has no named parameter for actor fault tolerance: it comes in the remote
         # args, which warn that they will be replaced by named ones
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
-            Generator,
+        return expanded.map_batches(
+            GenerateAndWrite,
             fn_constructor_kwargs={
-                "model": model.model_dump(mode="json"),
+                "model": runs[0].model.model_dump(mode="json"),
                 "runtime": spec.runtime.model_dump(mode="json"),
+                "job_dir": str(job_dir_of(spec)),
+                "storage_options": spec.storage_options,
+                "invocation": invocation,
+                "chunk": batch_size,
+                "generator_class": generator_class,
             },
             compute=ActorPoolStrategy(min_size=compute.actors.min, max_size=compute.actors.max),
-            batch_size=batch_size,
+            batch_size=max(1, per_call),
+            batch_format="pyarrow",
             num_cpus=compute.cpus_per_actor,
             num_gpus=compute.gpus_per_actor,
             max_restarts=compute.max_restarts,
             max_task_retries=compute.max_task_retries,
         )
+
+
+def _results(ds: Any) -> Iterator[Any]:
+    """The small result batches of a pass, as they come."""
+    return ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def summary(runs: list[Run], result: JobResult) -> str:
@@ -224,7 +284,7 @@ def summary(runs: list[Run], result: JobResult) -> str:
     return "\n".join(lines)
 
 
-def _evaluate(spec: JobSpec, job_dir: Path, runs: list[Run]) -> list[dict[str, Any]]:
+def _evaluate(spec: JobSpec, job_dir: Location, runs: list[Run]) -> list[dict[str, Any]]:
     from darkroom.evals.runner import evaluate_job  # evaluation is optional and heavy
 
     assert spec.eval is not None

@@ -8,6 +8,7 @@ the order in which Ray processes rows, and the same prompt gets the same noise i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -134,47 +135,111 @@ def row_id_of(run_id: str, prompt_id: str, sample_idx: int) -> str:
     return f"{run_id}/{prompt_id}/{sample_idx}"
 
 
+# The prompts of a job as a table: what prompt sources become (on the driver for small sources,
+# on the workers for files) and what `expand_prompts` turns into request rows.
+PROMPT_COLUMNS = ("prompt_id", "prompt", "negative_prompt", "class_label", "control_path")
+
+
+def prompts_table(prompts: list[Prompt]) -> Any:
+    """`Prompt`s as a table of PROMPT_COLUMNS (class labels as text; None: none given)."""
+    import pyarrow as pa
+
+    return pa.table({
+        "prompt_id": pa.array([p.prompt_id for p in prompts], pa.string()),
+        "prompt": pa.array([p.prompt for p in prompts], pa.string()),
+        "negative_prompt": pa.array([p.negative_prompt for p in prompts], pa.string()),
+        "class_label": pa.array([None if p.class_label is None else str(p.class_label)
+                                 for p in prompts], pa.string()),
+        "control_path": pa.array([p.control_image for p in prompts], pa.string()),
+    })
+
+
+def expansion(spec: JobSpec, runs: list[Run]) -> dict[str, Any]:
+    """What the workers need to turn prompts into the request rows of `runs` (plain data)."""
+    return {
+        "job_id": spec.name,
+        "seed": spec.seed,
+        "images_per_prompt": spec.prompts.images_per_prompt,
+        "negative_prompt": spec.generation.negative_prompt,
+        "runs": [{
+            "run_id": run.run_id,
+            "sampler": run.sampler.name,
+            "sampler_overrides": json.dumps(run.sampler.overrides, sort_keys=True),
+            "steps": run.steps,
+            "guidance_scale": run.guidance_scale,
+            "eta": run.eta,
+            "width": run.width,
+            "height": run.height,
+            "call_options": json.dumps(spec.generation.call_options(), sort_keys=True),
+            "lora_scale": run.lora_scale,
+            "adapters": None if run.adapters is None else json.dumps(list(run.adapters)),
+        } for run in runs],
+    }
+
+
+def expand_prompts(prompts: Any, plan: dict[str, Any]) -> Any:
+    """A table of prompts (PROMPT_COLUMNS) -> the request rows of every run in `plan`
+    (`expansion`), run by run, each prompt's samples together. Control images are read here,
+    from their path or URI, so they travel with the rows to the actors."""
+    import pyarrow as pa
+
+    from darkroom.platform import storage
+
+    columns = {name: prompts.column(name).to_pylist() if name in prompts.column_names
+               else [None] * prompts.num_rows for name in PROMPT_COLUMNS}
+    control_cache: dict[str, bytes] = {}
+    control = []
+    for path in columns["control_path"]:
+        if path is not None and path not in control_cache:
+            control_cache[path] = storage.read_bytes(storage.location(path))
+        control.append(None if path is None else control_cache[path])
+    samples = range(plan["images_per_prompt"])
+    rows: dict[str, list] = {name: [] for name in request_schema().names}
+    for run in plan["runs"]:
+        for i, prompt_id in enumerate(columns["prompt_id"]):
+            negative = columns["negative_prompt"][i]
+            for sample_idx in samples:
+                for key, value in run.items():
+                    rows[key].append(value)
+                rows["job_id"].append(plan["job_id"])
+                rows["row_id"].append(row_id_of(run["run_id"], prompt_id, sample_idx))
+                rows["prompt_id"].append(prompt_id)
+                rows["sample_idx"].append(sample_idx)
+                rows["seed"].append(row_seed(plan["seed"], prompt_id, sample_idx))
+                rows["prompt"].append(columns["prompt"][i] or "")
+                rows["negative_prompt"].append(plan["negative_prompt"] if negative is None
+                                               else negative)
+                rows["class_label"].append(columns["class_label"][i])
+                rows["control_image"].append(control[i])
+    return pa.table(rows, schema=request_schema())
+
+
+@functools.cache
+def request_schema() -> Any:
+    """The columns of request rows: what the Generator actors are given."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("job_id", pa.string()), ("run_id", pa.string()), ("sampler", pa.string()),
+        ("sampler_overrides", pa.string()), ("steps", pa.int64()),
+        ("guidance_scale", pa.float64()), ("eta", pa.float64()), ("width", pa.int64()),
+        ("height", pa.int64()), ("call_options", pa.string()), ("lora_scale", pa.float64()),
+        ("adapters", pa.string()), ("row_id", pa.string()), ("prompt_id", pa.string()),
+        ("sample_idx", pa.int64()), ("seed", pa.int64()), ("prompt", pa.string()),
+        ("negative_prompt", pa.string()), ("class_label", pa.string()),
+        ("control_image", pa.binary()),
+    ])
+
+
 def request_rows(spec: JobSpec, run: Run, prompts: list[Prompt],
                  skip: set[str] = frozenset()) -> list[dict[str, Any]]:
-    """The Generator request rows of one run, leaving out row ids in `skip` (already done)."""
-    common = {
-        "job_id": spec.name,
-        "run_id": run.run_id,
-        "sampler": run.sampler.name,
-        "sampler_overrides": json.dumps(run.sampler.overrides, sort_keys=True),
-        "steps": run.steps,
-        "guidance_scale": run.guidance_scale,
-        "eta": run.eta,
-        "width": run.width,
-        "height": run.height,
-        "call_options": json.dumps(spec.generation.call_options(), sort_keys=True),
-        "lora_scale": run.lora_scale,
-        "adapters": None if run.adapters is None else json.dumps(list(run.adapters)),
-    }
-    rows = []
-    control_cache: dict[str, bytes] = {}
-    for prompt in prompts:
-        for sample_idx in range(spec.prompts.images_per_prompt):
-            row_id = row_id_of(run.run_id, prompt.prompt_id, sample_idx)
-            if row_id in skip:
-                continue
-            row = {
-                **common,
-                "row_id": row_id,
-                "prompt_id": prompt.prompt_id,
-                "sample_idx": sample_idx,
-                "seed": row_seed(spec.seed, prompt.prompt_id, sample_idx),
-                "prompt": prompt.prompt,
-                "negative_prompt": spec.generation.negative_prompt
-                if prompt.negative_prompt is None else prompt.negative_prompt,
-                "class_label": None if prompt.class_label is None else str(prompt.class_label),
-            }
-            if prompt.control_image:
-                if prompt.control_image not in control_cache:
-                    control_cache[prompt.control_image] = Path(prompt.control_image).read_bytes()
-                row["control_image"] = control_cache[prompt.control_image]
-            rows.append(row)
-    return rows
+    """The request rows of one run as dicts, leaving out row ids in `skip` (a driver-side
+    helper for small prompt lists; jobs expand prompts on the workers)."""
+    rows = expand_prompts(prompts_table(prompts), expansion(spec, [run])).to_pylist()
+    for row in rows:
+        if row["control_image"] is None:
+            del row["control_image"]
+    return [row for row in rows if row["row_id"] not in skip]
 
 
 def describe(spec: JobSpec, runs: list[Run], prompt_count: int) -> str:

@@ -1,20 +1,27 @@
-"""Prompt sources -> a list of `Prompt`s, each with a stable id.
+"""Prompt sources -> `Prompt`s, each with a stable id, read here on the driver.
 
 Sources: an inline list, a file (.txt one per line, .jsonl, .csv, .parquet with a column mapping),
-class labels (DiT), or a folder of control images (ControlNet). Every way a source can be wrong
-(missing, unreadable, empty, a missing column, repeated ids) is a `PromptError` naming the field.
+class labels (DiT), or a folder of control images (ControlNet). Files and folders are local paths
+or URIs (`platform.storage`). Every way a source can be wrong (missing, unreadable, empty, a
+missing column, repeated ids) is a `PromptError` naming the field.
+
+`load_prompts` reads a source whole (`darkroom validate`, small inline sources); a job reads
+prompt files on its workers instead (`jobs.stream`), and the driver only `peek_prompts` at the
+first rows to check the columns before Ray starts.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from darkroom.jobs.spec import ColumnMap, PromptSource
+from darkroom.platform import storage
+from darkroom.platform.storage import Location
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -25,6 +32,10 @@ class PromptError(ValueError):
     def __init__(self, path: str, message: str, value: Any = None) -> None:
         super().__init__(message)
         self.path, self.message, self.value = path, message, value
+
+    def __reduce__(self) -> tuple:
+        # raised on a worker, it travels back to the driver pickled
+        return (PromptError, (self.path, self.message, self.value))
 
 
 @dataclass(frozen=True)
@@ -38,56 +49,58 @@ class Prompt:
     control_image: str | None = None  # path of the image file
 
 
-def _read_txt(path: Path) -> list[dict[str, Any]]:
-    lines = path.read_text(encoding="utf-8").splitlines()
+def _read_txt(data: bytes, name: str) -> list[dict[str, Any]]:
+    lines = data.decode("utf-8").splitlines()
     return [{"prompt": line.strip()} for line in lines if line.strip()]
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(data: bytes, name: str) -> list[dict[str, Any]]:
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise PromptError("prompts.file", f"line {number} of {path.name} is not JSON: {err}",
+            raise PromptError("prompts.file", f"line {number} of {name} is not JSON: {err}",
                               line[:80]) from err
         if not isinstance(record, dict):
-            raise PromptError("prompts.file", f"line {number} of {path.name} is not a JSON object",
+            raise PromptError("prompts.file", f"line {number} of {name} is not a JSON object",
                               record)
         records.append(record)
     return records
 
 
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+def _read_csv(data: bytes, name: str) -> list[dict[str, Any]]:
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
 
 
-def _read_parquet(path: Path) -> list[dict[str, Any]]:
+def _read_parquet(data: bytes, name: str) -> list[dict[str, Any]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(path).to_pylist()
+    return pq.read_table(pa.BufferReader(data)).to_pylist()
 
 
-READERS: dict[str, Callable[[Path], list[dict[str, Any]]]] = {
+READERS: dict[str, Callable[[bytes, str], list[dict[str, Any]]]] = {
     ".txt": _read_txt,
     ".jsonl": _read_jsonl,
     ".csv": _read_csv,
     ".parquet": _read_parquet,
 }
+PEEK_ROWS = 1000
+PEEK_BYTES = 1 << 20
 
 
 def load_prompts(source: PromptSource) -> list[Prompt]:
     """The prompts of a source, `limit` applied; raises PromptError when it cannot be used."""
     loaders = {
         "list": lambda: [Prompt(f"{i:05d}", text) for i, text in enumerate(source.list_ or [])],
-        "file": lambda: _from_file(Path(source.file or ""), source.columns),
+        "file": lambda: _from_file(storage.location(source.file or ""), source.columns),
         "classes": lambda: [
             Prompt(f"{i:05d}", class_label=label) for i, label in enumerate(source.classes or [])
         ],
-        "control_images": lambda: _from_folder(Path(source.control_images or ""),
+        "control_images": lambda: _from_folder(storage.location(source.control_images or ""),
                                                source.control_prompt),
     }
     prompts = loaders[source.kind]()
@@ -97,15 +110,59 @@ def load_prompts(source: PromptSource) -> list[Prompt]:
     return prompts[: source.limit] if source.limit else prompts
 
 
-def _from_file(path: Path, columns: ColumnMap) -> list[Prompt]:
-    if path.suffix.lower() not in READERS:
+def _from_file(path: Location, columns: ColumnMap, peek: bool = False) -> list[Prompt]:
+    data = _file_bytes(path, PEEK_BYTES if peek else None)
+    records = _parse(path, data)
+    if peek and path.suffix.lower() != ".parquet":
+        records = records[:PEEK_ROWS]
+    return _prompts_of(records, columns, path.name)
+
+
+def _file_bytes(path: Location, limit: int | None) -> bytes:
+    """The file's bytes (at most `limit`, cut after the last whole line; a Parquet file is
+    read whole unless `limit`, then only its first rows are kept), after the checks."""
+    suffix = path.suffix.lower()
+    if suffix not in READERS:
         raise PromptError("prompts.file", f"unsupported prompt file type `{path.suffix}`; use "
                           f"{', '.join(READERS)}", str(path))
-    if not path.is_file():
+    try:
+        found = storage.is_file(path)
+    except Exception as err:  # an unreachable store, missing credentials
+        raise PromptError("prompts.file", f"cannot reach {path}: {type(err).__name__}: "
+                          f"{str(err)[:200]}", str(path)) from err
+    if not found:
         raise PromptError("prompts.file", "prompt file does not exist (paths are relative to "
                           "the job file)", str(path))
     try:
-        records = READERS[path.suffix.lower()](path)
+        if limit is None:
+            return storage.read_bytes(path)
+        if suffix == ".parquet":
+            return _first_parquet_rows(path)
+        fs, inner = storage.filesystem(path)
+        with fs.open_input_stream(inner) as stream:
+            data = stream.read(limit)
+        return data if len(data) < limit else data[: data.rfind(b"\n") + 1]
+    except Exception as err:
+        raise PromptError("prompts.file", f"cannot read {path.name}: {type(err).__name__}: "
+                          f"{str(err)[:200]}", str(path)) from err
+
+
+def _first_parquet_rows(path: Location) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, inner = storage.filesystem(path)
+    with fs.open_input_file(inner) as handle:
+        first = next(pq.ParquetFile(handle).iter_batches(batch_size=PEEK_ROWS), None)
+    sink = pa.BufferOutputStream()
+    if first is not None:
+        pq.write_table(pa.Table.from_batches([first]), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _parse(path: Location, data: bytes) -> list[dict[str, Any]]:
+    try:
+        records = READERS[path.suffix.lower()](data, path.name) if data else []
     except PromptError:
         raise
     except Exception as err:  # any unreadable file means the same fix
@@ -113,7 +170,11 @@ def _from_file(path: Path, columns: ColumnMap) -> list[Prompt]:
                           f"{str(err)[:200]}", str(path)) from err
     if not records:
         raise PromptError("prompts.file", f"{path.name} holds no prompts", str(path))
-    prompts = [_from_record(record, i, columns, path.name) for i, record in enumerate(records)]
+    return records
+
+
+def _prompts_of(records: list[dict[str, Any]], columns: ColumnMap, name: str) -> list[Prompt]:
+    prompts = [_from_record(record, i, columns, name) for i, record in enumerate(records)]
     seen: set[str] = set()
     for prompt in prompts:
         if prompt.prompt_id not in seen:
@@ -121,8 +182,48 @@ def _from_file(path: Path, columns: ColumnMap) -> list[Prompt]:
             continue
         repeated = prompt.prompt_id
         raise PromptError("prompts.columns.id", f"id {repeated!r} appears more than once in "
-                          f"{path.name}; ids must be unique", columns.id)
+                          f"{name}; ids must be unique", columns.id)
     return prompts
+
+
+def peek_prompts(source: PromptSource) -> list[Prompt]:
+    """What the driver checks before a job starts: a file's first rows (up to PEEK_ROWS; the
+    workers read and check the rest), or an inline source whole."""
+    if source.kind != "file":
+        return load_prompts(source)
+    prompts = _from_file(storage.location(source.file or ""), source.columns, peek=True)
+    return prompts[: source.limit] if source.limit else prompts
+
+
+def count_prompts(source: PromptSource) -> int:
+    """How many prompts a source gives (`limit` applied), reading a file in pieces (a Parquet
+    file's footer only) rather than whole: for plans and dry runs."""
+    if source.kind != "file":
+        return len(load_prompts(source))
+    path = storage.location(source.file or "")
+    _file_bytes(path, 1)  # the checks, with their messages
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        fs, inner = storage.filesystem(path)
+        with fs.open_input_file(inner) as handle:
+            count = pq.ParquetFile(handle).metadata.num_rows
+    else:
+        count = sum(1 for _ in _records_of_lines(path))
+    return min(count, source.limit) if source.limit else count
+
+
+def _records_of_lines(path: Location) -> Iterator[None]:
+    """One item per prompt of a .txt/.jsonl/.csv file, streamed (csv: after its header)."""
+    fs, inner = storage.filesystem(path)
+    with fs.open_input_stream(inner) as stream:
+        text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+        if path.suffix.lower() == ".csv":
+            reader = csv.reader(text)
+            next(reader, None)
+            yield from (None for row in reader if row)
+        else:
+            yield from (None for line in text if line.strip())
 
 
 def _from_record(record: dict[str, Any], index: int, columns: ColumnMap, name: str) -> Prompt:
@@ -144,13 +245,15 @@ def _from_record(record: dict[str, Any], index: int, columns: ColumnMap, name: s
     return Prompt(prompt_id, text, None if negative is None else str(negative), label)
 
 
-def _from_folder(folder: Path, prompt: str) -> list[Prompt]:
-    if not folder.is_dir():
+def _from_folder(folder: Location, prompt: str) -> list[Prompt]:
+    entries = [] if not storage.exists(folder) else storage.list_dir(folder)
+    files = [e.loc for e in entries if not e.is_dir and e.loc.suffix.lower() in IMAGE_SUFFIXES]
+    if not entries:
         raise PromptError("prompts.control_images", "control image folder does not exist "
                           "(paths are relative to the job file)", str(folder))
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise PromptError("prompts.control_images", f"no images ({suffixes}) in the folder",
                           str(folder))
-    return [Prompt(p.name, prompt, control_image=str(p)) for p in files]
+    return [Prompt(p.name, prompt, control_image=str(p)) for p in sorted(files,
+                                                                         key=lambda f: f.name)]

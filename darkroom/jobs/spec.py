@@ -23,7 +23,7 @@ MAX_STEPS = 1000
 MAX_GUIDANCE = 100.0
 MAX_SIDE = 8192
 MAX_IMAGES_PER_PROMPT = 10_000
-MAX_ROWS_PER_RUN = 1_000_000  # request rows are planned in the driver's memory
+MAX_ROWS_PER_RUN = 10_000_000  # rows per run (prompts x images_per_prompt)
 
 
 # -- sections ---------------------------------------------------------------------------------
@@ -197,10 +197,12 @@ class ComputeSpec(_Section):
     )
     checkpoint_rows: int = Field(
         256, ge=1, le=1_000_000,
-        description="rows per Parquet file; a crash loses at most this many"
+        description="rows per actor call and Parquet file, at most; a crash loses at most this "
+        "many per actor"
     )
     checkpoint_seconds: float = Field(
-        30, gt=0, le=86_400, description="write what is buffered at least this often"
+        30, gt=0, le=86_400, description="not used since actors write their own files (one per "
+        "call); accepted so older job files stay valid"
     )
 
 
@@ -224,7 +226,13 @@ class JobSpec(_Section):
     name: str = Field(description="experiment name in MLflow; folder name under output")
     seed: int = Field(0, ge=0, le=2**63 - 1,
                       description="job seed; each row's seed derives from it")
-    output: str = Field("outputs", description="rows land in OUTPUT/<name>/<run_id>/")
+    output: str = Field(
+        "outputs", description="rows land in OUTPUT/<name>/<run_id>/: a local folder or a URI "
+        "(s3://bucket/prefix, gs://..., abfs://..., file://...)")
+    storage_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="options of the output's filesystem (pyarrow's "
+        "S3FileSystem, GcsFileSystem, ... or fsspec's), e.g. {region: eu-west-1}; credentials "
+        "and endpoint come from the standard environment (AWS_ENDPOINT_URL, ...)")
     prompts: PromptSource
     models: list[ModelSpec] = Field(min_length=1)
     sweep: SweepSpec = Field(default_factory=SweepSpec)
@@ -250,12 +258,9 @@ class JobSpec(_Section):
 
     @field_validator("output")
     @classmethod
-    def _folder(cls, output: str) -> str:
-        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", output):
-            raise ValueError(
-                "`output` is a folder (local, or a mounted volume on a cluster), not a URL; "
-                "mount the bucket and give its path"
-            )
+    def _output(cls, output: str) -> str:
+        if not output.strip():
+            raise ValueError("`output` is empty: give a folder or a URI (s3://bucket/prefix)")
         return output
 
     @field_validator("models")

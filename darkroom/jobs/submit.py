@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from darkroom.jobs.jobfile import load
+from darkroom.platform import storage
 from darkroom.platform.cluster import TOKEN_HELP, read_token
 from darkroom.platform.errors import UserError
 
@@ -86,21 +87,26 @@ def job_info(client: Any, job_id: str) -> Any:
 def stage(job_path: str | Path, overrides: Sequence[str], folder: Path) -> dict[str, Any]:
     """Write the validated job and copies of its inputs into `folder`; returns the job data."""
     spec = load(job_path, overrides)
-    if not Path(spec.output).is_absolute():
+    output = storage.location(spec.output)
+    if isinstance(output, Path) and not Path(spec.output).expanduser().is_absolute():
         raise UserError(
             f"`output` is the relative path {spec.output!r}; on a cluster it would land in the "
-            "job's temporary working folder. Give an absolute path on storage the head node "
-            "keeps, e.g. `darkroom submit JOB output=/mnt/data/outputs`"
+            "job's temporary working folder. Give a bucket URI or an absolute path on storage "
+            "every node mounts, e.g. `darkroom submit JOB output=s3://bucket/outputs` or "
+            "`output=/mnt/data/outputs`"
         )
     data = spec.dump()
     prompts = data["prompts"]
-    if spec.prompts.file:
+    # inputs on object storage are read from there by the cluster; local ones travel along
+    if spec.prompts.file and storage.is_local(storage.location(spec.prompts.file)):
         target = folder / "inputs" / Path(spec.prompts.file).name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(spec.prompts.file, target)
+        shutil.copy2(storage.location(spec.prompts.file), target)
         prompts["file"] = str(target.relative_to(folder))
-    if spec.prompts.control_images:
-        shutil.copytree(spec.prompts.control_images, folder / "inputs" / "control_images")
+    if spec.prompts.control_images and storage.is_local(
+            storage.location(spec.prompts.control_images)):
+        shutil.copytree(storage.location(spec.prompts.control_images),
+                        folder / "inputs" / "control_images")
         prompts["control_images"] = "inputs/control_images"
     (folder / "job.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return data

@@ -1,4 +1,5 @@
-"""Real faults: an actor process killed mid-run, a driver killed mid-run, a corrupt output file."""
+"""Real faults: an actor process killed mid-run, a driver killed mid-run, a corrupt output file;
+each with the output in a local folder and in an S3 bucket (a local moto server)."""
 
 from __future__ import annotations
 
@@ -9,25 +10,32 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from darkroom.jobs.jobfile import validate
-from darkroom.jobs.pipeline import run_job
+from darkroom.jobs.pipeline import job_dir_of, run_job
 from darkroom.jobs.plan import expand, row_id_of
-from darkroom.platform import layout
+from darkroom.platform import layout, storage
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TOTAL = 16 * 4  # fault_job: 16 prompts x 4 images, one run
 
 
-def written_rows(job_dir: Path) -> list[dict]:
+@pytest.fixture(params=["local", "s3"])
+def output(request, tmp_path) -> str:
+    """Where the job writes: a local folder, or a bucket."""
+    if request.param == "s3":
+        return f"{request.getfixturevalue('s3')}/out"
+    return str(tmp_path / "out")
+
+
+def written_rows(job_dir) -> list[dict]:
+    """Every row of every committed image file, as written (a row written twice counts twice)."""
     rows = []
     for run_dir in layout.run_dirs(job_dir):
-        table = layout.read_table(run_dir / layout.IMAGES, columns=["row_id", "created_at"])
-        rows += table.to_pylist() if table is not None else []
+        for path in layout.parquet_files(run_dir / layout.IMAGES):
+            rows += layout.read_file(path, ["row_id", "created_at"]).to_pylist()
     return rows
 
 
@@ -36,9 +44,10 @@ def expected_ids(spec) -> set[str]:
     return {row_id_of(run.run_id, f"{p:05d}", s) for p in range(16) for s in range(4)}
 
 
-def test_killed_actor_is_restarted_and_every_row_is_written_once(ray_session, tmp_path, helpers):
-    spec = validate(helpers.fault_job(tmp_path, "actor-kill"), base=tmp_path)
-    job_dir = tmp_path / "out" / "actor-kill"
+def test_killed_actor_is_restarted_and_every_row_is_written_once(ray_session, tmp_path, helpers,
+                                                                  output):
+    spec = validate(helpers.fault_job(tmp_path, "actor-kill", output=output), base=tmp_path)
+    job_dir = job_dir_of(spec)
     seen: dict = {}
     others = {p.pid for p in helpers.generator_actors()}  # pools of other tests, if any
 
@@ -71,9 +80,9 @@ def test_killed_actor_is_restarted_and_every_row_is_written_once(ray_session, tm
     assert sum(r["created_at"] > seen["killed_at"] for r in rows) > 0
 
 
-def test_killed_driver_rerun_generates_only_missing_rows(ray_session, tmp_path, helpers):
-    data = helpers.fault_job(tmp_path, "driver-kill")
-    job_dir = tmp_path / "out" / "driver-kill"
+def test_killed_driver_rerun_generates_only_missing_rows(ray_session, tmp_path, helpers, output):
+    data = helpers.fault_job(tmp_path, "driver-kill", output=output)
+    job_dir = storage.location(output) / "driver-kill"
     others = {p.pid for p in helpers.generator_actors()}
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     with open(tmp_path / "driver.log", "w") as log:
@@ -90,7 +99,7 @@ def test_killed_driver_rerun_generates_only_missing_rows(ray_session, tmp_path, 
     assert driver.returncode == -signal.SIGKILL, (tmp_path / "driver.log").read_text()[-3000:]
     before = Counter(r["row_id"] for r in written_rows(job_dir))
     assert 0 < len(before) < TOTAL and set(before.values()) == {1}
-    files_before = {f: f.stat().st_mtime_ns for f in helpers.finished_files(job_dir)}
+    files_before = {f: storage.read_bytes(f) for f in helpers.finished_files(job_dir)}
     # the dead driver's actors go with it
     helpers.wait_for(lambda: not [p for p in helpers.generator_actors() if p.pid not in others],
                      120, "the old actors to exit")
@@ -101,12 +110,15 @@ def test_killed_driver_rerun_generates_only_missing_rows(ray_session, tmp_path, 
     assert result.generated == TOTAL - len(before)
     after = Counter(r["row_id"] for r in written_rows(job_dir))
     assert set(after) == expected_ids(spec) and set(after.values()) == {1}
-    assert all(f.stat().st_mtime_ns == t for f, t in files_before.items())  # kept as they were
+    assert all(storage.read_bytes(f) == data for f, data in files_before.items())  # kept
+    # what the killed driver's actors left half done is gone: every data file is committed
+    for run_dir in layout.run_dirs(job_dir):
+        assert layout.listing(run_dir / layout.IMAGES)[1] == []
 
     # A corrupt file (a disk error, a bad copy) is moved aside and its rows made again.
     victim = sorted(files_before)[0]
-    victim_count = pq.read_metadata(victim).num_rows
-    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    victim_count = layout.read_file(victim, ["row_id"]).num_rows
+    storage.write_bytes(victim, files_before[victim][: len(files_before[victim]) // 2])
     messages: list[str] = []
     healed = run_job(spec, log=messages.append)
     assert healed.generated == victim_count
