@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from darkroom.platform import layout
+from darkroom.platform import layout, storage
+from darkroom.platform.storage import Location
 
 PREFIX = "features-"
 UNREADABLE_FILE = "unreadable.parquet"
@@ -28,32 +27,32 @@ def protocol_hash(protocol: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def features_path(run_dir: Path, extractor: str, protocol: dict[str, Any]) -> Path:
-    """Where a run's features under one extractor protocol are kept."""
-    return Path(run_dir) / layout.SCORES / f"{PREFIX}{extractor}-{protocol_hash(protocol)}.parquet"
+def features_path(run_dir: Location, extractor: str, protocol: dict[str, Any]) -> Location:
+    """Where a run's features under one extractor protocol are kept (a path or a URI)."""
+    return run_dir / layout.SCORES / f"{PREFIX}{extractor}-{protocol_hash(protocol)}.parquet"
 
 
-def image_hashes(run_dir: Path) -> dict[str, str]:
+def image_hashes(run_dir: Location) -> dict[str, str]:
     """row_id -> image_sha256 of the run's image rows (the image bytes are not read)."""
-    table = layout.read_table(Path(run_dir) / layout.IMAGES, columns=["row_id", "image_sha256"])
+    table = layout.read_table(run_dir / layout.IMAGES, columns=["row_id", "image_sha256"])
     if table is None:
         return {}
     return dict(zip(table.column("row_id").to_pylist(), table.column("image_sha256").to_pylist(),
                     strict=True))
 
 
-def left_out(run_dir: Path) -> dict[str, str]:
+def left_out(run_dir: Location) -> dict[str, str]:
     """row_id -> reason for the rows the last evaluation left out as unreadable."""
-    path = Path(run_dir) / layout.SCORES / UNREADABLE_FILE
-    if not path.exists():
+    path = run_dir / layout.SCORES / UNREADABLE_FILE
+    if not storage.exists(path):
         return {}
-    table = pq.read_table(path)
+    table = storage.read_parquet(path)
     return dict(zip(table.column("row_id").to_pylist(), table.column("reason").to_pylist(),
                     strict=True))
 
 
-def write_features(run_dir: Path, extractor: str, protocol: dict[str, Any],
-                   row_ids: np.ndarray, features: np.ndarray) -> Path:
+def write_features(run_dir: Location, extractor: str, protocol: dict[str, Any],
+                   row_ids: np.ndarray, features: np.ndarray) -> Location:
     """Keep a run's features (rows in `row_ids` order) with each row's image hash."""
     from darkroom.evals.results import write_atomic
 
@@ -66,21 +65,20 @@ def write_features(run_dir: Path, extractor: str, protocol: dict[str, Any],
         "features": pa.FixedSizeListArray.from_arrays(flat, features.shape[1]),
     }).replace_schema_metadata({"darkroom.protocol": json.dumps(protocol, sort_keys=True)})
     target = features_path(run_dir, extractor, protocol)
-    target.parent.mkdir(exist_ok=True)
     write_atomic(table, target)
     return target
 
 
-def read_features(run_dir: Path, extractor: str, protocol: dict[str, Any],
+def read_features(run_dir: Location, extractor: str, protocol: dict[str, Any],
                   hashes: dict[str, str] | None = None) -> dict[str, np.ndarray] | None:
     """row_id -> features from the cache, or None when the cache does not cover every current
     image row of the run (`hashes`: row_id -> image_sha256, read from the images if not given)."""
     path = features_path(run_dir, extractor, protocol)
-    if not path.exists():
+    if not storage.exists(path):
         return None
     hashes = image_hashes(run_dir) if hashes is None else hashes
     try:
-        table = pq.read_table(path)
+        table = storage.read_parquet(path)
     except Exception:  # an unreadable cache is a missing cache
         return None
     ids = table.column("row_id").to_pylist()
