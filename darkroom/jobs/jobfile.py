@@ -21,7 +21,7 @@ from darkroom.platform.config import (
     SpecError,
     apply_overrides,
     read_yaml_file,
-    validation_problems,
+    try_validate,
 )
 
 
@@ -37,17 +37,10 @@ def validate(data: dict[str, Any], base: str | Path = ".", overrides: Sequence[s
              deep: bool = True) -> JobSpec:
     """A JobSpec from plain data, or a SpecError listing every problem found. `deep` reads a
     prompt file whole; otherwise its first rows (a job's workers check the rest)."""
-    from pydantic import ValidationError
-
     data = apply_overrides(copy.deepcopy(data), overrides)
     _absolute_sources(data, Path(base))
-    found = list(problems)
-    spec = None
-    try:
-        spec = JobSpec.model_validate(data)
-    except ValidationError as err:
-        found += validation_problems(err, JobSpec)
-    found += semantic_problems(data, spec, deep)
+    spec, found = try_validate(JobSpec, data)
+    found = [*problems, *found, *semantic_problems(data, spec, deep)]
     if found:
         raise SpecError(source, found)
     return spec  # type: ignore[return-value]

@@ -216,17 +216,21 @@ _UNION_TAGS = {"int", "float", "str", "bool", "constrained-int", "constrained-fl
                "list[str]", "list[union[int,str]]"}
 
 
+def try_validate(model: type[BaseModel], data: Any) -> tuple[Any, list[Problem]]:
+    """(`model` from plain data, or None; every validation problem as a Problem)."""
+    try:
+        return model.model_validate(data), []
+    except ValidationError as err:
+        return None, validation_problems(err, model)
+    except RecursionError as err:
+        return None, [Problem("", f"nested too deeply: {err}")]
+
+
 def validate(model: type[BaseModel], data: Any, source: str,
              problems: Sequence[Problem] = ()) -> Any:
     """`model` from plain data, or a SpecError listing `problems` and every validation error."""
-    found = list(problems)
-    spec = None
-    try:
-        spec = model.model_validate(data)
-    except ValidationError as err:
-        found += validation_problems(err, model)
-    except RecursionError as err:
-        found.append(Problem("", f"nested too deeply: {err}"))
+    spec, found = try_validate(model, data)
+    found = [*problems, *found]
     if found:
         raise SpecError(source, found)
     return spec
