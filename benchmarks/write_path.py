@@ -279,7 +279,7 @@ def memory(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1500)
-    parser.add_argument("--rows-per-file", type=int, default=16)
+    parser.add_argument("--rows-per-file", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
     parser.add_argument("--output", help="where both paths write (default: a temporary folder)")

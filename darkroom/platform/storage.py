@@ -114,11 +114,6 @@ class UriPath:
 Location = Path | UriPath
 
 
-def is_uri(value: str | os.PathLike) -> bool:
-    """True for `scheme://...` text (file:// included)."""
-    return isinstance(value, str) and bool(URI.match(value))
-
-
 def location(value: str | os.PathLike | UriPath) -> Location:
     """A location from what a user wrote: a path, `file://...`, or another URI."""
     if isinstance(value, UriPath):
@@ -137,11 +132,6 @@ def location(value: str | os.PathLike | UriPath) -> Location:
 def is_local(loc: Location) -> bool:
     """True for a local path."""
     return isinstance(loc, Path)
-
-
-def display(loc: Location) -> str:
-    """The location as users write it."""
-    return str(loc)
 
 
 # -- filesystems ------------------------------------------------------------------------------
