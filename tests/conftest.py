@@ -19,6 +19,12 @@ os.environ.setdefault("DARKROOM_CACHE", tempfile.mkdtemp(prefix="darkroom-test-c
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
+# Ray Data makes its console log handler on first import and binds it to the sys.stderr of that
+# moment; imported first inside a test that captures output, it would write to that test's closed
+# capture stream ever after ("--- Logging error ---"). Import it here, under pytest's
+# session-long capture.
+import ray.data  # noqa: E402, F401
+
 
 @pytest.fixture(scope="session")
 def ray_session():

@@ -82,7 +82,5 @@ def test_a_bad_row_the_driver_did_not_peek_at_stops_the_run(ray_session, tmp_pat
     assert main(["run", str(tmp_path / "job.yaml")]) == 2  # the workers find it
     err = capsys.readouterr().err
     assert "prompts.columns.prompt" in err and "no text" in err
-    # Ray's log handler may still hold an earlier test's closed capture stream and report that
-    # as a "Logging error" with its own traceback; darkroom's own output must have none
-    assert err.count("Traceback") == err.count("--- Logging error ---")
+    assert "Traceback" not in err
     assert not list((tmp_path / "out").rglob("*.parquet"))

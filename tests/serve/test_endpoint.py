@@ -203,8 +203,13 @@ def ray_process(title: str):
     set by Ray (`ray::ServeReplica:APP:DEPLOYMENT`, `ray::ProxyActor`), starts with `title`."""
     import psutil
 
-    found = [p for p in psutil.Process().children(recursive=True)
-             if (p.cmdline() or [""])[0].startswith(title)]
+    def titled(process) -> bool:
+        try:
+            return (process.cmdline() or [""])[0].startswith(title)
+        except psutil.Error:  # a worker that exited meanwhile, or a zombie not yet reaped
+            return False
+
+    found = [p for p in psutil.Process().children(recursive=True) if titled(p)]
     assert len(found) == 1, f"{len(found)} processes titled {title}"
     return found[0]
 
