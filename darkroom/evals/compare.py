@@ -23,6 +23,7 @@ from darkroom.evals.paired import (
     real_baseline,
 )
 from darkroom.evals.report import SPEED, report_html
+from darkroom.platform import storage
 from darkroom.platform.errors import UserError, did_you_mean
 
 QUALITY = [m.key for m in METRICS.values() if "*" not in m.key]
@@ -193,10 +194,24 @@ def find_run(rows: list[RunRow], wanted: str) -> RunRow:
 
 def _run_data(row: RunRow, cache: dict[str, RunData | str]) -> RunData | str:
     if row.run_id not in cache:
-        folder = row.tags.get("darkroom.output")
-        cache[row.run_id] = (load_run(row.display, Path(folder)) if folder and Path(folder).is_dir()
-                             else f"its output folder {folder} is not on this machine")
+        cache[row.run_id] = _read_run(row)
     return cache[row.run_id]
+
+
+def _read_run(row: RunRow) -> RunData | str:
+    """The run's per-image data from its output folder (a path on this machine or a URI this
+    machine can read with its own credentials), or why not."""
+    folder = row.tags.get("darkroom.output")
+    if not folder:
+        return "its MLflow run names no output folder"
+    try:
+        where = storage.location(folder)
+        if not storage.exists(where):
+            return (f"its output folder {folder} is not on this machine"
+                    if storage.is_local(where) else f"its output folder {folder} is not there")
+        return load_run(row.display, where)
+    except (OSError, storage.StorageError) as err:
+        return f"its output folder {folder} cannot be read here ({type(err).__name__}: {err})"
 
 
 def against_baseline(rows: list[RunRow], base: RunRow, cache: dict[str, RunData | str]

@@ -28,7 +28,8 @@ from darkroom.evals.reference import load_npz
 from darkroom.evals.results import SCORES_FILE, read_record
 from darkroom.evals.scores import Context, RunScores, feature_column
 from darkroom.evals.spec import EvalSpec
-from darkroom.platform import layout
+from darkroom.platform import layout, storage
+from darkroom.platform.storage import Location
 
 META = ["row_id", "prompt_id", "sample_idx", "seed", "prompt", "class_label"]
 
@@ -46,19 +47,21 @@ class RunData:
     missing: dict[str, str] = field(default_factory=dict)  # extractor -> why it is absent
 
 
-def _table(folder: Path) -> pa.Table | None:
+def _table(folder: Location) -> pa.Table | None:
     tables = []
     for path in layout.parquet_files(folder / layout.IMAGES):
         try:
-            names = pq.read_schema(path).names
-            tables.append(pq.read_table(path, columns=[c for c in META if c in names]))
+            fs, inner = storage.filesystem(path)
+            names = pq.read_schema(inner, filesystem=fs).names
+            tables.append(storage.read_parquet(path, columns=[c for c in META if c in names]))
         except Exception:  # unreadable files were left out of the evaluation too
             continue
     return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
-def load_run(name: str, folder: Path) -> RunData | str:
-    """The run in `folder` as its last evaluation left it, or why it cannot be compared."""
+def load_run(name: str, folder: Location) -> RunData | str:
+    """The run in `folder` (a path or a URI) as its last evaluation left it, or why it cannot
+    be compared."""
     record = read_record(folder)
     if record is None:
         return (f"{folder} has no eval record (scores/eval.json): evaluate it again with this "
@@ -74,8 +77,8 @@ def load_run(name: str, folder: Path) -> RunData | str:
     columns = {c: np.asarray(table.column(c).to_pylist(), dtype=object)[keep]
                for c in table.column_names}
     scores_file = folder / layout.SCORES / SCORES_FILE
-    if scores_file.exists():
-        per_image = pq.read_table(scores_file).to_pydict()
+    if storage.exists(scores_file):
+        per_image = storage.read_parquet(scores_file).to_pydict()
         index = {r: i for i, r in enumerate(per_image["row_id"])}
         for column, values in per_image.items():
             if column not in ("row_id", "evaluated_at"):
@@ -105,13 +108,14 @@ def load_run(name: str, folder: Path) -> RunData | str:
     return data
 
 
-def _job_spec(job_dir: Path) -> dict[str, Any]:
+def _job_spec(job_dir: Location) -> dict[str, Any]:
     path = job_dir / layout.JOB_SPEC
-    if not path.exists():
+    if not storage.exists(path):
         return {}
-    from darkroom.platform.config import read_yaml_file
+    from darkroom.platform.config import parse_yaml
 
-    return read_yaml_file(path, "job file")[0]
+    data, _ = parse_yaml(storage.read_text(path), str(path))
+    return data if isinstance(data, dict) else {}
 
 
 # -- pairing --------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -124,6 +125,13 @@ def test_a_job_on_s3_rerun_eval_and_compare(ray_session, tmp_path, s3, mlflow_se
     assert main(["compare", "--experiment", "s3-test", "--tracking-uri", mlflow_server,
                  "--html", str(report)]) == 0
     assert "data:image/png;base64" in report.read_text()
+    # against a baseline: per-image scores read back from the bucket, paired (same prompts and
+    # seeds in both runs)
+    assert main(["compare", "--experiment", "s3-test", "--tracking-uri", mlflow_server,
+                 "--baseline", runs[0].run_id]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\S+\s+nsfw_rate\s.*\spaired$", out, re.M), out
+    assert "unpaired" not in out and "cannot be read" not in out, out
     artifacts = storage.location(f"{s3}/mlartifacts")
     sheets = [e for e in _walk(artifacts) if e.name == "contact_sheet.png"]
     assert len(sheets) >= 2  # one per run, in the bucket the tracking server named
