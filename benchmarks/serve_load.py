@@ -87,6 +87,36 @@ def measure(urls: dict[str, str], args: argparse.Namespace) -> dict[str, dict[in
     return best
 
 
+def pipeline_ceiling(spec, args: argparse.Namespace, rounds: int = 3) -> tuple[float, float]:
+    """(seconds per image alone, per image in a full batch) of the replica's own work: the
+    Generator called directly as a replica holds it (one torch thread, PNG encoding included),
+    with no HTTP, proxy or ingress. Their ratio bounds what batching can give at any load."""
+    import torch
+
+    from darkroom.platform.generator import Generator
+
+    torch.set_num_threads(spec.runtime.torch_threads or 1)
+    size = spec.batching.max_batch_size
+    generator = Generator(spec.model, sampler=spec.defaults.sampler_spec,
+                          runtime=spec.runtime.model_copy(update={"batch_size": size}),
+                          defaults={"steps": args.steps,
+                                    "guidance_scale": spec.defaults.guidance_scale})
+    label = args.prompt if generator.family.conditioning == "class" else None
+    rows = [{"prompt": args.prompt, "class_label": label, "seed": i, "steps": args.steps}
+            for i in range(size)]
+
+    def timed(batch: list[dict]) -> float:
+        started = time.perf_counter()
+        out = generator.generate(batch)
+        assert all(row["error"] is None for row in out), out[0]["error"]
+        return time.perf_counter() - started
+
+    timed(rows[:1]), timed(rows)  # warm up both shapes
+    alone = min(min(timed(rows[:1]) for _ in range(5)) for _ in range(rounds))
+    batched = min(timed(rows) for _ in range(rounds)) / size
+    return alone, batched
+
+
 def measure_lora(args: argparse.Namespace, port: int) -> None:
     """32 clients on one deployment with three adapters: all requests for one adapter, then the
     three in rotation (Serve multiplexing keeps each batch to one adapter)."""
@@ -207,6 +237,10 @@ def main() -> int:
     top = max(args.clients)
     ratio = runs["batched"][top]["rps"] / runs["single"][top]["rps"]
     print(f"throughput ratio at {top} clients (batching / max_batch_size 1): {ratio:.2f}x")
+    alone, batched_s = pipeline_ceiling(batched, args)
+    print(f"the replica's own work, no HTTP: {alone * 1e3:.1f} ms an image alone, "
+          f"{batched_s * 1e3:.1f} ms in a batch of {batched.batching.max_batch_size}: "
+          f"{alone / batched_s:.2f}x is what batching can give at most")
     return 0
 
 
