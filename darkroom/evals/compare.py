@@ -210,7 +210,7 @@ def _read_run(row: RunRow) -> RunData | str:
             return (f"its output folder {folder} is not on this machine"
                     if storage.is_local(where) else f"its output folder {folder} is not there")
         return load_run(row.display, where)
-    except (OSError, storage.StorageError) as err:
+    except (OSError, ValueError) as err:  # unreachable, no credentials, a bad URI or file
         return f"its output folder {folder} cannot be read here ({type(err).__name__}: {err})"
 
 
