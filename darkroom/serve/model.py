@@ -81,9 +81,11 @@ class ImageModel:
         self._batched.set_max_batch_size(self.spec.batching.max_batch_size * held)
         self._wait_s = self.spec.batching.batch_wait_timeout_s
         self._busy_until = 0.0  # when the running pipeline call is expected to end
-        self._last_run_s = 0.0
         self._seconds_per_work = 0.0  # of the last pipeline call, per image x steps x pixels
         self._waiting: set[int] = set()  # tickets of rows not yet in the pipeline
+        # expected pipeline seconds of each formed group that has not started: Serve splits a
+        # batch by adapter, so one formed batch can be several pipeline calls in a row
+        self._queued: dict[int, float] = {}
         self._tickets = itertools.count()
 
     async def generate(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -124,11 +126,11 @@ class ImageModel:
         Serve forms the next batch while earlier ones run or wait, and closes a batch
         `batch_wait_timeout_s` after its first request. An idle replica with nothing waiting
         starts at once. While the pipeline is busy there is no hurry: a batch may keep filling
-        until the pipeline is expected to be free for it (the running call, then the full
-        batches already waiting), so busy periods give full batches.
+        until the pipeline is expected to be free for it (the running call, then every group
+        already formed: one per adapter and settings), so busy periods give full batches.
         """
-        ahead = len(self._waiting) // self.spec.batching.max_batch_size
-        busy_s = self._busy_until - time.monotonic() + ahead * self._last_run_s
+        ahead = sum(list(self._queued.values()))
+        busy_s = max(self._busy_until - time.monotonic(), 0.0) + ahead
         if busy_s <= 0 and not self._waiting:
             return 0.0  # an idle replica starts at once: a lone client never pays the wait
         return max(self._wait_s, busy_s)
@@ -140,15 +142,30 @@ class ImageModel:
         groups: dict[tuple, list[int]] = {}
         for index, row in enumerate(rows):
             groups.setdefault(self._settings_key(row), []).append(index)
-        finished: set[int] = set()
+        order = sorted(groups, key=_cost)
+        calls = {key: next(self._tickets) for key in order}
+        for key in order:
+            self._queued[calls[key]] = self._seconds_per_work * _cost(key) * len(groups[key])
+        try:
+            async for answers in self._run_groups(rows, tickets, groups, order, calls):
+                yield answers
+        finally:  # groups that never started (the batch was cancelled) are not ahead anymore
+            for call in calls.values():
+                self._queued.pop(call, None)
+
+    async def _run_groups(self, rows: list[dict[str, Any]], tickets: list[int],
+                          groups: dict[tuple, list[int]], order: list[tuple],
+                          calls: dict[tuple, int]) -> AsyncIterator[list[Any]]:
+        """Each group through the pipeline in `order`, its callers answered when it is done."""
         loop = asyncio.get_running_loop()
-        for key in sorted(groups, key=_cost):
+        finished: set[int] = set()
+        for key in order:
             members = groups[key]
             work = _cost(key) * len(members)
             try:
                 made = await loop.run_in_executor(
                     self.pipeline, self._generate, [rows[i] for i in members], work,
-                    [tickets[i] for i in members],
+                    [tickets[i] for i in members], calls[key],
                 )
                 answers = (self._check(made) if self.checker is None
                            else await loop.run_in_executor(self.safety, self._check, made))
@@ -196,10 +213,11 @@ class ImageModel:
             return ("", 0, 0, 0, 0.0, "", "")
 
     def _generate(
-        self, rows: list[dict[str, Any]], work: float, tickets: list[int]
+        self, rows: list[dict[str, Any]], work: float, tickets: list[int], call: int
     ) -> list[dict[str, Any]]:
         """On the pipeline thread: one group through the Generator, timed for `_batch_wait_s`."""
         self._waiting.difference_update(tickets)
+        self._queued.pop(call, None)
         started = time.monotonic()
         self._busy_until = started + self._seconds_per_work * work
         try:
@@ -207,8 +225,7 @@ class ImageModel:
         finally:
             self._busy_until = 0.0
         if any(row["error"] is None for row in out):  # rows refused up front cost no time
-            self._last_run_s = time.monotonic() - started
-            self._seconds_per_work = self._last_run_s / max(work, 1)
+            self._seconds_per_work = (time.monotonic() - started) / max(work, 1)
         return out
 
     def _check(self, out: list[dict[str, Any]]) -> list[dict[str, Any]]:
