@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -95,11 +96,11 @@ def stop_leftovers(root: Path, timeout: float = 20.0) -> list[int]:
         time.sleep(0.5)
 
 
-@pytest.fixture
-def ray_cluster():
-    """Start a real local cluster with `ray start` (head + `workers` worker nodes, one CPU each,
-    token auth, dashboard on DASHBOARD_PORT); returns (temp root, token file). All of its
-    processes are stopped afterwards, and the test fails if any survive."""
+@contextlib.contextmanager
+def clusters():
+    """A starter of real local clusters with `ray start` (head + `workers` worker nodes, one CPU
+    each, token auth, dashboard on DASHBOARD_PORT) that returns (temp root, token file). On exit
+    every process of every cluster it started is stopped, and it fails if any survive."""
     started: list[tuple[Path, list[subprocess.Popen]]] = []
 
     def start(workers: int = 0) -> tuple[Path, Path]:
@@ -124,10 +125,27 @@ def ray_cluster():
                  "--num-cpus=1"], env, root / f"worker{i}.log"))
         return root, token
 
-    yield start
-    for root, nodes in started:
-        for node in reversed(nodes):
-            stop(node)
-        survivors = stop_leftovers(root)
-        shutil.rmtree(root, ignore_errors=True)
-        assert not survivors, f"processes of the test cluster survived: {survivors}"
+    try:
+        yield start
+    finally:
+        for root, nodes in started:
+            for node in reversed(nodes):
+                stop(node)
+            survivors = stop_leftovers(root)
+            shutil.rmtree(root, ignore_errors=True)
+            assert not survivors, f"processes of the test cluster survived: {survivors}"
+
+
+@pytest.fixture
+def ray_cluster():
+    """`clusters()` for one test: call it to start a cluster, stopped after the test."""
+    with clusters() as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def running_cluster():
+    """One head-only cluster left running for a whole module, for tests that only need one to
+    be there (to show they do not join it, or join it without a token): (temp root, token)."""
+    with clusters() as start:
+        yield start()

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-# the `ray_cluster` fixture's dashboard (tests/conftest.py)
+# the test clusters' dashboard (tests/conftest.py)
 DASHBOARD = f"http://127.0.0.1:{int(os.environ.get('DARKROOM_TEST_PORT_BASE', '26379')) + 1886}"
 
 
@@ -60,8 +60,8 @@ SIGNALS = {
 
 @pytest.mark.parametrize("how", list(SIGNALS))
 def test_serve_starts_its_own_ray_beside_a_running_cluster_and_stops_in_time(
-        ray_cluster, tmp_path, how):
-    root, token = ray_cluster()
+        running_cluster, tmp_path, how):
+    root, token = running_cluster
     port = free_port()
     process, url = start_serve(tmp_path, port)
     try:
@@ -193,10 +193,9 @@ def test_sigterm_drains_requests_in_flight_and_refuses_new_ones(tmp_path, drain_
 # -- joining a cluster -------------------------------------------------------------------------
 
 
-def test_a_token_cluster_without_the_token_is_a_one_line_error(ray_cluster, tmp_path):
+def test_a_token_cluster_without_the_token_is_a_one_line_error(running_cluster, tmp_path):
     """RAY_ADDRESS names a cluster with token authentication, and this machine has no token (no
     RAY_AUTH_TOKEN, no RAY_AUTH_TOKEN_PATH, no ~/.ray/auth_token): exit 2 and say so."""
-    ray_cluster()
     home = tmp_path / "home"
     home.mkdir()
     (tmp_path / "serve.yaml").write_text(TINY)
