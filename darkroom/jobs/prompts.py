@@ -59,16 +59,19 @@ def _read_jsonl(data: bytes, name: str) -> list[dict[str, Any]]:
     for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise PromptError("prompts.file", f"line {number} of {name} is not JSON: {err}",
-                              line[:80]) from err
-        if not isinstance(record, dict):
-            raise PromptError("prompts.file", f"line {number} of {name} is not a JSON object",
-                              record)
-        records.append(record)
+        records.append(json_record(line, f"line {number} of {name}"))
     return records
+
+
+def json_record(line: str, where: str) -> dict[str, Any]:
+    """One line of a .jsonl prompt file as a JSON object; `where` names the line in errors."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise PromptError("prompts.file", f"{where} is not JSON: {err}", line[:80]) from err
+    if not isinstance(record, dict):
+        raise PromptError("prompts.file", f"{where} is not a JSON object", line[:80])
+    return record
 
 
 def _read_csv(data: bytes, name: str) -> list[dict[str, Any]]:
@@ -174,7 +177,7 @@ def _parse(path: Location, data: bytes) -> list[dict[str, Any]]:
 
 
 def _prompts_of(records: list[dict[str, Any]], columns: ColumnMap, name: str) -> list[Prompt]:
-    prompts = [_from_record(record, i, columns, name) for i, record in enumerate(records)]
+    prompts = [prompt_of_record(record, i, columns, name) for i, record in enumerate(records)]
     seen: set[str] = set()
     for prompt in prompts:
         if prompt.prompt_id not in seen:
@@ -226,7 +229,8 @@ def _records_of_lines(path: Location) -> Iterator[None]:
             yield from (None for line in text if line.strip())
 
 
-def _from_record(record: dict[str, Any], index: int, columns: ColumnMap, name: str) -> Prompt:
+def prompt_of_record(record: dict[str, Any], index: int, columns: ColumnMap, name: str) -> Prompt:
+    """Row `index` (from 0) of a prompt file, read through the job's column mapping."""
     wanted = {"prompt": columns.prompt if columns.class_label is None else None,
               "negative_prompt": columns.negative_prompt, "id": columns.id,
               "class_label": columns.class_label}

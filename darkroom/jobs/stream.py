@@ -17,14 +17,13 @@ file or a folder listing: they are made on the driver and put into the object st
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from darkroom.jobs.plan import PROMPT_COLUMNS, prompts_table
-from darkroom.jobs.prompts import PromptError, load_prompts
+from darkroom.jobs.prompts import PromptError, json_record, load_prompts, prompt_of_record
 from darkroom.jobs.spec import ColumnMap, PromptSource
 from darkroom.platform import storage
 
@@ -170,48 +169,13 @@ def parse_block(block: pa.Table, offset: int, suffix: str, columns: dict[str, An
         records = [{"prompt": text} for text in texts if text]
         mapping = ColumnMap()
     elif suffix == ".jsonl":
-        records = [_json_record(line, name) for line in block.column("text").to_pylist()
-                   if line.strip()]
+        lines = block.column("text").to_pylist()
+        records = [json_record(line, f"a line of {name}") for line in lines if line.strip()]
     else:
         records = block.to_pylist()
-    out: dict[str, list] = {column: [] for column in PROMPT_COLUMNS}
-    for index, record in enumerate(records, start=offset):
-        values = _prompt_values(record, mapping, name)
-        if values["prompt_id"] is None:
-            values["prompt_id"] = f"{index:05d}"  # as `load_prompts` numbers them
-        for column, value in values.items():
-            out[column].append(value)
-    return pa.table(out, schema=PROMPT_SCHEMA)
-
-
-def _json_record(line: str, name: str) -> dict[str, Any]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise PromptError("prompts.file", f"a line of {name} is not JSON: {err}",
-                          line[:80]) from err
-    if not isinstance(record, dict):
-        raise PromptError("prompts.file", f"a line of {name} is not a JSON object", line[:80])
-    return record
-
-
-def _prompt_values(record: dict[str, Any], mapping: ColumnMap, name: str) -> dict[str, Any]:
-    wanted = {"prompt": mapping.prompt if mapping.class_label is None else None,
-              "negative_prompt": mapping.negative_prompt, "id": mapping.id,
-              "class_label": mapping.class_label}
-    for field, column in wanted.items():
-        if column is not None and column not in record:
-            raise PromptError(f"prompts.columns.{field}", f"column `{column}` is missing from "
-                              f"{name} (a row has: {', '.join(map(str, record))})", column)
-    text = record.get(mapping.prompt, "")
-    if text is None or not isinstance(text, str):
-        raise PromptError("prompts.columns.prompt", f"a row of {name} has no text in column "
-                          f"`{mapping.prompt}`", text)
-    negative = record.get(mapping.negative_prompt) if mapping.negative_prompt else None
-    label = record.get(mapping.class_label) if mapping.class_label else None
-    return {"prompt_id": None if mapping.id is None else str(record[mapping.id]),
-            "prompt": text, "negative_prompt": None if negative is None else str(negative),
-            "class_label": None if label is None else str(label), "control_path": None}
+    # numbered as `load_prompts` numbers them, so ids without an id column agree
+    return prompts_table([prompt_of_record(record, index, mapping, name)
+                          for index, record in enumerate(records, start=offset)])
 
 
 def slice_block(block: pa.Table, rows: int) -> list[pa.Table]:
