@@ -53,16 +53,16 @@ def load_pipeline(args: argparse.Namespace):
     """The model as a plain diffusers pipeline with the sampler's scheduler."""
     import diffusers
 
-    from darkroom.platform.families import ModelSpec
-    from darkroom.platform.models import infer_family
+    from darkroom.platform.models.loading import infer_family
+    from darkroom.platform.models.names import resolve_source
+    from darkroom.platform.models.samplers import SAMPLERS
+    from darkroom.platform.models.spec import ModelSpec
     from darkroom.platform.quiet import quiet_libraries
-    from darkroom.platform.samplers import SAMPLERS
-    from darkroom.platform.sources import resolve_source
 
     quiet_libraries()
     source, local = resolve_source(args.model)
     if args.model.startswith("tiny:"):
-        from darkroom.platform.tiny import tiny_folder
+        from darkroom.platform.builders.tiny import tiny_folder
 
         source = str(tiny_folder(args.model.split(":", 1)[1]))
     family = infer_family(ModelSpec(model=args.model))
@@ -79,7 +79,7 @@ def hand_written_loop(args: argparse.Namespace, pipe, prompts: list[str],
     """Steady-state images/s of a plain diffusers loop: the same calls, without Ray or Darkroom."""
     import torch
 
-    from darkroom.platform.records import encode_png, to_uint8
+    from darkroom.platform.data.records import encode_png, to_uint8
 
     torch.set_num_threads(1)  # what each CPU actor gets
     size = {"width": args.size, "height": args.size} if args.size else {}
@@ -102,7 +102,7 @@ def hand_written_loop(args: argparse.Namespace, pipe, prompts: list[str],
 
 def steady_rate(job_dir: Path, actors: int) -> float:
     """Images/s of a finished job read from its rows: after each actor's first batch."""
-    from darkroom.platform import layout
+    from darkroom.platform.data import layout
 
     table = layout.read_table(layout.run_dirs(job_dir)[0] / layout.IMAGES,
                               columns=["created_at"])
@@ -159,7 +159,7 @@ def main() -> None:
 
     from darkroom.jobs.plan import row_seed
     if args.model.startswith("tiny:"):  # build its folder once, outside every timing
-        from darkroom.platform.tiny import tiny_folder
+        from darkroom.platform.builders.tiny import tiny_folder
 
         tiny_folder(args.model.split(":", 1)[1])
     seeds = [row_seed(0, f"{i:05d}", 0) for i in range(args.prompts)]

@@ -27,7 +27,7 @@ METRICS = ["fid", "kid", "precision", "recall", "class_accuracy"]
 
 def _runs(job_dir: Path, sampler: str, steps: int) -> dict[str, dict[float, Path]]:
     """model label -> guidance -> run folder, for the given sampler and steps."""
-    from darkroom.platform import layout
+    from darkroom.platform.data import layout
 
     found: dict[str, dict[float, Path]] = {}
     for run_dir in layout.run_dirs(job_dir):

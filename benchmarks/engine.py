@@ -29,8 +29,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from darkroom.platform.generator import Generator
-    from darkroom.platform.samplers import SamplerSpec, build_scheduler
+    from darkroom.platform.engine.generator import Generator
+    from darkroom.platform.models.samplers import SamplerSpec, build_scheduler
 
     generator = Generator(
         {"model": args.model}, {"name": args.sampler},

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 
 def make_parquet(folder: Path, count: int, size: int, files: int = 8) -> list[str]:
-    from darkroom.platform.records import encode_png
+    from darkroom.platform.data.records import encode_png
 
     rng = np.random.default_rng(0)
     paths = []
@@ -75,7 +75,7 @@ def plain_loop(paths: list[str], extractor: str, weights: str | None, batch: int
     import torch
 
     from darkroom.evals.extractors import load_extractor
-    from darkroom.platform.records import decode_png
+    from darkroom.platform.data.records import decode_png
 
     torch.set_num_threads(1)
     model = load_extractor(extractor, weights)

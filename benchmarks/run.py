@@ -163,7 +163,7 @@ def run_case(case: Case, device: str, dtype: str, plain_batch: int, images: int,
              rounds: int) -> dict[str, Any]:
     from PIL import Image
 
-    from darkroom.platform.generator import Generator
+    from darkroom.platform.engine.generator import Generator
 
     model = {"model": case.model, "dtype": dtype}
     control_pil = Image.new("RGB", (case.size or 64,) * 2, "gray")
@@ -250,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also torch.compile the denoiser in Darkroom's runs (gpu suite)")
     args = parser.parse_args(argv)
 
-    from darkroom.platform.records import encode_png
-    from darkroom.platform.sources import builtin_models
+    from darkroom.platform.data.records import encode_png
+    from darkroom.platform.models.names import builtin_models
 
     CONTROL = encode_png(np.full((64, 64, 3), 128, np.uint8))
     if args.suite == "gpu":

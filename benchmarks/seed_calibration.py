@@ -31,8 +31,8 @@ METRICS = ["fid", "kid", "precision", "recall", "class_accuracy"]
 def generate(seed: int, per_prompt: int, steps: int, guidance: float):
     """(images, rows) of one job seed."""
     from darkroom.jobs.plan import row_seed
-    from darkroom.platform.generator import Generator
-    from darkroom.platform.records import decode_png
+    from darkroom.platform.data.records import decode_png
+    from darkroom.platform.engine.generator import Generator
 
     prompts = [json.loads(line) for line in
                (ROOT / "configs/jobs/prompts/digits.jsonl").read_text().splitlines() if line]

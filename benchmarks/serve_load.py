@@ -100,7 +100,7 @@ def pipeline_ceiling(spec, args: argparse.Namespace, rounds: int = 3) -> tuple[f
     with no HTTP, proxy or ingress. Their ratio bounds what batching can give at any load."""
     import torch
 
-    from darkroom.platform.generator import Generator
+    from darkroom.platform.engine.generator import Generator
 
     torch.set_num_threads(spec.runtime.torch_threads or 1)
     size = spec.batching.max_batch_size
@@ -131,7 +131,7 @@ def measure_lora(args: argparse.Namespace, port: int) -> None:
 
     from ray import serve
 
-    from darkroom.platform.adapters import save_random_lora
+    from darkroom.platform.models.adapters import save_random_lora
     from darkroom.serve.app import application
     from darkroom.serve.spec import ServeSpec
 

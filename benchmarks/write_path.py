@@ -46,7 +46,7 @@ class FakeGenerator:
     def __init__(self, model, runtime=None, **_) -> None:
         import numpy as np
 
-        from darkroom.platform.records import encode_png
+        from darkroom.platform.data.records import encode_png
 
         y, x = np.mgrid[0:self.side, 0:self.side]
         noise = np.random.default_rng(0).integers(0, 24, (self.side, self.side, 3))
@@ -54,7 +54,7 @@ class FakeGenerator:
         self.png = encode_png(pixels.clip(0, 255).astype(np.uint8))
 
     def generate(self, rows):
-        from darkroom.platform.records import IMAGE_SCHEMA, sha256
+        from darkroom.platform.data.records import IMAGE_SCHEMA, sha256
 
         now = dt.datetime.now(dt.UTC)
         digest = sha256(self.png)
@@ -70,7 +70,7 @@ class FakeGenerator:
         """Ray Data entry point (driver-writes path): a pyarrow batch in, image rows out."""
         import pyarrow as pa
 
-        from darkroom.platform.records import IMAGE_SCHEMA
+        from darkroom.platform.data.records import IMAGE_SCHEMA
 
         schema = IMAGE_SCHEMA.append(pa.field("error", pa.string()))
         return pa.Table.from_pylist(self.generate(batch.to_pylist()), schema=schema)
@@ -132,8 +132,8 @@ def driver_writes(spec, prompts, job_dir, rows_per_file: int, meter: Meter) -> i
 
     from darkroom.jobs.plan import expand, expansion
     from darkroom.jobs.workers import expand_missing
-    from darkroom.platform import layout, storage
-    from darkroom.platform.records import IMAGE_SCHEMA
+    from darkroom.platform.data import layout, storage
+    from darkroom.platform.data.records import IMAGE_SCHEMA
 
     runs = expand(spec)
     per_block = max(1, spec.compute.checkpoint_rows)
@@ -188,7 +188,7 @@ def compare_paths(args: argparse.Namespace) -> None:
     from darkroom.jobs.output import write_job_files
     from darkroom.jobs.plan import expand, run_info
     from darkroom.jobs.stream import open_prompts
-    from darkroom.platform import storage
+    from darkroom.platform.data import storage
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False

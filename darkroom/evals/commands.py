@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from darkroom.platform import layout, storage
+from darkroom.platform.data import layout, storage
 from darkroom.platform.errors import UserError
 
 

@@ -23,7 +23,7 @@ from darkroom.evals.paired import (
     real_baseline,
 )
 from darkroom.evals.report import SPEED, report_html
-from darkroom.platform import storage
+from darkroom.platform.data import storage
 from darkroom.platform.errors import UserError, did_you_mean
 
 QUALITY = [m.key for m in METRICS.values() if "*" not in m.key]

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from darkroom.platform import layout, storage
-from darkroom.platform.storage import Location
+from darkroom.platform.data import layout, storage
+from darkroom.platform.data.storage import Location
 
 PREFIX = "features-"
 UNREADABLE_FILE = "unreadable.parquet"

@@ -28,8 +28,8 @@ from darkroom.evals.reference import load_npz
 from darkroom.evals.results import SCORES_FILE, read_record
 from darkroom.evals.scores import Context, RunScores, feature_column
 from darkroom.evals.spec import EvalSpec
-from darkroom.platform import layout, storage
-from darkroom.platform.storage import Location
+from darkroom.platform.data import layout, storage
+from darkroom.platform.data.storage import Location
 
 META = ["row_id", "prompt_id", "sample_idx", "seed", "prompt", "class_label"]
 

@@ -29,7 +29,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
 def _digits_images() -> list[bytes]:
-    from darkroom.platform.records import encode_png
+    from darkroom.platform.data.records import encode_png
     from darkroom.platform.zoo.data import digits_dataset
 
     images, _ = digits_dataset("all")
@@ -50,7 +50,7 @@ class Reference:
 
 def cache_dir() -> Path:
     """Where computed reference statistics are cached: `reference/` under the cache root."""
-    from darkroom.platform.sources import cache_root
+    from darkroom.platform.models.names import cache_root
 
     return cache_root() / "reference"
 

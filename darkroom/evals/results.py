@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from darkroom.evals.scores import FEATURES, RunScores
-from darkroom.platform import layout, storage
-from darkroom.platform.storage import Location
+from darkroom.platform.data import layout, storage
+from darkroom.platform.data.storage import Location
 
 PENDING_FILE = "eval_pending.json"
 SCORES_FILE = "scores.parquet"

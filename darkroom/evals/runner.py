@@ -36,9 +36,9 @@ from darkroom.evals.scoring import (
     table_dataset,
 )
 from darkroom.evals.spec import EvalSpec, TrackingSpec
-from darkroom.platform import layout, storage
+from darkroom.platform.data import layout, storage
+from darkroom.platform.data.storage import Location
 from darkroom.platform.errors import UserError
-from darkroom.platform.storage import Location
 
 log = logging.getLogger("darkroom.evals")
 

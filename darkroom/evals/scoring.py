@@ -15,8 +15,8 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from darkroom.evals.spec import SafetySpec
+from darkroom.platform.data.records import decode_png
 from darkroom.platform.errors import UserError
-from darkroom.platform.records import decode_png
 
 INPUT_COLUMNS = ["row_id", "image", "prompt", "class_label"]
 META_COLUMNS = ["prompt_id", "sample_idx", "seed"]  # passed through when the files have them
@@ -246,7 +246,7 @@ def images_dataset(files: Sequence[str], groups: Sequence[str],
     """
     import ray
 
-    from darkroom.platform import storage
+    from darkroom.platform.data import storage
 
     read = ray.remote(read_image_files).options(num_returns=2)
     entries = list(zip(map(str, files), groups, strict=True))
@@ -268,7 +268,7 @@ def read_image_files(entries: Sequence[tuple[str, str]], options: dict | None
                      ) -> tuple[list[tuple[str, str | None]], pa.Table]:
     """Ray task: (path, group) pairs -> ([(path, why unreadable or None)], their rows with a
     `group` column)."""
-    from darkroom.platform import storage
+    from darkroom.platform.data import storage
 
     storage.register(options)
     # files written before a column existed get it as nulls, so every block has one schema

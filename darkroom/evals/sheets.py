@@ -13,9 +13,9 @@ import textwrap
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from darkroom.platform import layout, storage
-from darkroom.platform.records import decode_png
-from darkroom.platform.storage import Location
+from darkroom.platform.data import layout, storage
+from darkroom.platform.data.records import decode_png
+from darkroom.platform.data.storage import Location
 
 CELL = 96  # pixels per image: 16 px digits upscale 6x, 512 px images shrink
 LINES, LINE = 3, 12  # caption: up to 3 lines of 12 px under each image

@@ -20,7 +20,7 @@ from darkroom.evals.metrics import CI_HIGH, CI_LOW, METRICS
 from darkroom.evals.results import RunResult, first_value
 from darkroom.evals.sheets import contact_sheet_png
 from darkroom.evals.spec import EvalSpec, TrackingSpec
-from darkroom.platform import layout
+from darkroom.platform.data import layout
 
 KIND = "darkroom.kind"  # job | run | compare
 KEY = "darkroom.key"

@@ -20,14 +20,19 @@ from darkroom.jobs.spec import (
     PromptSource,
     SweepSpec,
 )
-from darkroom.platform import storage
-from darkroom.platform.caching import family_problem
 from darkroom.platform.config import Problem
+from darkroom.platform.data import storage
 from darkroom.platform.errors import ModelLoadError, did_you_mean
-from darkroom.platform.families import Family, ModelSpec, device_problems, option_problems
-from darkroom.platform.runtime import RuntimeSpec
-from darkroom.platform.samplers import fitting
-from darkroom.platform.sources import class_names, local_family, pipeline_class_name, sampler_kind
+from darkroom.platform.models.caching import family_problem
+from darkroom.platform.models.names import (
+    class_names,
+    local_family,
+    pipeline_class_name,
+    sampler_kind,
+)
+from darkroom.platform.models.runtime import RuntimeSpec
+from darkroom.platform.models.samplers import fitting
+from darkroom.platform.models.spec import Family, ModelSpec, device_problems, option_problems
 
 MAX_CLASS_PROBLEMS = 10
 
@@ -158,7 +163,7 @@ def _family_problems(index: int, model: ModelSpec, prompts: PromptSource | None,
 
 def _adapter_problems(where: str, model: ModelSpec, sweep: SweepSpec | None) -> list[Problem]:
     """Adapter files that are not there, and adapter sets naming adapters the model lacks."""
-    from darkroom.platform.adapters import weights_file
+    from darkroom.platform.models.adapters import weights_file
 
     problems = []
     for i, lora in enumerate(model.loras):
@@ -209,7 +214,7 @@ def _signature_problems(where: str, model: ModelSpec, negatives: bool,
         return []
     import diffusers  # only for t2i models: their class is known only by name until here
 
-    from darkroom.platform.calls import call_parameters
+    from darkroom.platform.families.calls import call_parameters
 
     cls = getattr(diffusers, class_name, None)
     if cls is None:

@@ -156,9 +156,9 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from darkroom.jobs.replay import replay
-    from darkroom.platform import storage
+    from darkroom.platform.data import storage
+    from darkroom.platform.data.records import encode_png
     from darkroom.platform.errors import UserError
-    from darkroom.platform.records import encode_png
 
     problem = storage.check(args.location)
     if problem:

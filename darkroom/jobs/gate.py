@@ -20,7 +20,7 @@ from typing import Any
 from darkroom.jobs.jobfile import validate
 from darkroom.jobs.pipeline import JobFailed, JobResult, run_job
 from darkroom.jobs.spec import GateSpec, JobSpec
-from darkroom.platform import layout
+from darkroom.platform.data import layout
 from darkroom.platform.errors import UserError
 
 
@@ -102,7 +102,7 @@ def image_quality(base: JobResult, cand: JobResult) -> tuple[list[float], list[f
         structural_similarity_index_measure,
     )
 
-    from darkroom.platform.records import decode_png
+    from darkroom.platform.data.records import decode_png
 
     psnr: list[float] = []
     ssim: list[float] = []

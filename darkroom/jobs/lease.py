@@ -27,8 +27,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from darkroom.platform import storage
-from darkroom.platform.storage import Location
+from darkroom.platform.data import storage
+from darkroom.platform.data.storage import Location
 
 LEASE = ".lease"
 HEARTBEAT_S = 10.0

@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from darkroom.platform import layout, storage
-from darkroom.platform.records import ERROR_SCHEMA, IMAGE_SCHEMA
-from darkroom.platform.storage import Location
+from darkroom.platform.data import layout, storage
+from darkroom.platform.data.records import ERROR_SCHEMA, IMAGE_SCHEMA
+from darkroom.platform.data.storage import Location
 
 # What the driver hears of each file an actor wrote: no pixels, a few dozen bytes.
 FILE_SCHEMA = pa.schema([

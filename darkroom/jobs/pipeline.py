@@ -28,11 +28,11 @@ from darkroom.jobs.prompts import PromptError, count_prompts
 from darkroom.jobs.spec import MAX_ROWS_PER_RUN, JobSpec
 from darkroom.jobs.stream import Prompts, open_prompts
 from darkroom.jobs.workers import GenerateAndWrite, check_block, expand_missing
-from darkroom.platform import layout, storage
 from darkroom.platform.cluster import connect_ray
 from darkroom.platform.config import Problem, SpecError
+from darkroom.platform.data import layout, storage
+from darkroom.platform.data.storage import Location
 from darkroom.platform.errors import UserError
-from darkroom.platform.storage import Location
 
 EXPANSION_ROWS = 4096  # request rows made per expansion call, about
 CALLS_PER_ACTOR = 4  # small jobs: split the work so every actor of the pool gets some
@@ -80,7 +80,7 @@ def run_job(spec: JobSpec, *, dry_run: bool = False, evaluate: bool = True,
     with JobLease(job_dir):
         # torch before Ray: loaded after Ray's and Arrow's libraries in a cluster job's driver,
         # libtorch_cpu failed to load ("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so")
-        import darkroom.platform.generator  # noqa: F401
+        import darkroom.platform.engine.generator  # noqa: F401
 
         connect_ray(log, log_to_driver=True)
         # 1. Prompts: read and checked on the workers, kept in the object store.

@@ -18,8 +18,8 @@ from typing import Any
 
 from darkroom.jobs.prompts import Prompt
 from darkroom.jobs.spec import JobSpec
-from darkroom.platform.families import ModelSpec
-from darkroom.platform.samplers import SAMPLERS, SamplerSpec
+from darkroom.platform.models.samplers import SAMPLERS, SamplerSpec
+from darkroom.platform.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def _lora_settings(model: ModelSpec, scale: float, names: tuple[str, ...] | None
     ids stay valid."""
     if not model.loras:
         return {}
-    from darkroom.platform.adapters import file_sha256, weights_file
+    from darkroom.platform.models.adapters import file_sha256, weights_file
 
     hashes = {}
     for lora in model.loras:
@@ -183,7 +183,7 @@ def expand_prompts(prompts: Any, plan: dict[str, Any]) -> Any:
     from their path or URI, so they travel with the rows to the actors."""
     import pyarrow as pa
 
-    from darkroom.platform import storage
+    from darkroom.platform.data import storage
 
     columns = {name: prompts.column(name).to_pylist() if name in prompts.column_names
                else [None] * prompts.num_rows for name in PROMPT_COLUMNS}

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from darkroom.jobs.spec import ColumnMap, PromptSource
-from darkroom.platform import storage
-from darkroom.platform.storage import Location
+from darkroom.platform.data import storage
+from darkroom.platform.data.storage import Location
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from darkroom.platform import layout, storage
+from darkroom.platform.data import layout, storage
+from darkroom.platform.data.records import decode_png, sha256
+from darkroom.platform.data.storage import Location
 from darkroom.platform.errors import UserError
-from darkroom.platform.records import decode_png, sha256
-from darkroom.platform.storage import Location
 
 
 @dataclass
@@ -104,7 +104,7 @@ def _control_image(row: dict[str, Any], job: dict[str, Any]) -> bytes:
 def replay(where: str | Location, row_id: str, device: str | None = None) -> Replay:
     """Generate `row_id` again, alone, and compare it with the stored image."""
     from darkroom.platform.config import parse_yaml
-    from darkroom.platform.generator import Generator
+    from darkroom.platform.engine.generator import Generator
 
     run_dir, row = find_row(where, row_id)
     info = layout.read_json(run_dir / layout.RUN_INFO)

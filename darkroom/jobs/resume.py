@@ -25,9 +25,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from darkroom.platform import layout, storage
-from darkroom.platform.records import sha256
-from darkroom.platform.storage import Location
+from darkroom.platform.data import layout, storage
+from darkroom.platform.data.records import sha256
+from darkroom.platform.data.storage import Location
 
 # What defines a row besides its id: a row written under the same id with any of these different
 # would be a different image, so a rerun refuses rather than mix them.

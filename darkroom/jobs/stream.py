@@ -25,7 +25,7 @@ import pyarrow as pa
 from darkroom.jobs.plan import PROMPT_COLUMNS, prompts_table
 from darkroom.jobs.prompts import PromptError, json_record, load_prompts, prompt_of_record
 from darkroom.jobs.spec import ColumnMap, PromptSource
-from darkroom.platform import storage
+from darkroom.platform.data import storage
 
 PROMPT_SCHEMA = pa.schema([(name, pa.string()) for name in PROMPT_COLUMNS])
 READ_BLOCKS = 16  # blocks a prompt file is read in, at least: the expansion's parallelism

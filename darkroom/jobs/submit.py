@@ -24,8 +24,8 @@ from typing import Any
 import yaml
 
 from darkroom.jobs.jobfile import load
-from darkroom.platform import storage
 from darkroom.platform.cluster import TOKEN_HELP, read_token
+from darkroom.platform.data import storage
 from darkroom.platform.errors import UserError
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}

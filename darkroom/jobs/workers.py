@@ -11,8 +11,8 @@ import pyarrow as pa
 
 from darkroom.jobs import output, resume
 from darkroom.jobs.plan import expand_prompts
-from darkroom.platform import storage
-from darkroom.platform.records import IMAGE_SCHEMA
+from darkroom.platform.data import storage
+from darkroom.platform.data.records import IMAGE_SCHEMA
 
 # What the Generator returns: the image columns, and `error` (null unless the row failed).
 OUTPUT_SCHEMA = IMAGE_SCHEMA.append(pa.field("error", pa.string()))
@@ -60,7 +60,7 @@ class GenerateAndWrite:
                  generator_class: type | None = None) -> None:
         storage.set_options(job_dir, dict(storage_options or {}))
         if generator_class is None:  # the real one; benchmarks hand in a fake
-            from darkroom.platform.generator import Generator
+            from darkroom.platform.engine.generator import Generator
 
             generator_class = Generator
         self.generator = generator_class(dict(model), runtime=dict(runtime))

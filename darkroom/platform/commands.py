@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from darkroom.platform.sources import TINY_FAMILIES
+from darkroom.platform.models.names import TINY_FAMILIES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _tiny(args: argparse.Namespace) -> int:
-    from darkroom.platform.tiny import save_tiny
+    from darkroom.platform.builders.tiny import save_tiny
 
     out = save_tiny(args.family, args.out, seed=args.seed)
     print(f"saved tiny {args.family} pipeline to {out}")
@@ -51,7 +51,7 @@ def _tiny(args: argparse.Namespace) -> int:
 
 
 def _random_lora(args: argparse.Namespace) -> int:
-    from darkroom.platform.adapters import save_random_lora
+    from darkroom.platform.models.adapters import save_random_lora
 
     path = save_random_lora(args.model, args.out, args.seed, args.rank)
     print(f"saved a random LoRA for {args.model} to {path}")
@@ -59,9 +59,9 @@ def _random_lora(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from darkroom.platform.families import FAMILIES
-    from darkroom.platform.samplers import SAMPLERS
-    from darkroom.platform.sources import registry_names
+    from darkroom.platform.models.names import registry_names
+    from darkroom.platform.models.samplers import SAMPLERS
+    from darkroom.platform.models.spec import FAMILIES
 
     print("models:   " + ", ".join(registry_names()))
     print("families: " + ", ".join(f"{f.name} ({f.description})" for f in FAMILIES.values()))

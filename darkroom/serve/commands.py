@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from darkroom.platform.sources import resolve_source
+    from darkroom.platform.models.names import resolve_source
     from darkroom.serve.spec import api_key_digest, load_spec
 
     spec = load_spec(args.file)

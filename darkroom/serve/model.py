@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from darkroom.platform.generator import Generator
-from darkroom.platform.runtime import configure_threads
+from darkroom.platform.engine.generator import Generator
+from darkroom.platform.models.runtime import configure_threads
 from darkroom.serve.spec import ServeSpec
 
 PENDING = "pending"  # a batch member whose group has not run yet

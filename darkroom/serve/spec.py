@@ -24,13 +24,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from darkroom.evals.spec import SafetySpec as EvalSafetySpec
-from darkroom.platform.caching import family_problem
 from darkroom.platform.config import read_yaml_file, validate
 from darkroom.platform.errors import ModelLoadError, UserError
-from darkroom.platform.families import ModelSpec, device_problems, option_problems
-from darkroom.platform.runtime import RuntimeSpec
-from darkroom.platform.samplers import SamplerSpec, fitting
-from darkroom.platform.sources import local_family, sampler_kind
+from darkroom.platform.models.caching import family_problem
+from darkroom.platform.models.names import local_family, sampler_kind
+from darkroom.platform.models.runtime import RuntimeSpec
+from darkroom.platform.models.samplers import SamplerSpec, fitting
+from darkroom.platform.models.spec import ModelSpec, device_problems, option_problems
 from darkroom.serve.protocol import Limits
 
 # `darkroom serve` stops within 20 s of a signal: the drain, then removing the app (see commands)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from darkroom.platform.fullsize import FULLSIZE_BUILDERS, build_fullsize
+from darkroom.platform.builders.fullsize import FULLSIZE_BUILDERS, build_fullsize
 
 ROOT = Path(__file__).resolve().parents[2]
 

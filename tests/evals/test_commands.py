@@ -38,7 +38,7 @@ def test_eval_a_run_folder_with_settings_from_job_yaml(ray_session, make_run, tm
     # class accuracy is the agreement of the classifier's reading (scores) with the asked label
     import pyarrow.parquet as pq
 
-    from darkroom.platform import layout
+    from darkroom.platform.data import layout
 
     asked = layout.read_table(run_dir / layout.IMAGES, ["row_id", "class_label"])
     read = pq.read_table(run_dir / layout.SCORES / "scores.parquet", columns=[

@@ -25,7 +25,7 @@ from darkroom.evals.report import pareto_front
 from darkroom.evals.results import RunResult
 from darkroom.evals.spec import EvalSpec, TrackingSpec
 from darkroom.evals.tracking import log_job
-from darkroom.platform import layout
+from darkroom.platform.data import layout
 
 CHROMIUM = shutil.which("chromium")
 FIDS = {"run-ddim-1": 30.0, "run-ddim-2": 20.0, "run-euler-2": 25.0}

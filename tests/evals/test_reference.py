@@ -13,8 +13,8 @@ from darkroom.evals.extractors import load_extractor
 from darkroom.evals.metrics import Context, RunScores, Unavailable, kid
 from darkroom.evals.reference import reference_stats
 from darkroom.evals.spec import EvalSpec, ReferenceSpec
+from darkroom.platform.data.records import decode_png, encode_png
 from darkroom.platform.errors import UserError
-from darkroom.platform.records import decode_png, encode_png
 
 
 class CountingExtract:

@@ -16,8 +16,8 @@ from PIL import Image
 from darkroom.evals.extractors import INCEPTION_ENV, INCEPTION_FILE, load_extractor
 from darkroom.evals.runner import evaluate_job
 from darkroom.evals.spec import EvalSpec, TrackingSpec
-from darkroom.platform import layout
-from darkroom.platform.records import decode_png
+from darkroom.platform.data import layout
+from darkroom.platform.data.records import decode_png
 
 pytestmark = pytest.mark.ray
 PROMPTS = ["a red fox", "a lighthouse at dusk", "a bowl of soup", "two cats on a sofa",

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from darkroom.platform import layout
+from darkroom.platform.data import layout
 
 # The S3 endpoint of this test session, in the standard environment before any Ray starts: Ray's
 # workers (and drivers started as subprocesses) inherit it, as they would on a cluster. The server

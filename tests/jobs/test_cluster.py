@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 
 from darkroom.cli import main
-from darkroom.platform import layout
+from darkroom.platform.data import layout
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from darkroom.cli import main
-from darkroom.platform import layout
+from darkroom.platform.data import layout
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -69,7 +69,7 @@ def test_each_family_runs_as_a_job_with_eval_and_records_its_settings(ray_sessio
 def test_a_lora_scale_sweep_is_two_runs_and_a_rerun_generates_nothing(ray_session, tmp_path):
     from darkroom.jobs.jobfile import validate
     from darkroom.jobs.pipeline import run_job
-    from darkroom.platform.adapters import save_random_lora
+    from darkroom.platform.models.adapters import save_random_lora
 
     adapter = save_random_lora("tiny:sd", tmp_path / "lora", seed=1)
     spec = validate({

@@ -16,7 +16,7 @@ import pytest
 from darkroom.jobs.jobfile import validate
 from darkroom.jobs.pipeline import job_dir_of, run_job
 from darkroom.jobs.plan import expand, row_id_of
-from darkroom.platform import layout, storage
+from darkroom.platform.data import layout, storage
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TOTAL = 16 * 4  # fault_job: 16 prompts x 4 images, one run

@@ -19,7 +19,7 @@ from darkroom.cli import main
 from darkroom.jobs.jobfile import validate
 from darkroom.jobs.lease import LEASE, JobBusy, JobLease
 from darkroom.jobs.pipeline import run_job
-from darkroom.platform import layout
+from darkroom.platform.data import layout
 
 
 def row_counts(job_dir: Path) -> Counter:
@@ -223,7 +223,7 @@ def test_a_repeated_id_among_100k_prompts_is_named(tmp_path, capsys):
 
 
 def test_non_finite_pixels_are_a_row_error_not_a_black_image():
-    from darkroom.platform.generator import Generator
+    from darkroom.platform.engine.generator import Generator
 
     generator = Generator({"model": "tiny:sd"}, runtime={"device": "cpu"},
                           defaults={"steps": 2, "width": 32, "height": 32})

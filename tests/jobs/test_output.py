@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 
 from darkroom.jobs import output, resume
-from darkroom.platform import layout, storage
-from darkroom.platform.records import ERROR_SCHEMA, IMAGE_SCHEMA
+from darkroom.platform.data import layout, storage
+from darkroom.platform.data.records import ERROR_SCHEMA, IMAGE_SCHEMA
 
 
 @pytest.fixture(params=["local", "s3"])

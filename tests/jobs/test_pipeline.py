@@ -11,8 +11,8 @@ import pytest
 from darkroom.jobs.jobfile import validate
 from darkroom.jobs.pipeline import run_job
 from darkroom.jobs.plan import expand, row_id_of, row_seed
-from darkroom.platform import layout
-from darkroom.platform.records import ERROR_SCHEMA, IMAGE_SCHEMA, decode_png
+from darkroom.platform.data import layout
+from darkroom.platform.data.records import ERROR_SCHEMA, IMAGE_SCHEMA, decode_png
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

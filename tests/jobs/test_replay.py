@@ -10,8 +10,8 @@ from darkroom.cli import main
 from darkroom.jobs.jobfile import validate
 from darkroom.jobs.pipeline import run_job
 from darkroom.jobs.replay import replay
-from darkroom.platform import layout, storage
-from darkroom.platform.records import encode_png
+from darkroom.platform.data import layout, storage
+from darkroom.platform.data.records import encode_png
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 COMMON = {"sweep": {"sampler": ["ddim"], "steps": [2], "guidance_scale": [3.0]},

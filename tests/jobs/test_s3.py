@@ -21,7 +21,7 @@ from darkroom.jobs.lease import JobBusy, JobLease
 from darkroom.jobs.output import FILE_SCHEMA
 from darkroom.jobs.pipeline import run_job
 from darkroom.jobs.plan import expand, row_id_of
-from darkroom.platform import layout, storage
+from darkroom.platform.data import layout, storage
 
 
 def s3_job(tmp_path: Path, bucket: str, name: str, prompts: int = 6, **changes) -> dict:

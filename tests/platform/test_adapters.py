@@ -12,11 +12,11 @@ import pytest
 from darkroom.jobs.jobfile import validate
 from darkroom.jobs.plan import expand, request_rows
 from darkroom.jobs.prompts import load_prompts
-from darkroom.platform.adapters import save_random_lora
 from darkroom.platform.config import SpecError
+from darkroom.platform.data.records import decode_png
+from darkroom.platform.engine.generator import Generator
 from darkroom.platform.errors import ModelLoadError, UserError
-from darkroom.platform.generator import Generator
-from darkroom.platform.records import decode_png
+from darkroom.platform.models.adapters import save_random_lora
 
 SIZE = {"width": 32, "height": 32, "steps": 2}
 ROW = {"seed": 5, "prompt": "a red fox"}

@@ -13,11 +13,11 @@ import pytest
 from darkroom.cli import main
 from darkroom.jobs.jobfile import validate
 from darkroom.platform.config import SpecError
+from darkroom.platform.data.records import decode_png
+from darkroom.platform.engine.generator import Generator
 from darkroom.platform.errors import UserError
-from darkroom.platform.families import FAMILIES
-from darkroom.platform.generator import Generator
-from darkroom.platform.records import decode_png
-from darkroom.platform.samplers import fitting
+from darkroom.platform.models.samplers import fitting
+from darkroom.platform.models.spec import FAMILIES
 
 NEW = ["sd3", "flux", "t2i"]
 SIZE = {"width": 32, "height": 32, "steps": 2}

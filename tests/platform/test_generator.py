@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from darkroom.platform import calls
-from darkroom.platform.generator import OUTPUT_COLUMNS, Generator
-from darkroom.platform.records import decode_png, encode_png
-from darkroom.platform.samplers import SAMPLERS
+from darkroom.platform.data.records import decode_png, encode_png
+from darkroom.platform.engine.generator import OUTPUT_COLUMNS, Generator
+from darkroom.platform.families import calls
+from darkroom.platform.models.samplers import SAMPLERS
 
 FAMILIES = ["sd", "sdxl", "dit", "controlnet", "sd3", "flux", "t2i"]
 # KDPM2-ancestral's two-step schedule on tiny:t2i's random weights overflows (a row error, as
@@ -151,7 +151,7 @@ def test_canny_preprocessor_changes_the_conditioning():
 
 
 def test_sdxl_refiner_hand_off(tmp_path):
-    from darkroom.platform.tiny import save_tiny
+    from darkroom.platform.builders.tiny import save_tiny
 
     base = Generator({"model": "tiny:sdxl"}, defaults={"steps": 4})
     # the same weights as refiner: the hand-off continues the base's trajectory exactly
@@ -198,8 +198,8 @@ def test_oom_on_a_single_row_fails_that_row(generators, monkeypatch):
 def test_auto_batch_size_learns_and_remembers_what_fits(monkeypatch, tmp_path):
     import functools
 
-    from darkroom.platform import generator as generator_module
-    from darkroom.platform.autobatch import BatchSizeMemory
+    from darkroom.platform.engine import generator as generator_module
+    from darkroom.platform.engine.autobatch import BatchSizeMemory
 
     memory_file = tmp_path / "batch_sizes.json"
     monkeypatch.setattr(generator_module, "BatchSizeMemory",

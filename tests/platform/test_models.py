@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from darkroom.platform.data.records import decode_png
+from darkroom.platform.engine.generator import Generator
 from darkroom.platform.errors import ModelLoadError, UserError
-from darkroom.platform.families import ModelSpec
-from darkroom.platform.generator import Generator
-from darkroom.platform.models import load_model
-from darkroom.platform.records import decode_png
-from darkroom.platform.runtime import RuntimeSpec
-from darkroom.platform.samplers import SamplerSpec, build_scheduler
+from darkroom.platform.models.loading import load_model
+from darkroom.platform.models.runtime import RuntimeSpec
+from darkroom.platform.models.samplers import SamplerSpec, build_scheduler
+from darkroom.platform.models.spec import ModelSpec
 
 
 def test_saved_folder_loads_with_family_inferred_and_same_images(tmp_path):
@@ -58,7 +58,7 @@ def test_folder_that_is_not_a_model(tmp_path):
 
 
 def test_pickle_weights_refused_unless_allowed(tmp_path):
-    from darkroom.platform.tiny import build_tiny
+    from darkroom.platform.builders.tiny import build_tiny
 
     folder = tmp_path / "pickled"
     build_tiny("dit").save_pretrained(folder, safe_serialization=False)
@@ -153,9 +153,9 @@ def test_runtime_options_that_cannot_apply_are_rejected():
 
 
 def test_torch_compile_wraps_the_denoiser_and_padding_keeps_rows():
-    from darkroom.platform.generator import _bucket
-    from darkroom.platform.runtime import apply_options, denoiser
-    from darkroom.platform.tiny import build_tiny
+    from darkroom.platform.builders.tiny import build_tiny
+    from darkroom.platform.engine.generator import _bucket
+    from darkroom.platform.models.runtime import apply_options, denoiser
 
     pipe = build_tiny("dit")
     assert apply_options(pipe, RuntimeSpec(torch_compile="max-autotune")) == ["torch_compile"]

@@ -10,9 +10,9 @@ import pytest
 
 from darkroom.jobs.jobfile import validate
 from darkroom.platform.config import SpecError
+from darkroom.platform.data.records import decode_png
+from darkroom.platform.engine.generator import Generator
 from darkroom.platform.errors import UserError
-from darkroom.platform.generator import Generator
-from darkroom.platform.records import decode_png
 
 ROWS = [{"seed": i, "prompt": "a fox", "class_label": i % 10} for i in range(4)]
 

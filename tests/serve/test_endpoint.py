@@ -565,7 +565,7 @@ def test_darkroom_serve_command_on_a_running_cluster(serve_url, dit, tmp_path) -
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory) -> dict:
-    from darkroom.platform.adapters import save_random_lora
+    from darkroom.platform.models.adapters import save_random_lora
 
     root = tmp_path_factory.mktemp("serve-loras")
     return {name: str(save_random_lora("tiny:sd", root / name, seed=seed))
@@ -607,7 +607,7 @@ def test_models_list_each_adapter_and_an_unknown_one_is_a_400(lora_app) -> None:
 
 def test_requests_get_their_adapter_and_batches_never_mix_them(lora_app, adapters) -> None:
 
-    from darkroom.platform.generator import Generator
+    from darkroom.platform.engine.generator import Generator
 
     url, spec = lora_app
     body = {"prompt": "a lighthouse", "size": "32x32", "seed": 11}

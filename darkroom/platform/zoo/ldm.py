@@ -27,7 +27,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from darkroom.platform.tiny import byte_level_clip_tokenizer
+from darkroom.platform.builders.tiny import byte_level_clip_tokenizer
 from darkroom.platform.zoo.data import DIGIT_WORDS, NUM_CLASSES, digits_dataset
 from darkroom.platform.zoo.diffusion import train_diffusion
 from darkroom.platform.zoo.vae import LATENT_CHANNELS, LATENT_SIZE, encode_train_latents

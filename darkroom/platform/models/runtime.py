@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from darkroom.platform.caching import CacheSpec, apply_cache, family_problem
 from darkroom.platform.errors import UserError
+from darkroom.platform.models.caching import CacheSpec, apply_cache, family_problem
 
 CUDA_ONLY = ("cpu_offload", "quantize")
 
@@ -100,7 +100,7 @@ def _compile(pipe: Any, spec: RuntimeSpec) -> None:
 
 
 def _cache(pipe: Any, spec: RuntimeSpec) -> None:
-    from darkroom.platform.families import PIPELINE_TO_FAMILY
+    from darkroom.platform.models.spec import PIPELINE_TO_FAMILY
 
     family = PIPELINE_TO_FAMILY.get(type(pipe).__name__, "t2i")
     problem = family_problem(spec.cache, family)

@@ -14,17 +14,17 @@ from typing import Any
 import torch
 
 from darkroom.platform.errors import ModelLoadError, UserError
-from darkroom.platform.families import (
+from darkroom.platform.models.names import (
+    family_of_pipeline,
+    local_family,
+    resolve_source,
+)
+from darkroom.platform.models.spec import (
     DTYPE_NAMES,
     Family,
     ModelSpec,
     device_problems,
     option_problems,
-)
-from darkroom.platform.sources import (
-    family_of_pipeline,
-    local_family,
-    resolve_source,
 )
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
@@ -55,7 +55,7 @@ def infer_family(spec: ModelSpec) -> Family:
 
 
 def _check_text_to_image(pipe: Any, spec: ModelSpec) -> None:
-    from darkroom.platform.calls import call_parameters
+    from darkroom.platform.families.calls import call_parameters
 
     takes = call_parameters(type(pipe))
     missing = [name for name in ("prompt", "num_inference_steps", "generator") if name not in takes]
@@ -127,7 +127,7 @@ def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
     dtype = check_dtype(spec, device)
     source, local = resolve_source(spec.model)
     if spec.model.startswith("tiny:"):
-        from darkroom.platform.tiny import tiny_folder
+        from darkroom.platform.builders.tiny import tiny_folder
 
         source = str(tiny_folder(spec.model.split(":", 1)[1]))
     family = infer_family(spec)
@@ -142,7 +142,7 @@ def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
             diffusers.ControlNetModel, cn_source, cn_local, spec, dtype=dtype
         )
     if source.startswith("random:"):
-        from darkroom.platform.fullsize import build_fullsize
+        from darkroom.platform.builders.fullsize import build_fullsize
 
         pipe = build_fullsize(source.split(":", 1)[1], device, dtype)
     else:

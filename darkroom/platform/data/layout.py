@@ -29,8 +29,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from darkroom.platform import storage
-from darkroom.platform.storage import Location
+from darkroom.platform.data import storage
+from darkroom.platform.data.storage import Location
 
 JOB_SPEC = "job.yaml"
 RUN_INFO = "run.json"

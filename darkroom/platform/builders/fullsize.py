@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from darkroom.platform.tiny import byte_level_clip_tokenizer
+from darkroom.platform.builders.tiny import byte_level_clip_tokenizer
 
 
 class _Placement:

@@ -20,16 +20,15 @@ import torch
 from PIL import Image
 
 import darkroom
-from darkroom.platform.adapters import Adapters
-from darkroom.platform.autobatch import BatchSizeMemory, chunks
-from darkroom.platform.caching import cache_scope
-from darkroom.platform.calls import CALLS, Request, Settings
+from darkroom.platform.data.records import IMAGE_COLUMNS, encode_png, sha256, to_uint8
+from darkroom.platform.engine.autobatch import BatchSizeMemory, chunks
 from darkroom.platform.errors import UserError
-from darkroom.platform.families import ModelSpec
-from darkroom.platform.models import LoadedModel, load_model, resolve_device
-from darkroom.platform.records import IMAGE_COLUMNS, encode_png, sha256, to_uint8
-from darkroom.platform.runtime import RuntimeSpec, apply_options, configure_threads, denoiser
-from darkroom.platform.samplers import (
+from darkroom.platform.families.calls import CALLS, Request, Settings
+from darkroom.platform.models.adapters import Adapters
+from darkroom.platform.models.caching import cache_scope
+from darkroom.platform.models.loading import LoadedModel, load_model, resolve_device
+from darkroom.platform.models.runtime import RuntimeSpec, apply_options, configure_threads, denoiser
+from darkroom.platform.models.samplers import (
     SAMPLERS,
     SamplerSpec,
     build_scheduler,
@@ -37,6 +36,7 @@ from darkroom.platform.samplers import (
     scheduler_config_json,
     scheduler_kind,
 )
+from darkroom.platform.models.spec import ModelSpec
 
 OUTPUT_COLUMNS = [*IMAGE_COLUMNS, "error"]
 IDENTITY_DEFAULTS = {"job_id": "", "run_id": "", "row_id": "", "prompt_id": "", "sample_idx": 0}
@@ -249,7 +249,7 @@ class Generator:
         if self.family.name == "flux":
             return bool(self.spec.true_cfg_scale)
         if self.family.name == "t2i":
-            from darkroom.platform.calls import call_parameters
+            from darkroom.platform.families.calls import call_parameters
 
             return "negative_prompt" in call_parameters(type(self.pipe))
         return True

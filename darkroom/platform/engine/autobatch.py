@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from darkroom.platform.sources import cache_root
+from darkroom.platform.models.names import cache_root
 
 
 class BatchSizeMemory:

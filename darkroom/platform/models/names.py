@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from darkroom.platform.errors import ModelLoadError, did_you_mean
-from darkroom.platform.families import FAMILIES, PIPELINE_TO_FAMILY, Family, ModelSpec
+from darkroom.platform.models.spec import FAMILIES, PIPELINE_TO_FAMILY, Family, ModelSpec
 
 # `tiny:<family>`, built by platform.tiny
 TINY_FAMILIES = ("sd", "sdxl", "dit", "controlnet", "sd3", "flux", "t2i")
@@ -140,7 +140,7 @@ def sampler_kind(spec: ModelSpec, family: Family) -> str | None:
     scheduler config; None when that cannot be told offline (a hub id)."""
     if family.samplers != "any":
         return family.samplers
-    from darkroom.platform.samplers import scheduler_kind
+    from darkroom.platform.models.samplers import scheduler_kind
 
     if spec.model.startswith("tiny:"):
         return "diffusion"  # tiny:t2i is PixArt-Sigma with DPM-Solver

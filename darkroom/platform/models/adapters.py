@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from darkroom.platform.errors import ModelLoadError
-from darkroom.platform.families import LoraSpec
+from darkroom.platform.models.spec import LoraSpec
 
 DEFAULT_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes
 Active = tuple[tuple[str, float], ...]  # (adapter name, scale) in the model spec's order
@@ -147,8 +147,8 @@ def save_random_lora(model: str, out: str | Path, seed: int = 0, rank: int = 4) 
     from peft.utils import get_peft_model_state_dict
 
     from darkroom.platform.errors import UserError
-    from darkroom.platform.families import ModelSpec
-    from darkroom.platform.models import load_model
+    from darkroom.platform.models.loading import load_model
+    from darkroom.platform.models.spec import ModelSpec
 
     loaded = load_model(ModelSpec(model=model), "cpu")
     if not loaded.family.lora or not hasattr(loaded.pipe, "save_lora_weights"):

@@ -20,8 +20,8 @@ from transformers import (
     CLIPTokenizer,
 )
 
+from darkroom.platform.models.names import TINY_DIT_LABELS, tiny_path
 from darkroom.platform.quiet import quiet_libraries
-from darkroom.platform.sources import TINY_DIT_LABELS, tiny_path
 
 TEXT_HIDDEN = 32
 
