@@ -7,7 +7,6 @@ model names are resolved by `platform.sources`, the same resolver the loader use
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -26,6 +25,7 @@ from darkroom.platform.errors import ModelLoadError, did_you_mean
 from darkroom.platform.models.caching import family_problem
 from darkroom.platform.models.names import (
     class_names,
+    is_hub_id,
     local_family,
     pipeline_class_name,
     sampler_kind,
@@ -167,7 +167,7 @@ def _adapter_problems(where: str, model: ModelSpec, sweep: SweepSpec | None) -> 
 
     problems = []
     for i, lora in enumerate(model.loras):
-        if Path(lora.path).expanduser().exists() or lora.path.count("/") != 1:
+        if not is_hub_id(lora.path):
             try:
                 weights_file(lora, model.allow_pickle)
             except ModelLoadError as err:

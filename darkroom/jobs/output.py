@@ -24,6 +24,7 @@ import yaml
 
 from darkroom.platform.data import layout, storage
 from darkroom.platform.data.records import ERROR_SCHEMA, IMAGE_SCHEMA
+from darkroom.platform.data.runinfo import RunInfo, write_run_info
 from darkroom.platform.data.storage import Location
 
 # What the driver hears of each file an actor wrote: no pixels, a few dozen bytes.
@@ -39,14 +40,13 @@ def invocation_id() -> str:
 
 
 def write_job_files(job_dir: Location, job_spec: dict[str, Any] | None,
-                    infos: list[dict[str, Any]]) -> None:
+                    infos: list[RunInfo]) -> None:
     """run.json of every run (with the layout format) and, when given, job.yaml."""
     for info in infos:
-        run_dir = job_dir / info["run_id"]
+        run_dir = job_dir / info.run_id
         for sub in (layout.IMAGES, layout.ERRORS):
             storage.makedirs(run_dir / sub)
-        storage.write_text(run_dir / layout.RUN_INFO,
-                           json.dumps({**info, "format": layout.FORMAT}, indent=2) + "\n")
+        write_run_info(run_dir, info)
     if job_spec is not None:
         storage.write_text(job_dir / layout.JOB_SPEC, yaml.safe_dump(job_spec, sort_keys=False))
 

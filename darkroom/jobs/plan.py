@@ -18,6 +18,7 @@ from typing import Any
 
 from darkroom.jobs.prompts import Prompt
 from darkroom.jobs.spec import JobSpec
+from darkroom.platform.data.runinfo import RunInfo, RunSampler
 from darkroom.platform.models.samplers import SAMPLERS, SamplerSpec
 from darkroom.platform.models.spec import ModelSpec
 
@@ -92,7 +93,8 @@ def _lora_settings(model: ModelSpec, scale: float, names: tuple[str, ...] | None
     ids stay valid."""
     if not model.loras:
         return {}
-    from darkroom.platform.models.adapters import file_sha256, weights_file
+    from darkroom.platform.data.records import file_sha256
+    from darkroom.platform.models.adapters import weights_file
 
     hashes = {}
     for lora in model.loras:
@@ -102,26 +104,17 @@ def _lora_settings(model: ModelSpec, scale: float, names: tuple[str, ...] | None
     return {"lora_scale": scale, "adapters": sorted(hashes), "adapter_sha256": hashes}
 
 
-def run_info(spec: JobSpec, run: Run, prompt_count: int) -> dict[str, Any]:
+def run_info(spec: JobSpec, run: Run, prompt_count: int) -> RunInfo:
     """What run.json holds: the run's resolved settings (read back for MLflow params)."""
-    return {
-        "run_id": run.run_id,
-        "job": spec.name,
-        "model": run.model.model_dump(mode="json"),
-        "model_label": run.model.label,
-        "sampler": run.sampler.model_dump(mode="json"),
-        "steps": run.steps,
-        "guidance_scale": run.guidance_scale,
-        "eta": run.eta,
-        "width": run.width,
-        "height": run.height,
-        "call_options": spec.generation.call_options(),
-        "lora_scale": run.lora_scale,
-        "adapters": None if run.adapters is None else list(run.adapters),
-        "seed": spec.seed,
-        "images_per_prompt": spec.prompts.images_per_prompt,
-        "prompt_count": prompt_count,
-    }
+    return RunInfo(
+        run_id=run.run_id, job=spec.name, model=run.model, model_label=run.model.label,
+        sampler=RunSampler(name=run.sampler.name, overrides=run.sampler.overrides),
+        steps=run.steps, guidance_scale=run.guidance_scale, eta=run.eta, width=run.width,
+        height=run.height, call_options=spec.generation.call_options(),
+        lora_scale=run.lora_scale, adapters=None if run.adapters is None else list(run.adapters),
+        seed=spec.seed, images_per_prompt=spec.prompts.images_per_prompt,
+        prompt_count=prompt_count,
+    )
 
 
 def row_seed(job_seed: int, prompt_id: str, sample_idx: int) -> int:

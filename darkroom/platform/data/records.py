@@ -1,15 +1,15 @@
-"""The Parquet row schema (one row = one image), PNG encode/decode and contact sheets."""
+"""The Parquet row schema (one row = one image), PNG encode/decode, and content hashes."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
-import math
-from collections.abc import Sequence
+import os
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageDraw
+from PIL import Image
 
 IDENTITY = [
     pa.field("job_id", pa.string()),
@@ -77,6 +77,21 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file (weights, adapters), computed once per size and modification time."""
+    stat = os.stat(path)
+    return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """A float image in [0, 1] (HxWxC) -> uint8, rounding to nearest."""
     return (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
@@ -94,24 +109,3 @@ def decode_png(data: bytes) -> np.ndarray:
     """PNG (or any PIL-readable) bytes -> uint8 HxWx3 array."""
     with Image.open(io.BytesIO(data)) as pil:
         return np.asarray(pil.convert("RGB"))
-
-
-def contact_sheet(
-    images: Sequence[bytes | np.ndarray], labels: Sequence[str] | None = None, columns: int = 8,
-    cell: int = 96,
-) -> Image.Image:
-    """A grid of images, each scaled to `cell` pixels, with an optional caption under each."""
-    count = max(len(images), 1)
-    columns = min(columns, count)
-    rows = math.ceil(count / columns)
-    caption = 14 if labels else 0
-    sheet = Image.new("RGB", (columns * cell, rows * (cell + caption)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, image in enumerate(images):
-        array = decode_png(image) if isinstance(image, bytes) else image
-        tile = Image.fromarray(array).resize((cell, cell), Image.Resampling.NEAREST)
-        x, y = (i % columns) * cell, (i // columns) * (cell + caption)
-        sheet.paste(tile, (x, y))
-        if labels:
-            draw.text((x + 2, y + cell), str(labels[i])[: cell // 6], fill="black")
-    return sheet

@@ -8,13 +8,14 @@ or of adapter set never reloads the base model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from darkroom.platform.data.records import file_sha256
 from darkroom.platform.errors import ModelLoadError
+from darkroom.platform.models.names import is_hub_id
 from darkroom.platform.models.spec import LoraSpec
 
 DEFAULT_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes
@@ -36,7 +37,7 @@ def weights_file(lora: LoraSpec, allow_pickle: bool = False) -> Path:
     if path.is_dir():
         path = path / (lora.weight_name or DEFAULT_WEIGHT_NAME)
     elif not path.exists():
-        if lora.path.startswith((".", "/", "~")) or lora.path.count("/") != 1:
+        if not is_hub_id(lora.path):
             raise ModelLoadError(f"adapter `{lora.name}`: `{lora.path}` is neither a file, a "
                                  "folder that exists, nor a hub id (org/name)")
         from huggingface_hub import hf_hub_download
@@ -55,15 +56,6 @@ def weights_file(lora: LoraSpec, allow_pickle: bool = False) -> Path:
         raise ModelLoadError(f"adapter `{lora.name}`: {path.name} is not safetensors; pickled "
                              "weights load only with the model's `allow_pickle: true`")
     return path
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Adapters:

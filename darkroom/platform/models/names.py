@@ -53,6 +53,16 @@ def registry_names() -> list[str]:
             + [f"random:{n}" for n in FULLSIZE_FAMILIES])
 
 
+def looks_local(name: str) -> bool:
+    """Whether a name means a path on this machine: it exists, or it is written as one."""
+    return Path(name).expanduser().exists() or name.startswith((".", "/", "~"))
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether a name is a hub id (`org/name`) rather than a path on this machine."""
+    return not looks_local(name) and name.count("/") == 1
+
+
 def resolve_source(model: str, marker: str = PIPELINE_INDEX) -> tuple[str, bool]:
     """`model` -> (a local folder, `random:NAME` or a hub id; whether it is local).
 
@@ -78,7 +88,7 @@ def resolve_source(model: str, marker: str = PIPELINE_INDEX) -> tuple[str, bool]
                 "`save_pretrained(folder)` or `darkroom models tiny`"
             )
         return str(path), True
-    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+    if not is_hub_id(model):
         raise ModelLoadError(
             f"model `{model}` is neither a folder that exists nor a hub id (org/name) nor a "
             f"registry name ({', '.join(registry_names())})"
