@@ -62,7 +62,7 @@ def load_pipeline(args: argparse.Namespace):
     quiet_libraries()
     source, local = resolve_source(args.model)
     if args.model.startswith("tiny:"):
-        from darkroom.platform.builders.tiny import tiny_folder
+        from darkroom.platform.models.builds import tiny_folder
 
         source = str(tiny_folder(args.model.split(":", 1)[1]))
     family = infer_family(ModelSpec(model=args.model))
@@ -159,7 +159,7 @@ def main() -> None:
 
     from darkroom.jobs.plan import row_seed
     if args.model.startswith("tiny:"):  # build its folder once, outside every timing
-        from darkroom.platform.builders.tiny import tiny_folder
+        from darkroom.platform.models.builds import tiny_folder
 
         tiny_folder(args.model.split(":", 1)[1])
     seeds = [row_seed(0, f"{i:05d}", 0) for i in range(args.prompts)]

@@ -1,8 +1,8 @@
-"""The Generator's images/s beside a plain diffusers pipeline call on the same model.
+"""The ImageGenerator's images/s beside a plain diffusers pipeline call on the same model.
 
 Same model, prompts, seeds, batch size, steps and thread count; the two are timed in alternating
 rounds in one process so machine noise hits both alike. The plain loop returns PIL images, the
-Generator returns finished image rows (PNG bytes, hash, provenance): the ratio is what the
+ImageGenerator returns finished image rows (PNG bytes, hash, provenance): the ratio is what the
 platform's bookkeeping costs.
 
     .venv/bin/python benchmarks/engine.py --model tiny:sd --steps 10 --batch-size 8
@@ -29,10 +29,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from darkroom.platform.engine.generator import Generator
+    from darkroom.platform.engine.generator import ImageGenerator
     from darkroom.platform.models.samplers import SamplerSpec, build_scheduler
 
-    generator = Generator(
+    generator = ImageGenerator(
         {"model": args.model}, {"name": args.sampler},
         runtime={"torch_threads": args.threads}, defaults={"steps": args.steps},
     )
@@ -73,7 +73,7 @@ def main() -> None:
     print(f"model {args.model}  sampler {args.sampler}  steps {args.steps}  "
           f"batch {args.batch_size}  threads {args.threads}  rounds {args.rounds}")
     print(f"plain diffusers call   {p:8.2f} images/s")
-    print(f"darkroom Generator     {g:8.2f} images/s")
+    print(f"darkroom ImageGenerator     {g:8.2f} images/s")
     print(f"ratio                  {g / p:8.3f}  (target >= 0.95)")
 
 

@@ -163,12 +163,12 @@ def run_case(case: Case, device: str, dtype: str, plain_batch: int, images: int,
              rounds: int) -> dict[str, Any]:
     from PIL import Image
 
-    from darkroom.platform.engine.generator import Generator
+    from darkroom.platform.engine.generator import ImageGenerator
 
     model = {"model": case.model, "dtype": dtype}
     control_pil = Image.new("RGB", (case.size or 64,) * 2, "gray")
-    plain = Generator(model, runtime={"device": device}, defaults={"steps": case.steps})
-    best = Generator(model, runtime={"device": device, **case.best_runtime},
+    plain = ImageGenerator(model, runtime={"device": device}, defaults={"steps": case.steps})
+    best = ImageGenerator(model, runtime={"device": device, **case.best_runtime},
                      defaults={"steps": case.steps})
     plain_rows = rows(case, plain_batch, 0, CONTROL)
     plain_calls = max(1, images // plain_batch)

@@ -32,7 +32,7 @@ def generate(seed: int, per_prompt: int, steps: int, guidance: float):
     """(images, rows) of one job seed."""
     from darkroom.jobs.plan import row_seed
     from darkroom.platform.data.records import decode_png
-    from darkroom.platform.engine.generator import Generator
+    from darkroom.platform.engine.generator import ImageGenerator
 
     prompts = [json.loads(line) for line in
                (ROOT / "configs/jobs/prompts/digits.jsonl").read_text().splitlines() if line]
@@ -40,7 +40,7 @@ def generate(seed: int, per_prompt: int, steps: int, guidance: float):
              "seed": row_seed(seed, p["id"], k), "prompt": p["prompt"],
              "class_label": str(p["class_label"]), "guidance_scale": guidance}
             for p in prompts for k in range(per_prompt)]
-    generator = Generator({"model": "builtin:digits-dit"}, {"name": "ddim"},
+    generator = ImageGenerator({"model": "builtin:digits-dit"}, {"name": "ddim"},
                           defaults={"steps": steps})
     out = generator.generate(rows)
     return [decode_png(r["image"]) for r in out], rows

@@ -8,8 +8,8 @@ Starts a local Ray instance and Serve on 127.0.0.1 (a free port), deploys the se
 one replica each (as written, and with `max_batch_size: 1`), and drives both with 1, 8 and 32
 closed-loop clients for a bounded time, the two arms alternating. Prints requests/s, p50/p99
 latency, the mean formed batch and the clients' own CPU per request per level, the throughput
-ratio at the highest level, and the replica's own batch speed-up (the Generator called directly,
-no HTTP): the most batching can give.
+ratio at the highest level, and the replica's own batch speed-up (the generator called
+directly, no HTTP): the most batching can give.
 """
 
 from __future__ import annotations
@@ -96,15 +96,15 @@ def measure(urls: dict[str, str], args: argparse.Namespace) -> dict[str, dict[in
 
 def pipeline_ceiling(spec, args: argparse.Namespace, rounds: int = 3) -> tuple[float, float]:
     """(seconds per image alone, per image in a full batch) of the replica's own work: the
-    Generator called directly as a replica holds it (one torch thread, PNG encoding included),
+    ImageGenerator called directly as a replica holds it (one torch thread, PNG encoding included),
     with no HTTP, proxy or ingress. Their ratio bounds what batching can give at any load."""
     import torch
 
-    from darkroom.platform.engine.generator import Generator
+    from darkroom.platform.engine.generator import ImageGenerator
 
     torch.set_num_threads(spec.runtime.torch_threads or 1)
     size = spec.batching.max_batch_size
-    generator = Generator(spec.model, sampler=spec.defaults.sampler_spec,
+    generator = ImageGenerator(spec.model, sampler=spec.defaults.sampler_spec,
                           runtime=spec.runtime.model_copy(update={"batch_size": size}),
                           defaults={"steps": args.steps,
                                     "guidance_scale": spec.defaults.guidance_scale})

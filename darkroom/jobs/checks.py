@@ -1,8 +1,9 @@
 """Checks of a job file beyond its types: do the models and prompt sources exist and fit?
 
 Each check looks at a section that is valid on its own, so a file with a typo in one section still
-gets its other sections checked: every problem is reported in one go. Nothing here loads a model;
-model names are resolved by `platform.sources`, the same resolver the loader uses.
+gets its other sections checked: every problem is reported in one go. Nothing here loads a model:
+what a model can do is its family's rules (`platform.models.fit`, the same for serve files), and
+model names are resolved by `platform.models.names`, the same resolver the loader uses.
 """
 
 from __future__ import annotations
@@ -22,17 +23,11 @@ from darkroom.jobs.spec import (
 from darkroom.platform.config import Problem
 from darkroom.platform.data import storage
 from darkroom.platform.errors import ModelLoadError, did_you_mean
-from darkroom.platform.models.caching import family_problem
-from darkroom.platform.models.names import (
-    class_names,
-    is_hub_id,
-    local_family,
-    pipeline_class_name,
-    sampler_kind,
-)
+from darkroom.platform.families.conditioning import is_class_id
+from darkroom.platform.models.fit import Asked, fit_problems
+from darkroom.platform.models.names import class_names, is_hub_id, local_family
 from darkroom.platform.models.runtime import RuntimeSpec
-from darkroom.platform.models.samplers import fitting
-from darkroom.platform.models.spec import Family, ModelSpec, device_problems, option_problems
+from darkroom.platform.models.spec import ModelSpec
 
 MAX_CLASS_PROBLEMS = 10
 
@@ -69,8 +64,7 @@ def semantic_problems(data: dict[str, Any], spec: JobSpec | None,
         problems += [Problem(f"runtime.{field}", message)
                      for field, message in runtime.device_problems()]
     for index, model in models:
-        problems += _model_problems(index, model, prompts, loaded, generation, runtime)
-        problems += _family_problems(index, model, prompts, generation, sweep)
+        problems += _model_problems(index, model, prompts, loaded, generation, runtime, sweep)
     if sweep and models and not any(model.loras for _, model in models):
         for field, unset in (("lora_scale", [1.0]), ("adapters", None)):
             if getattr(sweep, field) != unset:
@@ -108,57 +102,50 @@ def _models(value: Any) -> list[tuple[int, ModelSpec]]:
 
 def _model_problems(index: int, model: ModelSpec, prompts: PromptSource | None,
                     loaded: list[Prompt], generation: GenerationSpec | None,
-                    runtime: RuntimeSpec | None) -> list[Problem]:
+                    runtime: RuntimeSpec | None, sweep: SweepSpec | None) -> list[Problem]:
+    """What the model cannot do of what the job asks (the family's rules, through the one
+    model-fit function serve files use too), and the job's own inputs for it: its prompt
+    source, its classes, its adapters."""
     where = f"models.{index}"
-    try:
-        family = local_family(model)
-    except ModelLoadError as err:
-        return [Problem(f"{where}.model", str(err), model.model)]
-    problems = []
-    if runtime:
-        problems += [Problem(f"{where}.{field}", message)
-                     for field, message in device_problems(model, runtime.device)]
-    if family is None:  # a hub id: only the hub can tell its family
-        return problems
-    cache_problem = family_problem(runtime.cache if runtime else None, family.name)
-    if cache_problem:
-        problems.append(Problem("runtime.cache", f"{where} ({model.label}): {cache_problem}"))
-    if prompts:
-        problems += _fit_problems(where, model, family, prompts)
-    if family.conditioning == "class" and loaded and prompts:
-        problems += _class_problems(where, model, loaded, prompts.kind)
-    if family.name == "dit" and generation and (generation.width or generation.height):
-        problems.append(Problem("generation.width", f"{model.label} is a DiT model: it makes "
-                                "images of its native size only; leave width/height unset"))
-    return problems
-
-
-def _family_problems(index: int, model: ModelSpec, prompts: PromptSource | None,
-                     generation: GenerationSpec | None, sweep: SweepSpec | None) -> list[Problem]:
-    """What the model's family cannot take: samplers of the other kind, options of other
-    families, sizes off its latent grid, negative prompts or micro-conditioning it has no use
-    for, arguments its pipeline class does not accept (t2i)."""
-    where = f"models.{index}"
+    problems = fit_problems(where, model, runtime, _asked(prompts, generation, sweep))
     try:
         family = local_family(model)
     except ModelLoadError:
-        return []  # reported by _model_problems
-    if family is None:
-        return []
-    problems = [Problem(f"{where}.{field}", message)
-                for field, message in option_problems(model, family)]
+        return problems  # reported by fit_problems
     problems += _adapter_problems(where, model, sweep)
-    kind = sampler_kind(model, family)
-    if sweep and kind:
-        fits = fitting(kind, family.unfit)
-        for i, sampler in enumerate(sweep.sampler):
-            if sampler.name not in fits:
-                problems.append(Problem(
-                    f"sweep.sampler.{i}.name", f"`{sampler.name}` does not fit {where} "
-                    f"({model.label}, {family.name}); fitting: {', '.join(fits)}"))
-    if generation:
-        problems += _generation_problems(where, model, family, prompts, generation, sweep)
+    if family is None:  # a hub id: only the hub can tell its family
+        return problems
+    if prompts:
+        class_column = bool(prompts.columns.class_label)
+        problem = family.conditioning.source_problem(prompts.kind, class_column,
+                                                     f"{where} ({model.label})")
+        if problem:
+            problems.append(Problem(f"prompts.{prompts.kind}", problem))
+        elif family.conditioning.name == "class" and loaded:
+            problems += _class_problems(where, model, loaded, prompts.kind)
     return problems
+
+
+def _asked(prompts: PromptSource | None, generation: GenerationSpec | None,
+           sweep: SweepSpec | None) -> Asked:
+    """What a job asks of each of its models, by the field that asks it."""
+    if generation is None:
+        return Asked(samplers=_samplers(sweep))
+    negatives = bool(generation.negative_prompt or (prompts and prompts.columns.negative_prompt))
+    return Asked(
+        samplers=_samplers(sweep),
+        sizes={f"generation.{side}": getattr(generation, side) for side in ("width", "height")
+               if getattr(generation, side)},
+        call_options={f"generation.{name}": name for name in generation.call_options()},
+        negative_prompt="generation.negative_prompt" if negatives else None,
+        arguments={"sweep.eta": "eta"} if sweep and any(sweep.eta) else {},
+    )
+
+
+def _samplers(sweep: SweepSpec | None) -> dict[str, str]:
+    if sweep is None:
+        return {}
+    return {f"sweep.sampler.{i}.name": sampler.name for i, sampler in enumerate(sweep.sampler)}
 
 
 def _adapter_problems(where: str, model: ModelSpec, sweep: SweepSpec | None) -> list[Problem]:
@@ -182,69 +169,6 @@ def _adapter_problems(where: str, model: ModelSpec, sweep: SweepSpec | None) -> 
     return problems
 
 
-def _generation_problems(where: str, model: ModelSpec, family: Family,
-                         prompts: PromptSource | None, generation: GenerationSpec,
-                         sweep: SweepSpec | None) -> list[Problem]:
-    problems = []
-    for side in ("width", "height"):
-        value = getattr(generation, side)
-        if value and value % family.size_multiple:
-            problems.append(Problem(f"generation.{side}", f"{where} ({model.label}) is "
-                                    f"{family.name}: sides must be multiples of "
-                                    f"{family.size_multiple}", value))
-    if generation.call_options() and family.name != "sdxl":
-        problems.append(Problem(f"generation.{next(iter(generation.call_options()))}",
-                                f"micro-conditioning applies to sdxl models only; {where} "
-                                f"({model.label}) is {family.name}"))
-    negatives = bool(generation.negative_prompt or (prompts and prompts.columns.negative_prompt))
-    if negatives and family.name == "flux" and not model.true_cfg_scale:
-        problems.append(Problem(f"{where}.true_cfg_scale", f"{model.label} is flux "
-                                "(guidance-distilled): negative prompts need true CFG; set "
-                                "`true_cfg_scale` (e.g. 4.0) or drop the negative prompt"))
-    if family.name == "t2i":
-        problems += _signature_problems(where, model, negatives, sweep)
-    return problems
-
-
-def _signature_problems(where: str, model: ModelSpec, negatives: bool,
-                        sweep: SweepSpec | None) -> list[Problem]:
-    """Arguments a t2i pipeline class does not take, from its call signature."""
-    class_name = pipeline_class_name(model)
-    if not class_name:
-        return []
-    import diffusers  # only for t2i models: their class is known only by name until here
-
-    from darkroom.platform.families.calls import call_parameters
-
-    cls = getattr(diffusers, class_name, None)
-    if cls is None:
-        return [Problem(f"{where}.model", f"{class_name} is not a pipeline class of the "
-                        f"installed diffusers {diffusers.__version__}", model.model)]
-    takes = call_parameters(cls)
-    asked = {"generation.negative_prompt": ("negative_prompt", negatives),
-             "sweep.eta": ("eta", bool(sweep and any(sweep.eta))),
-             f"{where}.max_sequence_length": ("max_sequence_length",
-                                              model.max_sequence_length is not None)}
-    return [Problem(field, f"{class_name} ({model.label}) takes no `{argument}`; leave it unset")
-            for field, (argument, given) in asked.items() if given and argument not in takes]
-
-
-def _fit_problems(where: str, model: ModelSpec, family: Family,
-                  prompts: PromptSource) -> list[Problem]:
-    kind = prompts.kind
-    conditioning = family.conditioning
-    if conditioning == "class" and not (kind == "classes" or prompts.columns.class_label):
-        return [Problem(f"prompts.{kind}", f"{where} ({model.label}) is class-conditional: give "
-                        "`prompts.classes` (ids or names) or map `prompts.columns.class_label`")]
-    if conditioning == "text+control" and kind != "control_images":
-        return [Problem(f"prompts.{kind}", f"{where} ({model.label}) is a ControlNet model: give "
-                        "`prompts.control_images` (a folder) and `prompts.control_prompt`")]
-    if conditioning == "text" and kind in ("classes", "control_images"):
-        return [Problem(f"prompts.{kind}", f"{where} ({model.label}) is text-conditioned: give "
-                        "`prompts.list` or `prompts.file`")]
-    return []
-
-
 def _class_problems(where: str, model: ModelSpec, prompts: list[Prompt],
                     kind: str) -> list[Problem]:
     """Class names and ids that the model's own label table refutes (when it is readable)."""
@@ -260,7 +184,7 @@ def _class_problems(where: str, model: ModelSpec, prompts: list[Prompt],
         field = f"prompts.classes.{index}" if kind == "classes" else (
             f"prompts.{kind} (prompt {prompt.prompt_id})")
         text = str(label).strip()
-        if text.lstrip("-").isdigit():
+        if is_class_id(text):
             if not 0 <= int(text) < classes:
                 problems.append(Problem(field, f"class id {text} is outside 0..{classes - 1} of "
                                         f"{where} ({model.label})", label))

@@ -59,7 +59,7 @@ def file_name(invocation: str, row_ids: list[str]) -> str:
 
 
 def write_call(job_dir: Location, rows: pa.Table, invocation: str) -> pa.Table:
-    """Write the Generator's output rows of one call (image columns plus `error`): per run, one
+    """Write the generator's output rows of one call (image columns plus `error`): per run, one
     images file and one errors file, each committed once complete. Returns FILE_SCHEMA rows."""
     name = file_name(invocation, rows.column("row_id").to_pylist())
     failed = pc.is_valid(rows.column("error"))

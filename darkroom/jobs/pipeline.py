@@ -4,7 +4,7 @@ counts what the workers report (a few bytes per file); no prompt file and no ima
 through it, and its memory does not grow with the number of prompts or rows.
 
 One dataset per model: its actors load the model once and serve every run of the sweep that uses
-it (sampler, steps, guidance and eta are row columns; the Generator groups rows by settings and
+it (sampler, steps, guidance and eta are row columns; the generator groups rows by settings and
 swaps schedulers per group). Crashed actors are Ray's to restart (`max_restarts`) and their
 calls Ray's to retry (`max_task_retries`): a retried call rewrites its own files, so every row is
 written once. A killed driver loses at most the calls in flight; the rerun generates only the

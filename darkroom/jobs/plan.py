@@ -8,7 +8,6 @@ the order in which Ray processes rows, and the same prompt gets the same noise i
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
@@ -19,6 +18,7 @@ from typing import Any
 from darkroom.jobs.prompts import Prompt
 from darkroom.jobs.spec import JobSpec
 from darkroom.platform.data.runinfo import RunInfo, RunSampler
+from darkroom.platform.engine.rows import request_schema
 from darkroom.platform.models.samplers import SAMPLERS, SamplerSpec
 from darkroom.platform.models.spec import ModelSpec
 
@@ -165,7 +165,7 @@ def expansion(spec: JobSpec, runs: list[Run]) -> dict[str, Any]:
             "height": run.height,
             "call_options": json.dumps(spec.generation.call_options(), sort_keys=True),
             "lora_scale": run.lora_scale,
-            "adapters": None if run.adapters is None else json.dumps(list(run.adapters)),
+            "adapters": None if run.adapters is None else list(run.adapters),
         } for run in runs],
     }
 
@@ -205,23 +205,6 @@ def expand_prompts(prompts: Any, plan: dict[str, Any]) -> Any:
                 rows["class_label"].append(columns["class_label"][i])
                 rows["control_image"].append(control[i])
     return pa.table(rows, schema=request_schema())
-
-
-@functools.cache
-def request_schema() -> Any:
-    """The columns of request rows: what the Generator actors are given."""
-    import pyarrow as pa
-
-    return pa.schema([
-        ("job_id", pa.string()), ("run_id", pa.string()), ("sampler", pa.string()),
-        ("sampler_overrides", pa.string()), ("steps", pa.int64()),
-        ("guidance_scale", pa.float64()), ("eta", pa.float64()), ("width", pa.int64()),
-        ("height", pa.int64()), ("call_options", pa.string()), ("lora_scale", pa.float64()),
-        ("adapters", pa.string()), ("row_id", pa.string()), ("prompt_id", pa.string()),
-        ("sample_idx", pa.int64()), ("seed", pa.int64()), ("prompt", pa.string()),
-        ("negative_prompt", pa.string()), ("class_label", pa.string()),
-        ("control_image", pa.binary()),
-    ])
 
 
 def request_rows(spec: JobSpec, run: Run, prompts: list[Prompt],

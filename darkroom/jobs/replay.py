@@ -1,11 +1,13 @@
 """`darkroom replay`: make one row's image again from the provenance in its row, and compare.
 
-The row gives its seed, prompt, negative prompt, class, size, steps, guidance and eta; run.json
-gives the model and the sampler with its overrides; job.yaml gives the runtime and, for a
-ControlNet row, the folder of control images (the row keeps only the control image's SHA-256,
-which must match). The image is generated alone, in this process, and compared pixel by pixel
-with the stored one: rows are generated with a generator per row, so an image does not depend
-on its batch-mates beyond float rounding (1/255 at most on the tiny models).
+The row gives its seed, prompt, negative prompt, class, size, steps, guidance, eta and call
+options (SDXL micro-conditioning); run.json gives the model, the sampler with its overrides and
+the active adapters with their scale (each adapter's SHA-256 must match the row's); job.yaml
+gives the runtime and, for a ControlNet row, the folder of control images (the row keeps only
+the control image's SHA-256, which must match). The image is generated alone, in this process,
+and compared pixel by pixel with the stored one: rows are generated with a generator per row, so
+an image does not depend on its batch-mates beyond float rounding (1/255 at most on the tiny
+models).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import pyarrow.compute as pc
 
 from darkroom.platform.data import layout, storage
 from darkroom.platform.data.records import decode_png, sha256
+from darkroom.platform.data.runinfo import RunInfo, read_run_info
 from darkroom.platform.data.storage import Location
+from darkroom.platform.engine.rows import RequestRow
 from darkroom.platform.errors import UserError
 
 
@@ -70,20 +74,19 @@ def find_row(where: str | Location, row_id: str) -> tuple[Location, dict[str, An
     raise UserError(f"row {row_id} is not in {run_dir} (it may not be generated yet)")
 
 
-def request_of(row: dict[str, Any], info: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
-    """The Generator request that made `row`, from the row, run.json and job.yaml."""
-    sampler = info.get("sampler") or {}
-    request = {
-        "seed": row["seed"], "prompt": row["prompt"], "negative_prompt": row["negative_prompt"],
-        "class_label": None if row["class_label"] is None else str(row["class_label"]),
-        "width": row["width"], "height": row["height"], "steps": row["steps"],
-        "guidance_scale": row["guidance_scale"], "eta": row["eta"],
-        "sampler": row["sampler"],
-        "sampler_overrides": json.dumps(sampler.get("overrides") or {}, sort_keys=True),
-    }
-    if row["control_image_sha256"] is not None:
-        request["control_image"] = _control_image(row, job)
-    return request
+def request_of(row: dict[str, Any], info: RunInfo, job: dict[str, Any]) -> RequestRow:
+    """The request that made `row`: the row's own inputs and settings, and from run.json the
+    sampler overrides, the active adapters and their scale."""
+    return RequestRow(
+        seed=row["seed"], prompt=row["prompt"] or "", negative_prompt=row["negative_prompt"] or "",
+        class_label=None if row["class_label"] is None else str(row["class_label"]),
+        width=row["width"], height=row["height"], steps=row["steps"],
+        guidance_scale=row["guidance_scale"], eta=row["eta"], sampler=row["sampler"],
+        sampler_overrides=info.sampler.overrides,
+        call_options=json.loads(row.get("call_options") or "{}"),
+        adapters=info.adapters, lora_scale=info.lora_scale,
+        control_image=None if row["control_image_sha256"] is None else _control_image(row, job),
+    )
 
 
 def _control_image(row: dict[str, Any], job: dict[str, Any]) -> bytes:
@@ -101,13 +104,25 @@ def _control_image(row: dict[str, Any], job: dict[str, Any]) -> bytes:
     return data
 
 
+def _check_adapters(row: dict[str, Any], generator: Any) -> None:
+    """The adapters the row was made with are the ones loaded now (same SHA-256)."""
+    recorded = json.loads(row.get("adapters") or "[]")
+    loaded = generator.adapters.loaded if generator.adapters else {}
+    for adapter in recorded:
+        now = loaded.get(adapter["name"])
+        if now is not None and adapter.get("sha256") and now.sha256 != adapter["sha256"]:
+            raise UserError(f"adapter `{adapter['name']}` changed since row {row['row_id']} was "
+                            f"made (its SHA-256 differs: {now.path}): the row cannot be replayed "
+                            "with it")
+
+
 def replay(where: str | Location, row_id: str, device: str | None = None) -> Replay:
     """Generate `row_id` again, alone, and compare it with the stored image."""
     from darkroom.platform.config import parse_yaml
-    from darkroom.platform.engine.generator import Generator
+    from darkroom.platform.engine.generator import ImageGenerator
 
     run_dir, row = find_row(where, row_id)
-    info = layout.read_json(run_dir / layout.RUN_INFO)
+    info = read_run_info(run_dir)
     job_file = run_dir.parent / layout.JOB_SPEC
     job = parse_yaml(storage.read_text(job_file), str(job_file))[0] if storage.is_file(
         job_file) else {}
@@ -115,7 +130,8 @@ def replay(where: str | Location, row_id: str, device: str | None = None) -> Rep
     if device:
         runtime["device"] = device
     request = request_of(row, info, job or {})
-    generator = Generator(info["model"], runtime=runtime)
+    generator = ImageGenerator(info.model, runtime=runtime)
+    _check_adapters(row, generator)
     started = time.perf_counter()
     (made,) = generator.generate([request])
     seconds = time.perf_counter() - started

@@ -136,14 +136,14 @@ MICRO_CONDITIONING = ("original_size", "crops_coords_top_left", "target_size",
 
 
 class GenerationSpec(_Section):
-    """Image size, rows per Generator call, the default negative prompt, and SDXL's size and
+    """Image size, rows per generator call, the default negative prompt, and SDXL's size and
     crop micro-conditioning (Podell et al. 2023, sec. 2.2)."""
 
     width: int | None = Field(None, gt=0, le=MAX_SIDE,
                               description="default: the model's native size")
     height: int | None = Field(None, gt=0, le=MAX_SIDE,
                                description="default: the model's native size")
-    batch_size: int = Field(4, ge=1, le=4096, description="rows per Generator call")
+    batch_size: int = Field(4, ge=1, le=4096, description="rows per generator call")
     negative_prompt: str = Field("", description="for rows whose source gives none")
     original_size: Pair | None = Field(None, description="SDXL: [height, width] the model is "
                                        "told the training image had")

@@ -14,7 +14,7 @@ from darkroom.jobs.plan import expand_prompts
 from darkroom.platform.data import storage
 from darkroom.platform.data.records import IMAGE_SCHEMA
 
-# What the Generator returns: the image columns, and `error` (null unless the row failed).
+# What the ImageGenerator returns: the image columns, and `error` (null unless the row failed).
 OUTPUT_SCHEMA = IMAGE_SCHEMA.append(pa.field("error", pa.string()))
 # What the check pass returns per block of prompts.
 CHECK_SCHEMA = pa.schema([("run_id", pa.string()), ("rows", pa.int64()),
@@ -51,7 +51,7 @@ class GenerateAndWrite:
     """Ray Data actor: request rows in; images generated, written and committed here, on the
     worker; a few bytes per written file out (`output.FILE_SCHEMA`).
 
-    Each call's rows go to the Generator `chunk` rows at a time (the job's batch_size) and land
+    Each call's rows go to the ImageGenerator `chunk` rows at a time (the job's batch_size) and land
     in one file per run and outcome, so a crash loses at most one call's rows.
     """
 
@@ -60,9 +60,9 @@ class GenerateAndWrite:
                  generator_class: type | None = None) -> None:
         storage.set_options(job_dir, dict(storage_options or {}))
         if generator_class is None:  # the real one; benchmarks hand in a fake
-            from darkroom.platform.engine.generator import Generator
+            from darkroom.platform.engine.generator import ImageGenerator
 
-            generator_class = Generator
+            generator_class = ImageGenerator
         self.generator = generator_class(dict(model), runtime=dict(runtime))
         self.job_dir = storage.location(job_dir)
         self.invocation = invocation

@@ -1,1 +1,1 @@
-"""The runtime shared by batch jobs and the online endpoint: models, samplers, the Generator."""
+"""The runtime shared by batch jobs and the online endpoint: models, samplers, the generator."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from darkroom.platform.models.names import TINY_FAMILIES
+from darkroom.platform.families import registered
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = models.add_subparsers(dest="models_command", metavar="ACTION")
     sub.required = True
     tiny = sub.add_parser("tiny", help="save a random-init tiny pipeline to a folder")
-    tiny.add_argument("family", choices=TINY_FAMILIES)
+    tiny.add_argument("family", choices=sorted(registered()))
     tiny.add_argument("--out", required=True, help="folder to write (diffusers layout)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(handler=_tiny)
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _tiny(args: argparse.Namespace) -> int:
-    from darkroom.platform.builders.tiny import save_tiny
+    from darkroom.platform.models.builds import save_tiny
 
     out = save_tiny(args.family, args.out, seed=args.seed)
     print(f"saved tiny {args.family} pipeline to {out}")
@@ -61,10 +61,9 @@ def _random_lora(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from darkroom.platform.models.names import registry_names
     from darkroom.platform.models.samplers import SAMPLERS
-    from darkroom.platform.models.spec import FAMILIES
 
     print("models:   " + ", ".join(registry_names()))
-    print("families: " + ", ".join(f"{f.name} ({f.description})" for f in FAMILIES.values()))
+    print("families: " + ", ".join(f"{f.name} ({f.description})" for f in registered().values()))
     print("samplers: " + ", ".join(SAMPLERS))
     return 0
 

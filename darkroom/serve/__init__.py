@@ -1,1 +1,1 @@
-"""The online endpoint: a Ray Serve application around the platform's Generator."""
+"""The online endpoint: a Ray Serve application around the platform's ImageGenerator."""

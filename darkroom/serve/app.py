@@ -18,7 +18,7 @@ from ray.serve import Application
 from darkroom.platform.config import validate
 from darkroom.platform.errors import UserError
 from darkroom.platform.models.names import local_family, sampler_kind
-from darkroom.platform.models.samplers import SAMPLERS, fitting
+from darkroom.platform.models.samplers import SAMPLERS
 from darkroom.serve.ingress import Ingress, IngressSettings
 from darkroom.serve.model import ImageModel
 from darkroom.serve.spec import ServeSpec, api_key_digest, load_spec
@@ -91,7 +91,7 @@ def fitting_samplers(spec: ServeSpec) -> list[str]:
         kind = sampler_kind(spec.model, family) if family else None
     except Exception:  # a folder only the cluster's nodes have: the replica checks each row
         kind = None
-    return fitting(kind, family.unfit) if kind else list(SAMPLERS)
+    return family.fitting(kind) if family and kind else list(SAMPLERS)
 
 
 def _conditioning(spec: ServeSpec) -> str | None:
@@ -100,4 +100,4 @@ def _conditioning(spec: ServeSpec) -> str | None:
         family = local_family(spec.model)
     except Exception:  # e.g. a folder that exists only on the cluster's nodes: the replica knows
         return None
-    return None if family is None else family.conditioning
+    return None if family is None else family.conditioning.name

@@ -30,6 +30,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import darkroom
+from darkroom.platform.engine.rows import RequestRow
 from darkroom.platform.errors import did_you_mean
 from darkroom.serve.guards import BodyLimit, BodyTooLarge, Gate, drain_on_signal, openai_error
 from darkroom.serve.protocol import (
@@ -41,6 +42,7 @@ from darkroom.serve.protocol import (
     Limits,
     ModelCard,
     ModelList,
+    adapter_of,
     request_model,
 )
 
@@ -106,12 +108,12 @@ class Ingress:
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self.settings, self._generate, self.gate)
 
-    async def _generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _generate(self, rows: list[RequestRow]) -> list[dict[str, Any]]:
         # Siblings of a refused image run to completion and are dropped: cancelling them from
         # here would block this event loop until their replica assignment resolves.
         # Serve's model multiplexing: each adapter's requests go to a replica that has it loaded,
         # and a batch never mixes adapters (Serve splits batches by multiplexed model id)
-        responses = [self.model.generate.options(multiplexed_model_id=row["lora"] or "")
+        responses = [self.model.generate.options(multiplexed_model_id=adapter_of(row))
                      .remote(row) for row in rows]
         results = await asyncio.gather(*responses, return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
@@ -124,7 +126,7 @@ class Ingress:
 
 def build_api(
     settings: IngressSettings,
-    generate: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]],
+    generate: Callable[[list[RequestRow]], Awaitable[list[dict[str, Any]]]],
     gate: Gate | None = None,
 ) -> FastAPI:
     """The FastAPI app of one server: its limits are the request schema's constraints."""
@@ -219,25 +221,25 @@ def build_api(
     return app
 
 
-def _rows(body: ImageRequest, settings: IngressSettings) -> list[dict[str, Any]]:
-    """One request row per image, in the Generator's columns."""
+def _rows(body: ImageRequest, settings: IngressSettings) -> list[RequestRow]:
+    """One request row per image (consecutive seeds from the request's seed)."""
     lora = _adapter_of(body, settings)
     width, height = body.dimensions()
     seed = secrets.randbelow(2**31) if body.seed is None else body.seed
     return [
-        {
-            "seed": (seed + i) % (SEED_MAX + 1),
-            "prompt": body.prompt,
-            "negative_prompt": body.negative_prompt,
-            "class_label": body.class_label,
-            "width": width,
-            "height": height,
-            "steps": body.steps,
-            "guidance_scale": body.guidance_scale,
-            "sampler": body.sampler,
-            "lora": lora,
-            "lora_scale": body.lora_scale,
-        }
+        RequestRow(
+            seed=(seed + i) % (SEED_MAX + 1),
+            prompt=body.prompt,
+            negative_prompt=body.negative_prompt or "",
+            class_label=None if body.class_label is None else str(body.class_label),
+            width=width,
+            height=height,
+            steps=body.steps,
+            guidance_scale=body.guidance_scale,
+            sampler=body.sampler,
+            adapters=[lora] if lora else [],
+            lora_scale=body.lora_scale,
+        )
         for i in range(body.n)
     ]
 

@@ -1,4 +1,4 @@
-"""The model deployment: the platform's Generator behind `@serve.batch`.
+"""The model deployment: the platform's ImageGenerator behind `@serve.batch`.
 
 One call is one image (a request row). Concurrent calls on a replica form a batch; the batch is
 split into groups of equal settings (sampler, steps, size, guidance), and each group is one
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
-import json
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +19,13 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from darkroom.platform.engine.generator import Generator
+from darkroom.platform.engine.generator import ImageGenerator
+from darkroom.platform.engine.rows import RequestRow
 from darkroom.platform.models.runtime import configure_threads
+from darkroom.serve.protocol import adapter_of
 from darkroom.serve.spec import ServeSpec
 
 PENDING = "pending"  # a batch member whose group has not run yet
-TICKET = "_ticket"
 
 
 class GroupFailed:
@@ -37,11 +37,11 @@ class GroupFailed:
 
 @serve.deployment(name="ImageModel")
 class ImageModel:
-    """A model replica: holds one Generator (and the safety checker) for its whole life."""
+    """A model replica: holds one ImageGenerator (and the safety checker) for its whole life."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = ServeSpec.model_validate(spec)
-        self.generator = Generator(
+        self.generator = ImageGenerator(
             self.spec.model,
             sampler=self.spec.defaults.sampler_spec,
             runtime=self.spec.runtime.model_copy(update={
@@ -75,7 +75,7 @@ class ImageModel:
         )
         self.safety = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safety")
         # Serve splits a formed batch by adapter (multiplexed model id): room for a full batch
-        # of each adapter a replica holds, plus the base model; the Generator still calls the
+        # of each adapter a replica holds, plus the base model; the ImageGenerator still calls the
         # pipeline with at most max_batch_size rows
         held = 1 + min(len(self.spec.model.loras), self.spec.max_adapters_per_replica)
         self._batched.set_max_batch_size(self.spec.batching.max_batch_size * held)
@@ -88,17 +88,15 @@ class ImageModel:
         self._queued: dict[int, float] = {}
         self._tickets = itertools.count()
 
-    async def generate(self, row: dict[str, Any]) -> dict[str, Any]:
+    async def generate(self, row: RequestRow | dict[str, Any]) -> dict[str, Any]:
         """One request row in, one answer out (see `_answer`)."""
-        lora = serve.get_multiplexed_model_id() or row.get("lora")
-        if lora:
-            await self._adapter(lora)
-        row = {**row, "adapters": json.dumps([lora] if lora else []),
-               "lora_scale": row.get("lora_scale")}
-        row.pop("lora", None)
-        if self.class_conditional and row.get("class_label") is None:
-            row = {**row, "class_label": row.get("prompt")}
-        if not self.class_conditional and row.get("class_label") is not None:
+        row = row if isinstance(row, RequestRow) else RequestRow.model_validate(row)
+        adapter = serve.get_multiplexed_model_id() or adapter_of(row)
+        if adapter:
+            await self._adapter(adapter)
+        if self.class_conditional and row.class_label is None:
+            row = row.model_copy(update={"class_label": row.prompt})
+        if not self.class_conditional and row.class_label is not None:
             # the ingress refuses this already when it knows the family before loading
             return _refused(
                 row, "class_label",
@@ -111,7 +109,7 @@ class ImageModel:
         result: Any = PENDING
         try:
             # consume the whole stream, so no batch future is left unread
-            async for item in self._batched({**row, TICKET: ticket}):
+            async for item in self._batched((row, ticket)):
                 if not isinstance(item, str):
                     result = item
         finally:  # also when the caller went away before its batch started
@@ -136,9 +134,9 @@ class ImageModel:
         return max(self._wait_s, busy_s)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05, max_concurrent_batches=2)
-    async def _batched(self, rows: list[dict[str, Any]]) -> AsyncIterator[list[Any]]:
-        rows = [dict(row) for row in rows]
-        tickets = [row.pop(TICKET) for row in rows]
+    async def _batched(self, items: list[tuple[RequestRow, int]]) -> AsyncIterator[list[Any]]:
+        rows = [row for row, _ in items]
+        tickets = [ticket for _, ticket in items]
         groups: dict[tuple, list[int]] = {}
         for index, row in enumerate(rows):
             groups.setdefault(self._settings_key(row), []).append(index)
@@ -153,7 +151,7 @@ class ImageModel:
             for call in calls.values():
                 self._queued.pop(call, None)
 
-    async def _run_groups(self, rows: list[dict[str, Any]], tickets: list[int],
+    async def _run_groups(self, rows: list[RequestRow], tickets: list[int],
                           groups: dict[tuple, list[int]], order: list[tuple],
                           calls: dict[tuple, int]) -> AsyncIterator[list[Any]]:
         """Each group through the pipeline in `order`, its callers answered when it is done."""
@@ -197,25 +195,22 @@ class ImageModel:
         return {"loaded": sorted(self.generator.adapters.loaded) if self.generator.adapters
                 else [], "loads": dict(self.adapter_loads)}
 
-    def _settings_key(self, row: dict[str, Any]) -> tuple:
+    def _settings_key(self, row: RequestRow) -> tuple:
         native = self.generator.native_size
         defaults = self.spec.defaults
-        try:
-            return (
-                str(row.get("sampler") or defaults.sampler),
-                int(row.get("steps") or defaults.steps),
-                int(row.get("width") or native),
-                int(row.get("height") or native),
-                float(_first(row.get("guidance_scale"), defaults.guidance_scale)),
-                str(row.get("adapters")), str(row.get("lora_scale")),
-            )
-        except (TypeError, ValueError):  # the Generator reports the bad field for this row
-            return ("", 0, 0, 0, 0.0, "", "")
+        return (
+            row.sampler or defaults.sampler,
+            row.steps or defaults.steps,
+            row.width or native,
+            row.height or native,
+            float(_first(row.guidance_scale, defaults.guidance_scale)),
+            tuple(row.adapters or ()), row.lora_scale,
+        )
 
     def _generate(
-        self, rows: list[dict[str, Any]], work: float, tickets: list[int], call: int
+        self, rows: list[RequestRow], work: float, tickets: list[int], call: int
     ) -> list[dict[str, Any]]:
-        """On the pipeline thread: one group through the Generator, timed for `_batch_wait_s`."""
+        """On the pipeline thread: one group through the generator, timed for `_batch_wait_s`."""
         self._waiting.difference_update(tickets)
         self._queued.pop(call, None)
         started = time.monotonic()
@@ -266,11 +261,11 @@ def _answer(row: dict[str, Any], score: float | None, flagged: bool) -> dict[str
     }
 
 
-def _refused(row: dict[str, Any], param: str, message: str) -> dict[str, Any]:
+def _refused(row: RequestRow, param: str, message: str) -> dict[str, Any]:
     """The answer for a row refused before generation: a 400 that names `param`."""
     return {
-        "image": None, "error": message, "param": param, "seed": row["seed"],
-        "width": row.get("width"), "height": row.get("height"), "batch_size": 0,
+        "image": None, "error": message, "param": param, "seed": row.seed,
+        "width": row.width, "height": row.height, "batch_size": 0,
         "flagged": False, "safety_score": None,
     }
 

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from darkroom.platform.engine.rows import RequestRow
 from darkroom.platform.errors import did_you_mean
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds
@@ -218,3 +219,8 @@ class ErrorResponse(BaseModel):
     """OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`."""
 
     error: ErrorBody
+
+
+def adapter_of(row: RequestRow) -> str:
+    """A served row's adapter (its multiplexed model id in Serve); "" for the base model."""
+    return row.adapters[0] if row.adapters else ""

@@ -18,19 +18,27 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from darkroom.evals.spec import SafetySpec as EvalSafetySpec
-from darkroom.platform.config import read_yaml_file, validate
-from darkroom.platform.errors import ModelLoadError, UserError
-from darkroom.platform.models.caching import family_problem
-from darkroom.platform.models.names import local_family, sampler_kind
+from darkroom.platform.config import Problem, SpecError, read_yaml_file, try_validate
+from darkroom.platform.errors import UserError
+from darkroom.platform.models.fit import Asked, fit_problems
 from darkroom.platform.models.runtime import RuntimeSpec
-from darkroom.platform.models.samplers import SamplerSpec, fitting
-from darkroom.platform.models.spec import ModelSpec, device_problems, option_problems
+from darkroom.platform.models.samplers import SamplerSpec
+from darkroom.platform.models.spec import ModelSpec
 from darkroom.serve.protocol import Limits
 
 # `darkroom serve` stops within 20 s of a signal: the drain, then removing the app (see commands)
@@ -196,33 +204,6 @@ class ServeSpec(_Spec):
             )
         return ongoing
 
-    @model_validator(mode="after")
-    def _consistent(self) -> ServeSpec:
-        for field, message in device_problems(self.model, self.runtime.device):
-            raise ValueError(f"`model.{field}`: {message}")
-        for field, message in self.runtime.device_problems():
-            raise ValueError(f"`runtime.{field}`: {message}")
-        try:  # the replicas may see files this machine does not: only what is known here
-            family = local_family(self.model)
-        except ModelLoadError:
-            family = None
-        cache_problem = family_problem(self.runtime.cache, family.name) if family else None
-        if cache_problem:
-            raise ValueError(cache_problem)
-        for field, message in option_problems(self.model, family) if family else ():
-            raise ValueError(f"`model.{field}`: {message}")
-        kind = sampler_kind(self.model, family) if family else None
-        fits = fitting(kind, family.unfit) if kind and family else None
-        if fits and self.defaults.sampler not in fits:
-            raise ValueError(f"`defaults.sampler` {self.defaults.sampler} does not fit "
-                             f"{family.name} models; set one of: {', '.join(fits)}")
-        if self.defaults.steps > self.limits.max_steps:
-            raise ValueError(
-                f"`defaults.steps` ({self.defaults.steps}) exceeds `limits.max_steps` "
-                f"({self.limits.max_steps})"
-            )
-        return self
-
     @property
     def model_id(self) -> str:
         """The model's id in the API (`model` of requests, `GET /v1/models`): its label."""
@@ -232,7 +213,48 @@ class ServeSpec(_Spec):
 def load_spec(path: str | Path) -> ServeSpec:
     """Read and validate a serve file; every problem at once, in the one config error format."""
     data, problems = read_yaml_file(path, "serve file")
-    return validate(ServeSpec, data, str(path), problems)
+    return validate_spec(data, str(path), problems)
+
+
+def validate_spec(data: dict[str, Any], source: str = "serve file",
+                  problems: Sequence[Problem] = ()) -> ServeSpec:
+    """A ServeSpec from plain data, or a SpecError listing every problem: the types, then what
+    the model cannot do (the family's rules, as for job files) in the sections that are valid."""
+    spec, found = try_validate(ServeSpec, data)
+    found = [*problems, *found, *semantic_problems(data, spec)]
+    if found:
+        raise SpecError(source, found)
+    return spec  # type: ignore[return-value]
+
+
+def semantic_problems(data: dict[str, Any], spec: ServeSpec | None) -> list[Problem]:
+    """The problems beyond types of each section valid on its own: the model against the
+    runtime and default sampler, the runtime against the device, the default steps against
+    the limits."""
+    model = spec.model if spec else _section(ModelSpec, data.get("model"))
+    runtime = spec.runtime if spec else _section(RuntimeSpec, data.get("runtime", {}))
+    defaults = spec.defaults if spec else _section(DefaultsSpec, data.get("defaults", {}))
+    limits = spec.limits if spec else _section(Limits, data.get("limits", {}))
+    problems = []
+    if runtime:
+        problems += [Problem(f"runtime.{name}", message)
+                     for name, message in runtime.device_problems()]
+    if model:
+        # the replicas may see files this machine does not: only what is known here counts
+        asked = Asked(samplers={"defaults.sampler": defaults.sampler} if defaults else {})
+        problems += [p for p in fit_problems("model", model, runtime, asked)
+                     if p.path != "model.model"]
+    if defaults and limits and defaults.steps > limits.max_steps:
+        problems.append(Problem("defaults.steps", f"{defaults.steps} exceeds `limits.max_steps` "
+                                f"({limits.max_steps}); lower it or raise the limit"))
+    return problems
+
+
+def _section(cls: type[BaseModel], value: Any) -> Any:
+    try:
+        return cls.model_validate(value)
+    except ValidationError:
+        return None
 
 
 def api_key_digest(spec: ServeSpec) -> str | None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from darkroom.platform.builders.fullsize import FULLSIZE_BUILDERS, build_fullsize
+from darkroom.platform.families import fullsize_families
+from darkroom.platform.models.builds import build_fullsize
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,4 +51,4 @@ def test_fullsize_configs_match_published_sizes(name, millions):
     t5 = getattr(pipe, "text_encoder_3", None) or getattr(pipe, "text_encoder_2", None)
     if type(t5).__name__ == "T5EncoderModel":  # T5 v1.1 XXL's encoder: 4.76B
         assert sum(p.numel() for p in t5.parameters()) / 1e6 == pytest.approx(4762.3, abs=0.1)
-    assert FULLSIZE_BUILDERS[name][0] in ("sd", "sdxl", "dit", "controlnet", "sd3", "flux")
+    assert fullsize_families()[name] in ("sd", "sdxl", "dit", "controlnet", "sd3", "flux")

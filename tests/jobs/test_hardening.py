@@ -223,9 +223,9 @@ def test_a_repeated_id_among_100k_prompts_is_named(tmp_path, capsys):
 
 
 def test_non_finite_pixels_are_a_row_error_not_a_black_image():
-    from darkroom.platform.engine.generator import Generator
+    from darkroom.platform.engine.generator import ImageGenerator
 
-    generator = Generator({"model": "tiny:sd"}, runtime={"device": "cpu"},
+    generator = ImageGenerator({"model": "tiny:sd"}, runtime={"device": "cpu"},
                           defaults={"steps": 2, "width": 32, "height": 32})
     (row,) = generator.generate([{"seed": 1, "prompt": "x", "guidance_scale": float("inf")}])
     assert row["image"] is None and "non-finite" in row["error"]

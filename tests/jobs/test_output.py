@@ -12,6 +12,7 @@ import pytest
 from darkroom.jobs import output, resume
 from darkroom.platform.data import layout, storage
 from darkroom.platform.data.records import ERROR_SCHEMA, IMAGE_SCHEMA
+from darkroom.platform.data.runinfo import RunInfo
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -20,12 +21,18 @@ def job_dir(request, tmp_path):
     root = (storage.location(request.getfixturevalue("s3")) if request.param == "s3"
             else tmp_path)
     job = root / "job"
-    output.write_job_files(job, {"name": "job"}, [{"run_id": "r1"}, {"run_id": "r2"}])
+    output.write_job_files(job, {"name": "job"}, [run_info("r1"), run_info("r2")])
     return job
 
 
+def run_info(run_id: str) -> RunInfo:
+    """The run.json of a run of tiny:sd."""
+    return RunInfo(run_id=run_id, model={"model": "tiny:sd"}, sampler={"name": "ddim"}, steps=2,
+                   guidance_scale=5.0)
+
+
 def batch(run_id: str, ids: list[int], failed: set[int] = frozenset()) -> pa.Table:
-    """Rows shaped like the Generator's output: image columns plus `error`."""
+    """Rows shaped like the generator's output: image columns plus `error`."""
     now = dt.datetime.now(dt.UTC)
     rows = []
     for i in ids:
@@ -88,7 +95,7 @@ def test_tidy_removes_orphans_and_adopts_an_older_run(tmp_path):
                           old / layout.IMAGES / "a.parquet")
     (old / layout.IMAGES / ".b.parquet.tmp").write_bytes(b"half a file")
     assert len(layout.parquet_files(old / layout.IMAGES)) == 1  # readable as before
-    output.write_job_files(job, None, [{"run_id": "new"}])
+    output.write_job_files(job, None, [run_info("new")])
     output.write_call(job, batch("new", [0]), "inv1")
     storage.write_parquet(batch("new", [1]).drop_columns(["error"]),
                           job / "new" / layout.IMAGES / "inv2-dead.parquet")

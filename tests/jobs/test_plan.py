@@ -63,7 +63,7 @@ def test_rows_carry_identity_and_seeds_shared_across_runs(tmp_path):
 
 def test_run_info_has_the_settings_evaluation_reads(tmp_path):
     spec = job(tmp_path)
-    info = run_info(spec, expand(spec)[0], prompt_count=3)
+    info = run_info(spec, expand(spec)[0], prompt_count=3).dump()
     assert set(info) >= {"run_id", "job", "model", "model_label", "sampler", "steps",
                          "guidance_scale", "eta", "width", "height", "seed",
                          "images_per_prompt", "prompt_count"}

@@ -14,7 +14,7 @@ from darkroom.jobs.plan import expand, request_rows
 from darkroom.jobs.prompts import load_prompts
 from darkroom.platform.config import SpecError
 from darkroom.platform.data.records import decode_png
-from darkroom.platform.engine.generator import Generator
+from darkroom.platform.engine.generator import ImageGenerator
 from darkroom.platform.errors import ModelLoadError, UserError
 from darkroom.platform.models.adapters import save_random_lora
 
@@ -36,9 +36,9 @@ def pixels(row: dict) -> np.ndarray:
 
 @pytest.mark.parametrize("family", ["sd", "sdxl", "flux"])
 def test_scale_zero_is_the_base_and_two_adapters_stack(loras, family):
-    base = Generator({"model": f"tiny:{family}"}, runtime={"device": "cpu"}, defaults=SIZE)
+    base = ImageGenerator({"model": f"tiny:{family}"}, runtime={"device": "cpu"}, defaults=SIZE)
     first, second = loras[(family, 1)], loras[(family, 2)]
-    gen = Generator({"model": f"tiny:{family}", "loras": [
+    gen = ImageGenerator({"model": f"tiny:{family}", "loras": [
         {"name": "one", "path": str(first)},
         {"name": "two", "path": str(second.parent), "scale": 0.7}]},
         runtime={"device": "cpu"}, defaults=SIZE)
@@ -61,8 +61,8 @@ def test_scale_zero_is_the_base_and_two_adapters_stack(loras, family):
 
 def test_fused_adapters_give_the_unfused_image(loras):
     spec = {"model": "tiny:sd", "loras": [{"name": "one", "path": str(loras[("sd", 1)])}]}
-    plain = Generator(spec, runtime={"device": "cpu"}, defaults=SIZE)
-    fused = Generator(spec, runtime={"device": "cpu", "fuse_lora": True}, defaults=SIZE)
+    plain = ImageGenerator(spec, runtime={"device": "cpu"}, defaults=SIZE)
+    fused = ImageGenerator(spec, runtime={"device": "cpu", "fuse_lora": True}, defaults=SIZE)
     rows = [ROW, {**ROW, "lora_scale": 0.5}, ROW]  # fuse, unfuse and fuse again
     for a, b in zip(plain.generate(rows), fused.generate(rows), strict=True):
         assert np.abs(pixels(a) - pixels(b)).max() <= 1
@@ -71,14 +71,15 @@ def test_fused_adapters_give_the_unfused_image(loras):
 
 def test_bad_adapters_are_clear_errors(loras, tmp_path):
     with pytest.raises(ModelLoadError, match="no weights file"):
-        Generator({"model": "tiny:sd", "loras": [{"name": "x", "path": str(tmp_path)}]},
+        ImageGenerator({"model": "tiny:sd", "loras": [{"name": "x", "path": str(tmp_path)}]},
                   runtime={"device": "cpu"})
     with pytest.raises(ModelLoadError, match="does not fit"):  # an SD adapter on Flux
-        Generator({"model": "tiny:flux", "loras": [{"name": "x",
+        ImageGenerator({"model": "tiny:flux", "loras": [{"name": "x",
                                                      "path": str(loras[("sd", 1)])}]},
                   runtime={"device": "cpu"})
     with pytest.raises(UserError, match="dit models take no LoRA"):
-        Generator({"model": "tiny:dit", "loras": [{"name": "x", "path": str(loras[("sd", 1)])}]},
+        ImageGenerator({"model": "tiny:dit",
+                        "loras": [{"name": "x", "path": str(loras[("sd", 1)])}]},
                   runtime={"device": "cpu"})
 
 

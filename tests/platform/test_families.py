@@ -14,10 +14,12 @@ from darkroom.cli import main
 from darkroom.jobs.jobfile import validate
 from darkroom.platform.config import SpecError
 from darkroom.platform.data.records import decode_png
-from darkroom.platform.engine.generator import Generator
+from darkroom.platform.engine.generator import ImageGenerator
 from darkroom.platform.errors import UserError
+from darkroom.platform.families import registered
 from darkroom.platform.models.samplers import fitting
-from darkroom.platform.models.spec import FAMILIES
+
+FAMILIES = registered()
 
 NEW = ["sd3", "flux", "t2i"]
 SIZE = {"width": 32, "height": 32, "steps": 2}
@@ -34,7 +36,7 @@ def folders(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("family", NEW)
 def test_a_saved_folder_loads_as_its_family_and_makes_images(folders, family):
-    gen = Generator({"model": str(folders[family])}, runtime={"device": "cpu"}, defaults=SIZE)
+    gen = ImageGenerator({"model": str(folders[family])}, runtime={"device": "cpu"}, defaults=SIZE)
     assert gen.family.name == family
     (row,) = gen.generate([{"seed": 3, "prompt": "a lighthouse"}])
     assert row["error"] is None and decode_png(row["image"]).shape == (32, 32, 3)
@@ -47,7 +49,7 @@ def test_a_saved_folder_loads_as_its_family_and_makes_images(folders, family):
 def test_every_pixel_changing_setting_is_in_the_row():
     spec = {"model": "tiny:flux", "dtype": "fp32", "max_sequence_length": 48,
             "true_cfg_scale": 2.0, "name": "f"}
-    gen = Generator(spec, runtime={"device": "cpu"}, defaults=SIZE)
+    gen = ImageGenerator(spec, runtime={"device": "cpu"}, defaults=SIZE)
     (row,) = gen.generate([{"seed": 1, "prompt": "a fox", "negative_prompt": "blurry",
                             "guidance_scale": 3.5, "sampler": "flow_unipc",
                             "sampler_overrides": json.dumps({"shift": 2.0})}])
@@ -62,10 +64,10 @@ def test_every_pixel_changing_setting_is_in_the_row():
 
 
 def test_flux_negative_prompts_need_true_cfg_and_change_the_image():
-    plain = Generator({"model": "tiny:flux"}, runtime={"device": "cpu"}, defaults=SIZE)
+    plain = ImageGenerator({"model": "tiny:flux"}, runtime={"device": "cpu"}, defaults=SIZE)
     (refused,) = plain.generate([{"seed": 1, "prompt": "a fox", "negative_prompt": "blurry"}])
     assert refused["image"] is None and "true_cfg_scale" in refused["error"]
-    true_cfg = Generator({"model": "tiny:flux", "true_cfg_scale": 4.0},
+    true_cfg = ImageGenerator({"model": "tiny:flux", "true_cfg_scale": 4.0},
                          runtime={"device": "cpu"}, defaults=SIZE)
     with_negative, other_negative = true_cfg.generate([
         {"seed": 1, "prompt": "a fox", "negative_prompt": "blurry"},
@@ -75,7 +77,7 @@ def test_flux_negative_prompts_need_true_cfg_and_change_the_image():
 
 
 def test_sd3_runs_without_its_t5_encoder():
-    gen = Generator({"model": "tiny:sd3", "text_encoder_3": None}, runtime={"device": "cpu"},
+    gen = ImageGenerator({"model": "tiny:sd3", "text_encoder_3": None}, runtime={"device": "cpu"},
                     defaults=SIZE)
     assert gen.pipe.text_encoder_3 is None
     (row,) = gen.generate([{"seed": 1, "prompt": "a fox"}])
@@ -83,14 +85,14 @@ def test_sd3_runs_without_its_t5_encoder():
 
 
 def test_sdxl_micro_conditioning_changes_the_image_and_is_recorded():
-    gen = Generator({"model": "tiny:sdxl"}, runtime={"device": "cpu"}, defaults=SIZE)
+    gen = ImageGenerator({"model": "tiny:sdxl"}, runtime={"device": "cpu"}, defaults=SIZE)
     micro = json.dumps({"original_size": [256, 256], "crops_coords_top_left": [64, 0]})
     plain, conditioned = gen.generate([{"seed": 1, "prompt": "a fox"},
                                        {"seed": 1, "prompt": "a fox", "call_options": micro}])
     assert json.loads(conditioned["call_options"]) == json.loads(micro)
     assert np.abs(decode_png(plain["image"]).astype(int)
                   - decode_png(conditioned["image"]).astype(int)).max() > 0
-    sd = Generator({"model": "tiny:sd"}, runtime={"device": "cpu"}, defaults=SIZE)
+    sd = ImageGenerator({"model": "tiny:sd"}, runtime={"device": "cpu"}, defaults=SIZE)
     (refused,) = sd.generate([{"seed": 1, "prompt": "a fox", "call_options": micro}])
     assert "micro-conditioning" in refused["error"]
 
@@ -160,7 +162,7 @@ def test_a_t2i_pipelines_signature_decides_what_it_takes(tmp_path):
 
 def test_an_option_of_another_family_is_refused_at_load():
     with pytest.raises(UserError, match="`true_cfg_scale` applies to flux"):
-        Generator({"model": "tiny:sd3", "true_cfg_scale": 2.0}, runtime={"device": "cpu"})
+        ImageGenerator({"model": "tiny:sd3", "true_cfg_scale": 2.0}, runtime={"device": "cpu"})
 
 
 def test_models_list_shows_every_family_and_sampler():

@@ -1,7 +1,9 @@
-"""The Generator on every tiny family and sampler: shapes, reproducibility, errors, OOM split."""
+"""The ImageGenerator on every tiny family and sampler: shapes, reproducibility, errors, OOM
+split."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,8 +11,9 @@ import pytest
 import torch
 
 from darkroom.platform.data.records import decode_png, encode_png
-from darkroom.platform.engine.generator import OUTPUT_COLUMNS, Generator
-from darkroom.platform.families import calls
+from darkroom.platform.engine.generator import ImageGenerator
+from darkroom.platform.engine.outputs import OUTPUT_COLUMNS
+from darkroom.platform.families.conditioning import control_image
 from darkroom.platform.models.samplers import SAMPLERS
 
 FAMILIES = ["sd", "sdxl", "dit", "controlnet", "sd3", "flux", "t2i"]
@@ -22,10 +25,10 @@ CONTROL = encode_png(RNG.integers(0, 255, (64, 64, 3), dtype=np.uint8))
 
 
 @pytest.fixture(scope="module")
-def generators() -> dict[str, Generator]:
+def generators() -> dict[str, ImageGenerator]:
     # tiny:flux's native size is Flux's 1024 px: every family at 64 px here
     sizes = {"width": 64, "height": 64}
-    return {f: Generator({"model": f"tiny:{f}"}, runtime={"device": "cpu"}, defaults={
+    return {f: ImageGenerator({"model": f"tiny:{f}"}, runtime={"device": "cpu"}, defaults={
         "steps": STEPS.get(f, 2), **(sizes if f != "dit" else {})}) for f in FAMILIES}
 
 
@@ -85,19 +88,6 @@ def test_row_image_does_not_depend_on_batch_mates(generators, family, sampler):
     assert np.abs(pixels(alone) - pixels(other)).max() > 10
 
 
-def test_numpy_batch_entry_point(generators):
-    batch = {
-        "seed": np.array([1, 2, 3]),
-        "prompt": np.array(["a", "b", "c"], dtype=object),
-        "row_id": np.array(["x", "y", "z"], dtype=object),
-        "steps": np.array([2, 2, 2]),
-    }
-    out = generators["sd"](batch)
-    assert set(out) == set(OUTPUT_COLUMNS)
-    assert list(out["row_id"]) == ["x", "y", "z"]
-    assert all(len(png) > 100 for png in out["image"])
-
-
 def test_rows_group_by_settings(generators):
     rows = [request(0, steps=2), request(1, steps=3), request(2, steps=2)]
     out = generators["sd"].generate(rows)
@@ -141,25 +131,25 @@ def test_controlnet_needs_a_readable_control_image(generators):
 
 
 def test_canny_preprocessor_changes_the_conditioning():
-    plain = Generator({"model": "tiny:controlnet"}, defaults={"steps": 2})
-    canny = Generator({"model": "tiny:controlnet", "control": {"preprocessor": "canny"}},
-                      defaults={"steps": 2})
-    control = canny._control_image(CONTROL, 64, 64)
+    plain = ImageGenerator({"model": "tiny:controlnet"}, defaults={"steps": 2})
+    canny = ImageGenerator({"model": "tiny:controlnet", "control": {"preprocessor": "canny"}},
+                           defaults={"steps": 2})
+    control = control_image(CONTROL, 64, 64, canny.spec.control, "tiny:controlnet")
     assert set(np.unique(np.asarray(control))) <= {0, 255}  # an edge map
     row = request(0)
     assert np.abs(pixels(plain.generate([row])[0]) - pixels(canny.generate([row])[0])).max() > 0
 
 
 def test_sdxl_refiner_hand_off(tmp_path):
-    from darkroom.platform.builders.tiny import save_tiny
+    from darkroom.platform.models.builds import save_tiny
 
-    base = Generator({"model": "tiny:sdxl"}, defaults={"steps": 4})
+    base = ImageGenerator({"model": "tiny:sdxl"}, defaults={"steps": 4})
     # the same weights as refiner: the hand-off continues the base's trajectory exactly
-    same = Generator({"model": "tiny:sdxl", "refiner": "tiny:sdxl", "refiner_switch": 0.5},
+    same = ImageGenerator({"model": "tiny:sdxl", "refiner": "tiny:sdxl", "refiner_switch": 0.5},
                      defaults={"steps": 4})
     other_weights = save_tiny("sdxl", tmp_path / "refiner", seed=1)
-    other = Generator({"model": "tiny:sdxl", "refiner": str(other_weights), "refiner_switch": 0.5},
-                      defaults={"steps": 4})
+    other = ImageGenerator({"model": "tiny:sdxl", "refiner": str(other_weights),
+                            "refiner_switch": 0.5}, defaults={"steps": 4})
     plain = pixels(base.generate([request(0)])[0])
     assert np.abs(pixels(same.generate([request(0)])[0]) - plain).max() <= 1
     assert np.abs(pixels(other.generate([request(0)])[0]) - plain).max() > 10
@@ -169,15 +159,16 @@ def test_oom_splits_the_batch_in_halves(generators, monkeypatch):
     gen = generators["sd"]
     rows = [request(i) for i in range(4)]
     expected = [pixels(r) for r in gen.generate(rows)]
-    real_call, calls_seen = calls.CALLS["sd"], []
+    real_call, calls_seen = gen.family.call, []
 
-    def oom_once_for_big_batches(pipe, refiner, settings, requests, *args):
-        calls_seen.append(len(requests))
-        if len(requests) > 2:
+    def oom_once_for_big_batches(pipe, batch):
+        calls_seen.append(len(batch.requests))
+        if len(batch.requests) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_call(pipe, refiner, settings, requests, *args)
+        return real_call(pipe, batch)
 
-    monkeypatch.setitem(calls.CALLS, "sd", oom_once_for_big_batches)
+    monkeypatch.setattr(gen, "family", dataclasses.replace(gen.family,
+                                                           call=oom_once_for_big_batches))
     out = gen.generate(rows)
     assert calls_seen == [4, 2, 2]
     assert [r["batch_size"] for r in out] == [2, 2, 2, 2]
@@ -189,8 +180,9 @@ def test_oom_on_a_single_row_fails_that_row(generators, monkeypatch):
     def always_oom(*args):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setitem(calls.CALLS, "sd", always_oom)
-    out = generators["sd"].generate([request(0), request(1)])
+    gen = generators["sd"]
+    monkeypatch.setattr(gen, "family", dataclasses.replace(gen.family, call=always_oom))
+    out = gen.generate([request(0), request(1)])
     assert all("out of GPU memory even alone" in r["error"] for r in out)
     assert all(r["image"] is None for r in out)
 
@@ -204,16 +196,17 @@ def test_auto_batch_size_learns_and_remembers_what_fits(monkeypatch, tmp_path):
     memory_file = tmp_path / "batch_sizes.json"
     monkeypatch.setattr(generator_module, "BatchSizeMemory",
                         functools.partial(BatchSizeMemory, memory_file))
-    gen = Generator({"model": "tiny:sd"}, runtime={"batch_size": "auto"}, defaults={"steps": 2})
-    real_call, calls_seen = calls.CALLS["sd"], []
+    gen = ImageGenerator({"model": "tiny:sd"}, runtime={"batch_size": "auto"},
+                         defaults={"steps": 2})
+    real_call, calls_seen = gen.family.call, []
 
-    def fits_two(pipe, refiner, settings, requests, *args):
-        calls_seen.append(len(requests))
-        if len(requests) > 2:
+    def fits_two(pipe, batch):
+        calls_seen.append(len(batch.requests))
+        if len(batch.requests) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return real_call(pipe, refiner, settings, requests, *args)
+        return real_call(pipe, batch)
 
-    monkeypatch.setitem(calls.CALLS, "sd", fits_two)
+    monkeypatch.setattr(gen, "family", dataclasses.replace(gen.family, call=fits_two))
     rows = [request(i) for i in range(8)]
     assert all(r["error"] is None for r in gen.generate(rows))
     assert calls_seen[:3] == [8, 4, 2]
@@ -221,7 +214,9 @@ def test_auto_batch_size_learns_and_remembers_what_fits(monkeypatch, tmp_path):
     gen.generate(rows)  # the learned size is used from the start
     assert calls_seen == [2, 2, 2, 2]
     calls_seen.clear()
-    fresh = Generator({"model": "tiny:sd"}, runtime={"batch_size": "auto"}, defaults={"steps": 2})
+    fresh = ImageGenerator({"model": "tiny:sd"}, runtime={"batch_size": "auto"},
+                           defaults={"steps": 2})
+    monkeypatch.setattr(fresh, "family", dataclasses.replace(fresh.family, call=fits_two))
     fresh.generate(rows[:4])  # and remembered across processes (a file in the cache)
     assert calls_seen == [2, 2]
     assert list(json.loads(memory_file.read_text()).values()) == [2]
@@ -232,7 +227,7 @@ def test_auto_batch_size_learns_and_remembers_what_fits(monkeypatch, tmp_path):
 
 
 def test_fixed_batch_size_caps_rows_per_call():
-    gen = Generator({"model": "tiny:sd"}, runtime={"batch_size": 3}, defaults={"steps": 2})
+    gen = ImageGenerator({"model": "tiny:sd"}, runtime={"batch_size": 3}, defaults={"steps": 2})
     out = gen.generate([request(i) for i in range(7)])
     assert [r["batch_size"] for r in out] == [3, 3, 3, 3, 3, 3, 1]
 

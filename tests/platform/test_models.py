@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from darkroom.platform.data.records import decode_png
-from darkroom.platform.engine.generator import Generator
+from darkroom.platform.engine.generator import ImageGenerator
 from darkroom.platform.errors import ModelLoadError, UserError
 from darkroom.platform.models.loading import load_model
 from darkroom.platform.models.runtime import RuntimeSpec
@@ -28,8 +28,8 @@ def test_saved_folder_loads_with_family_inferred_and_same_images(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "DiTPipeline"
     assert not list(folder.rglob("*.bin"))  # safetensors only
-    from_folder = Generator({"model": str(folder)}, defaults={"steps": 2})
-    from_registry = Generator({"model": "tiny:dit"}, defaults={"steps": 2})
+    from_folder = ImageGenerator({"model": str(folder)}, defaults={"steps": 2})
+    from_registry = ImageGenerator({"model": "tiny:dit"}, defaults={"steps": 2})
     assert from_folder.family.name == "dit"
     assert from_folder.loaded.revision == f"local:{folder}"
     row = {"seed": 5, "class_label": 2}
@@ -58,7 +58,7 @@ def test_folder_that_is_not_a_model(tmp_path):
 
 
 def test_pickle_weights_refused_unless_allowed(tmp_path):
-    from darkroom.platform.builders.tiny import build_tiny
+    from darkroom.platform.models.builds import build_tiny
 
     folder = tmp_path / "pickled"
     build_tiny("dit").save_pretrained(folder, safe_serialization=False)
@@ -75,7 +75,7 @@ def test_fp16_on_cpu_and_cuda_without_gpu_are_clear_errors():
 
 
 def test_bf16_runs_on_cpu():
-    gen = Generator({"model": "tiny:sd", "dtype": "bf16"}, defaults={"steps": 2})
+    gen = ImageGenerator({"model": "tiny:sd", "dtype": "bf16"}, defaults={"steps": 2})
     out = gen.generate([{"seed": 1, "prompt": "x"}])[0]
     assert out["error"] is None and decode_png(out["image"]).shape == (64, 64, 3)
 
@@ -110,7 +110,7 @@ def test_sampler_names_and_overrides_are_checked():
 
 
 def test_sampler_overrides_reach_the_recorded_config():
-    gen = Generator({"model": "tiny:sd"}, {"name": "euler", "overrides": {"timestep_spacing":
+    gen = ImageGenerator({"model": "tiny:sd"}, {"name": "euler", "overrides": {"timestep_spacing":
                                                                           "trailing"}},
                     defaults={"steps": 2})
     out = gen.generate([{"seed": 1, "prompt": "x"}])[0]
@@ -131,12 +131,12 @@ def test_sampler_overrides_reach_the_recorded_config():
     ],
 )
 def test_runtime_options_apply_and_are_recorded(options, name):
-    gen = Generator({"model": "tiny:sd"}, runtime=options, defaults={"steps": 2})
+    gen = ImageGenerator({"model": "tiny:sd"}, runtime=options, defaults={"steps": 2})
     out = gen.generate([{"seed": 3, "prompt": "a red fox"}])[0]
     assert out["error"] is None
     recorded = json.loads(out["runtime_options"])
     assert all(recorded[k] == v for k, v in options.items())
-    plain = Generator({"model": "tiny:sd"}, defaults={"steps": 2}).generate(
+    plain = ImageGenerator({"model": "tiny:sd"}, defaults={"steps": 2}).generate(
         [{"seed": 3, "prompt": "a red fox"}])[0]
     # speed options must not change the picture beyond rounding
     diff = np.abs(decode_png(out["image"]).astype(int) - decode_png(plain["image"]))
@@ -145,19 +145,21 @@ def test_runtime_options_apply_and_are_recorded(options, name):
 
 def test_runtime_options_that_cannot_apply_are_rejected():
     with pytest.raises(UserError, match="`cpu_offload` needs a CUDA GPU"):
-        Generator({"model": "tiny:sd"}, runtime={"cpu_offload": True})
+        ImageGenerator({"model": "tiny:sd"}, runtime={"cpu_offload": True})
     with pytest.raises(UserError, match="`fuse_qkv` is not supported by DiTPipeline"):
-        Generator({"model": "tiny:dit"}, runtime={"fuse_qkv": True})
+        ImageGenerator({"model": "tiny:dit"}, runtime={"fuse_qkv": True})
     with pytest.raises(ValidationError, match="torch_compile"):
         RuntimeSpec(torch_compile="fastest")
 
 
 def test_torch_compile_wraps_the_denoiser_and_padding_keeps_rows():
-    from darkroom.platform.builders.tiny import build_tiny
     from darkroom.platform.engine.generator import _bucket
+    from darkroom.platform.families import family_named
+    from darkroom.platform.models.builds import build_tiny
     from darkroom.platform.models.runtime import apply_options, denoiser
 
     pipe = build_tiny("dit")
-    assert apply_options(pipe, RuntimeSpec(torch_compile="max-autotune")) == ["torch_compile"]
+    assert apply_options(pipe, RuntimeSpec(torch_compile="max-autotune"),
+                         family_named("dit")) == ["torch_compile"]
     assert denoiser(pipe)._compiled_call_impl is not None  # compiled lazily on first call
     assert [_bucket(n) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 16]

@@ -11,7 +11,7 @@ import pytest
 from darkroom.jobs.jobfile import validate
 from darkroom.platform.config import SpecError
 from darkroom.platform.data.records import decode_png
-from darkroom.platform.engine.generator import Generator
+from darkroom.platform.engine.generator import ImageGenerator
 from darkroom.platform.errors import UserError
 
 ROWS = [{"seed": i, "prompt": "a fox", "class_label": i % 10} for i in range(4)]
@@ -19,7 +19,7 @@ ROWS = [{"seed": i, "prompt": "a fox", "class_label": i % 10} for i in range(4)]
 
 def run(model: str, runtime: dict, steps: int = 6) -> list[dict]:
     size = {} if model == "tiny:dit" else {"width": 32, "height": 32}
-    gen = Generator({"model": model}, runtime={"device": "cpu", **runtime},
+    gen = ImageGenerator({"model": model}, runtime={"device": "cpu", **runtime},
                     defaults={"steps": steps, **size})
     return gen.generate(ROWS)
 
@@ -46,7 +46,7 @@ def test_a_cache_runs_is_recorded_and_changes_the_computation(model, cache):
 
 def test_a_cache_run_twice_gives_the_same_images():
     """The cache's state is cleared after every call: nothing leaks from one batch into the next."""
-    gen = Generator({"model": "tiny:dit"}, runtime={"device": "cpu", "cache": {
+    gen = ImageGenerator({"model": "tiny:dit"}, runtime={"device": "cpu", "cache": {
         "kind": "first_block", "threshold": 0.5}}, defaults={"steps": 6})
     first, second = gen.generate(ROWS), gen.generate(ROWS)
     assert [r["image"] for r in first] == [r["image"] for r in second]

@@ -607,11 +607,11 @@ def test_models_list_each_adapter_and_an_unknown_one_is_a_400(lora_app) -> None:
 
 def test_requests_get_their_adapter_and_batches_never_mix_them(lora_app, adapters) -> None:
 
-    from darkroom.platform.engine.generator import Generator
+    from darkroom.platform.engine.generator import ImageGenerator
 
     url, spec = lora_app
     body = {"prompt": "a lighthouse", "size": "32x32", "seed": 11}
-    direct = Generator(spec["model"], runtime={"device": "cpu"}, defaults=spec["defaults"])
+    direct = ImageGenerator(spec["model"], runtime={"device": "cpu"}, defaults=spec["defaults"])
 
     def expected(lora: str | None) -> np.ndarray:
         row = {"seed": 11, "prompt": "a lighthouse", "width": 32, "height": 32,

@@ -58,7 +58,7 @@ def test_duplicate_keys_are_rejected_with_the_line(tmp_path: Path, capsys) -> No
         ("safety: {checker: nudnet}\n", "safety.checker", "did you mean `nudenet`"),
         ("limits: {max_n: 0}\n", "limits.max_n", "greater than or equal to 1"),
         ("batching: {max_batch: 4}\n", "batching.max_batch", "did you mean `max_batch_size`?"),
-        ("defaults: {steps: 200}\nlimits: {max_steps: 50}\n", "(top level)", "max_steps"),
+        ("defaults: {steps: 200}\nlimits: {max_steps: 50}\n", "defaults.steps", "max_steps"),
         ("auth: {api_key_env: 'not a name'}\n", "auth.api_key_env", "environment variable"),
     ],
 )
@@ -67,6 +67,24 @@ def test_bad_serve_files_name_the_field_and_exit_2(tmp_path, capsys, text, field
     assert main(["serve", str(path), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert f"  {field}" in err and hint in err, err
+    assert "Traceback" not in err
+
+
+def test_a_serve_file_reports_every_problem_at_once(tmp_path, capsys) -> None:
+    # three problems of three kinds: a sampler the family cannot drive, a step cache on a UNet
+    # family, default steps past the limit; and a misspelt key beside them
+    path = write(tmp_path, "model: {model: 'tiny:sd'}\n"
+                           "defaults: {sampler: flow_euler, steps: 200}\n"
+                           "limits: {max_steps: 50}\n"
+                           "runtime: {cache: {kind: first_block}}\n"
+                           "batchin: {max_batch_size: 4}\n")
+    assert main(["serve", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "4 problem(s)" in err, err
+    for field, words in [("defaults.sampler", "`flow_euler` does not fit sd models"),
+                         ("runtime.cache", "have a UNet"), ("defaults.steps", "max_steps"),
+                         ("batchin", "did you mean `batching`")]:
+        assert f"  {field}: " in err and words in err, (field, err)
     assert "Traceback" not in err
 
 

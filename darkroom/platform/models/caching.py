@@ -3,9 +3,9 @@
 First-Block Cache (ParaAttention's, after TeaCache: Liu et al. 2024; the first block's residual
 decides whether the other blocks run), TaylorSeer (Liu et al. 2025), MagCache (Ma et al. 2025),
 FasterCache (Lv et al. 2024) and Pyramid Attention Broadcast (Zhao et al. 2024), as
-`runtime.cache`. They apply to transformer
-denoisers (dit, sd3, flux, t2i); a UNet family is refused. Pipelines that do not open a cache
-context themselves get one around each call, and every call starts from a clean cache. The spec
+`runtime.cache`. They apply to transformer denoisers; each family names the caches that work on it
+(`Family.caches`), and others are refused. Pipelines that do not open a cache context themselves
+get one around each call, and every call starts from a clean cache. The spec
 imports nothing heavy, so validating a file stays fast.
 
 A cache skips work for a whole batch at once, so with a cache a row's image can depend on the
@@ -28,19 +28,6 @@ CACHES = {
     "faster": ("FasterCacheConfig", "apply_faster_cache"),
     "pab": ("PyramidAttentionBroadcastConfig", "apply_pyramid_attention_broadcast"),
 }
-# the families each cache works on with diffusers 0.42: First-Block Cache fails inside SD3's joint
-# blocks; TaylorSeer's default module names match SD3's and Flux's blocks only (on DiT it would
-# silently change nothing); FasterCache and PAB need a pipeline that tracks its timestep (Flux);
-# MagCache needs the model's own `mag_ratios` (a calibration run) in `options`
-CACHE_FAMILIES = {
-    "first_block": ("dit", "flux", "t2i"),
-    "taylorseer": ("sd3", "flux"),
-    "magcache": ("dit", "sd3", "flux", "t2i"),
-    "faster": ("flux",),
-    "pab": ("flux",),
-}
-
-
 class CacheSpec(BaseModel):
     """A step cache: its kind, and the fields of diffusers' config class for it."""
 
@@ -54,17 +41,6 @@ class CacheSpec(BaseModel):
     options: dict[str, Any] = Field(
         default_factory=dict, description="other fields of the diffusers config class, e.g. "
         "{cache_interval: 5} for taylorseer")
-
-
-def family_problem(cache: CacheSpec | None, family: str) -> str | None:
-    """Why a cache cannot apply to a family, or None."""
-    if cache is None or family in CACHE_FAMILIES[cache.kind]:
-        return None
-    if family in ("sd", "sdxl", "controlnet"):
-        return (f"step caching (`runtime.cache`) applies to transformer denoisers (dit, sd3, "
-                f"flux, t2i); {family} models have a UNet: remove `cache`")
-    return (f"`runtime.cache` {cache.kind} does not work on {family} models; it does on "
-            f"{', '.join(CACHE_FAMILIES[cache.kind])}")
 
 
 def apply_cache(pipe: Any, net: Any, cache: CacheSpec) -> None:

@@ -14,18 +14,13 @@ from typing import Any
 import torch
 
 from darkroom.platform.errors import ModelLoadError, UserError
+from darkroom.platform.families import Family
 from darkroom.platform.models.names import (
     family_of_pipeline,
     local_family,
     resolve_source,
 )
-from darkroom.platform.models.spec import (
-    DTYPE_NAMES,
-    Family,
-    ModelSpec,
-    device_problems,
-    option_problems,
-)
+from darkroom.platform.models.spec import DTYPE_NAMES, ModelSpec, device_problems
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
 
@@ -52,18 +47,6 @@ def infer_family(spec: ModelSpec) -> Family:
     except Exception as err:  # any failure here means the same fix
         raise ModelLoadError(_hub_failure(spec.model, err)) from err
     return family_of_pipeline(spec.model, config)
-
-
-def _check_text_to_image(pipe: Any, spec: ModelSpec) -> None:
-    from darkroom.platform.families.calls import call_parameters
-
-    takes = call_parameters(type(pipe))
-    missing = [name for name in ("prompt", "num_inference_steps", "generator") if name not in takes]
-    if missing:
-        raise ModelLoadError(
-            f"model `{spec.model}` is a {type(pipe).__name__}, whose call takes no "
-            f"{', '.join(missing)}: not a text-to-image pipeline the t2i family can run"
-        )
 
 
 def _hub_failure(model: str, err: Exception) -> str:
@@ -116,8 +99,14 @@ def _from_pretrained(cls: Any, source: str, local: bool, spec: ModelSpec, **kwar
         raise ModelLoadError(f"cannot load model `{source}`: {str(err)[:300]}{hint}") from err
 
 
+def load_component(cls: Any, name: str, spec: ModelSpec, dtype: torch.dtype) -> Any:
+    """A single diffusers model (ControlNet weights, ...) from a folder or hub id."""
+    source, local = resolve_source(name, marker="config.json")
+    return _from_pretrained(cls, source, local, spec, dtype=dtype)
+
+
 def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
-    """Load the spec's pipeline (and refiner or ControlNet) onto `device` in the spec's dtype."""
+    """Load the spec's pipeline (and refiner or components) onto `device` in the spec's dtype."""
     import diffusers
 
     from darkroom.platform.quiet import quiet_libraries
@@ -127,38 +116,35 @@ def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
     dtype = check_dtype(spec, device)
     source, local = resolve_source(spec.model)
     if spec.model.startswith("tiny:"):
-        from darkroom.platform.builders.tiny import tiny_folder
+        from darkroom.platform.models.builds import tiny_folder
 
         source = str(tiny_folder(spec.model.split(":", 1)[1]))
     family = infer_family(spec)
-    for _field, message in option_problems(spec, family):  # e.g. a refiner on a non-SDXL
+    for _field, message in family.option_problems(spec):  # e.g. a refiner on a non-SDXL
         raise UserError(message)
-    extra: dict[str, Any] = {}
-    if family.name == "sd3" and not spec.text_encoder_3:
-        extra.update(text_encoder_3=None, tokenizer_3=None)  # SD3 without T5: less memory
-    if spec.controlnet:
-        cn_source, cn_local = resolve_source(spec.controlnet, marker="config.json")
-        extra["controlnet"] = _from_pretrained(
-            diffusers.ControlNetModel, cn_source, cn_local, spec, dtype=dtype
-        )
+    extra = family.load_options(spec, dtype)
+    for option, class_name in family.components.items():
+        if getattr(spec, option):
+            extra[option] = load_component(getattr(diffusers, class_name), getattr(spec, option),
+                                           spec, dtype)
     if source.startswith("random:"):
-        from darkroom.platform.builders.fullsize import build_fullsize
+        from darkroom.platform.models.builds import build_fullsize
 
         pipe = build_fullsize(source.split(":", 1)[1], device, dtype)
     else:
-        # t2i: the folder's own class, as diffusers' DiffusionPipeline picks it
+        # a family without a class of its own (t2i): the folder's, as diffusers picks it
         cls = (getattr(diffusers, family.pipeline) if family.pipeline
                else diffusers.DiffusionPipeline)
         pipe = _from_pretrained(cls, source, local, spec, dtype=dtype, **extra)
-    if family.name == "t2i":
-        _check_text_to_image(pipe, spec)
+    if family.check_loaded is not None:
+        family.check_loaded(pipe, spec)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     refiner = None
     if spec.refiner:
         ref_source, ref_local = resolve_source(spec.refiner)
         refiner = _from_pretrained(
-            diffusers.StableDiffusionXLImg2ImgPipeline, ref_source, ref_local, spec, dtype=dtype,
+            getattr(diffusers, family.refiner), ref_source, ref_local, spec, dtype=dtype,
             **({"vae": pipe.vae} if hasattr(pipe, "vae") else {}),
         )
         refiner.set_progress_bar_config(disable=True)

@@ -2,7 +2,8 @@
 
 The one resolver of model names: registry names (`tiny:sd`, `builtin:digits-dit`,
 `random:sdxl`), local diffusers folders and hub ids. `validate` and the loader both use it, so a
-name that passes one passes the other. Imports only the standard library: no torch, no network.
+name that passes one passes the other. Imports only the standard library and the family
+registry: no torch, no network.
 """
 
 from __future__ import annotations
@@ -13,20 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from darkroom.platform.errors import ModelLoadError, did_you_mean
-from darkroom.platform.models.spec import FAMILIES, PIPELINE_TO_FAMILY, Family, ModelSpec
+from darkroom.platform.families import (
+    Family,
+    family_named,
+    fullsize_families,
+    pipeline_families,
+    registered,
+)
 
-# `tiny:<family>`, built by platform.tiny
-TINY_FAMILIES = ("sd", "sdxl", "dit", "controlnet", "sd3", "flux", "t2i")
 TINY_FORMAT = "3"  # bump when a tiny builder changes, so cached folders are rebuilt
-TINY_DIT_LABELS = {i: name for i, name in enumerate(
-    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])}
-# `random:<name>`: full-size architectures with random weights (platform.fullsize) -> family
-FULLSIZE_FAMILIES = {"sd15": "sd", "sdxl": "sdxl", "dit-xl-2": "dit",
-                     "sd15-controlnet": "controlnet", "sd35-medium": "sd3", "sd35-large": "sd3",
-                     "flux-dev": "flux"}
-FULLSIZE_DIT_LABELS = {i: f"class {i}" for i in range(1000)}
-TINY_T2I_PIPELINE = "PixArtSigmaPipeline"  # what `tiny:t2i` is
 PIPELINE_INDEX = "model_index.json"
+SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
 
 
 def cache_root() -> Path:
@@ -35,7 +33,7 @@ def cache_root() -> Path:
 
 
 def tiny_path(family: str) -> Path:
-    """The cache folder of `tiny:<family>` (built on first load by platform.tiny)."""
+    """The cache folder of `tiny:<family>` (built on first load by `models.builds`)."""
     return cache_root() / "tiny" / f"{family}-v{TINY_FORMAT}"
 
 
@@ -48,9 +46,9 @@ def builtin_models() -> dict[str, Path]:
 
 def registry_names() -> list[str]:
     """Every registry model name: tiny:*, builtin:*, random:*."""
-    return ([f"tiny:{f}" for f in TINY_FAMILIES]
+    return ([f"tiny:{f}" for f in registered()]
             + [f"builtin:{n}" for n in builtin_models()]
-            + [f"random:{n}" for n in FULLSIZE_FAMILIES])
+            + [f"random:{n}" for n in fullsize_families()])
 
 
 def looks_local(name: str) -> bool:
@@ -70,7 +68,7 @@ def resolve_source(model: str, marker: str = PIPELINE_INDEX) -> tuple[str, bool]
     component such as ControlNet weights. Hub ids cannot be checked offline and pass as they are.
     """
     kind, _, name = model.partition(":")
-    known = {"tiny": TINY_FAMILIES, "builtin": builtin_models(), "random": FULLSIZE_FAMILIES}
+    known = {"tiny": registered(), "builtin": builtin_models(), "random": fullsize_families()}
     if kind in known and name:
         if name not in known[kind]:
             raise ModelLoadError(f"unknown model `{model}`;{did_you_mean(model, registry_names())}")
@@ -96,27 +94,31 @@ def resolve_source(model: str, marker: str = PIPELINE_INDEX) -> tuple[str, bool]
     return model, False
 
 
-def pipeline_index(spec: ModelSpec) -> dict[str, Any] | None:
-    """The model's model_index.json when it is on this machine (not for tiny/random names)."""
-    kind = spec.model.partition(":")[0]
-    if kind in ("tiny", "random"):
+def _local_json(spec: Any, relative: Path | str) -> dict[str, Any] | None:
+    """A JSON file inside the model's folder, when the model is a folder on this machine."""
+    if spec.model.partition(":")[0] in ("tiny", "random"):
         return None
     source, local = resolve_source(spec.model)
-    index = Path(source) / PIPELINE_INDEX
-    return json.loads(index.read_text()) if local and index.is_file() else None
+    path = Path(source) / relative
+    return json.loads(path.read_text()) if local and path.is_file() else None
 
 
-def local_family(spec: ModelSpec) -> Family | None:
+def pipeline_index(spec: Any) -> dict[str, Any] | None:
+    """The model's model_index.json when it is on this machine (not for tiny/random names)."""
+    return _local_json(spec, PIPELINE_INDEX)
+
+
+def local_family(spec: Any) -> Family | None:
     """The spec's family when it can be told offline; None for a hub id without `family`."""
     if spec.family:
-        return FAMILIES[spec.family]
+        return family_named(spec.family)
     kind, _, name = spec.model.partition(":")
     if kind == "tiny":
         resolve_source(spec.model)  # an unknown name fails here
-        return FAMILIES[name]
+        return family_named(name)
     if kind == "random":
         resolve_source(spec.model)
-        return FAMILIES[FULLSIZE_FAMILIES[name]]
+        return family_named(fullsize_families()[name])
     _, local = resolve_source(spec.model)
     if not local:
         return None
@@ -124,51 +126,49 @@ def local_family(spec: ModelSpec) -> Family | None:
 
 
 def family_of_pipeline(model: str, index: dict[str, Any]) -> Family:
-    """The family of a pipeline from its model_index.json's `_class_name`: a row of the table,
-    else `t2i` (any other diffusers pipeline; loading checks it takes a prompt)."""
+    """The family of a pipeline from its model_index.json's `_class_name`: a row of the
+    registry, else `t2i` (any other diffusers pipeline; loading checks it takes a prompt)."""
     class_name = index.get("_class_name", "")
     if not class_name.endswith("Pipeline"):
         raise ModelLoadError(
             f"model `{model}`: model_index.json names no diffusers pipeline class "
             f"({class_name or 'none'}); set `family` to force one"
         )
-    return FAMILIES[PIPELINE_TO_FAMILY.get(class_name, "t2i")]
+    return family_named(pipeline_families().get(class_name, "t2i"))
 
 
-def pipeline_class_name(spec: ModelSpec) -> str | None:
+def pipeline_class_name(spec: Any) -> str | None:
     """The diffusers pipeline class a model loads as, when known offline."""
     family = local_family(spec)
     if family is not None and family.pipeline:
         return family.pipeline
-    if spec.model.startswith("tiny:t2i"):
-        return TINY_T2I_PIPELINE
+    if spec.model.startswith("tiny:") and family is not None:
+        return family.tiny_pipeline or None
     return (pipeline_index(spec) or {}).get("_class_name")
 
 
-def sampler_kind(spec: ModelSpec, family: Family) -> str | None:
-    """The samplers a model takes, "flow" or "diffusion"; for t2i read from the folder's own
-    scheduler config; None when that cannot be told offline (a hub id)."""
+def sampler_kind(spec: Any, family: Family) -> str | None:
+    """The samplers a model takes, "flow" or "diffusion" (for a family that reads it from the
+    model, its folder's scheduler config); None when that cannot be told offline (a hub id)."""
     if family.samplers != "any":
         return family.samplers
-    from darkroom.platform.models.samplers import scheduler_kind
-
     if spec.model.startswith("tiny:"):
-        return "diffusion"  # tiny:t2i is PixArt-Sigma with DPM-Solver
-    source, local = resolve_source(spec.model)
-    config = Path(source) / "scheduler" / "scheduler_config.json"
-    return scheduler_kind(json.loads(config.read_text())) if local and config.is_file() else None
+        return "diffusion"  # the tiny models of such families use DPM-Solver
+    return family.sampler_kind(_local_json(spec, SCHEDULER_CONFIG))
 
 
-def class_names(spec: ModelSpec) -> dict[str, int] | None:
+def class_names(spec: Any) -> dict[str, int] | None:
     """A class-conditional model's label names -> ids, when readable offline (else None).
 
     Names split on commas as DiTPipeline does ("tench, Tinca tinca" is two names of class 0).
     """
     kind, _, name = spec.model.partition(":")
+    id2label: Any
     if kind == "tiny":
-        id2label: dict[Any, str] | None = TINY_DIT_LABELS if name == "dit" else None
+        id2label = family_named(name).tiny_labels if name in registered() else None
     elif kind == "random":
-        id2label = FULLSIZE_DIT_LABELS if FULLSIZE_FAMILIES.get(name) == "dit" else None
+        entries = [e for f in registered().values() for e in f.fullsize if e.name == name]
+        id2label = entries[0].labels if entries else None
     else:
         id2label = (pipeline_index(spec) or {}).get("id2label")
     if not id2label:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.platform.errors import UserError
-from darkroom.platform.models.caching import CacheSpec, apply_cache, family_problem
+from darkroom.platform.models.caching import CacheSpec, apply_cache
 
 CUDA_ONLY = ("cpu_offload", "quantize")
 
@@ -100,12 +100,6 @@ def _compile(pipe: Any, spec: RuntimeSpec) -> None:
 
 
 def _cache(pipe: Any, spec: RuntimeSpec) -> None:
-    from darkroom.platform.models.spec import PIPELINE_TO_FAMILY
-
-    family = PIPELINE_TO_FAMILY.get(type(pipe).__name__, "t2i")
-    problem = family_problem(spec.cache, family)
-    if problem:
-        raise UserError(problem)
     apply_cache(pipe, denoiser(pipe), spec.cache)
 
 
@@ -165,8 +159,13 @@ def configure_threads(spec: RuntimeSpec, device: str) -> None:
         torch.set_num_threads(spec.torch_threads or 1)
 
 
-def apply_options(pipe: Any, spec: RuntimeSpec) -> list[str]:
-    """Apply every enabled option to a loaded pipeline; returns the names applied."""
+def apply_options(pipe: Any, spec: RuntimeSpec, family: Any) -> list[str]:
+    """Apply every enabled option to a loaded pipeline of a family; returns the names applied.
+
+    Options that do not fit the family (a step cache on a UNet) are refused first."""
+    problem = family.cache_problem(spec.cache)
+    if problem:
+        raise UserError(problem)
     applied = []
     for name, (enabled, apply) in OPTIONS.items():
         if enabled(spec):

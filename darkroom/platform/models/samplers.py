@@ -3,7 +3,8 @@
 Schedulers are not wrapped: a sampler is a scheduler class and a few config overrides, swapped in
 with ``cls.from_config(pipe.scheduler.config, **overrides)`` (diffusers' ``_compatibles``).
 DDPM: Ho et al. 2020; DDIM: Song et al. 2021; DPM-Solver++: Lu et al. 2022; Karras sigmas:
-Karras et al. 2022; Euler ancestral: Karras et al. 2022 / k-diffusion; UniPC: Zhao et al. 2023.
+Karras et al. 2022; Euler ancestral: Karras et al. 2022 / k-diffusion; UniPC: Zhao et al. 2023;
+LCM: Luo et al. 2023; TCD: Zheng et al. 2024.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ SAMPLERS: dict[str, Sampler] = {
     "dpmpp_2s": Sampler("DPMSolverSinglestepScheduler", {"solver_order": 2}),
     "deis": Sampler("DEISMultistepScheduler"),
     "unipc": Sampler("UniPCMultistepScheduler"),
+    # consistency-distilled few-step models (LCM-LoRA, Hyper-SD, SDXL-Turbo-style): LCM (Luo et
+    # al. 2023) re-noises between steps; TCD (Zheng et al. 2024) with its gamma as `eta`
+    "lcm": Sampler("LCMScheduler", stochastic=True),
+    "tcd": Sampler("TCDScheduler", stochastic=True, uses_eta=True),
     # rectified flow (Liu et al. 2023; Esser et al. 2024): `shift` and `use_dynamic_shifting` come
     # from the pipeline's own scheduler config and can be overridden
     "flow_euler": Sampler("FlowMatchEulerDiscreteScheduler", kind="flow"),

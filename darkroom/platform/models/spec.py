@@ -1,62 +1,19 @@
-"""Model families and the model spec: what a family needs, and how a config names a model.
+"""The model spec: how a config names a model and the options it loads with.
 
-Imports only pydantic and the standard library, so validating a file never loads torch.
+Imports only pydantic, the standard library and the family registry, so validating a file
+never loads torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from darkroom.platform.errors import did_you_mean
+from darkroom.platform.families import registered
+
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
-
-
-@dataclass(frozen=True)
-class Family:
-    """What a family needs: its pipeline class, how requests condition it, which samplers fit
-    (`samplers`: "diffusion" for DDPM-style noise prediction, "flow" for rectified flow, less
-    `unfit`), and the model options that apply to it."""
-
-    name: str
-    pipeline: str  # diffusers pipeline class name; "" for t2i: the folder's own class
-    conditioning: Literal["text", "class", "text+control"]
-    description: str
-    samplers: Literal["diffusion", "flow", "any"] = "diffusion"
-    unfit: tuple[str, ...] = ()  # samplers of the kind that this family's pipeline cannot drive
-    options: tuple[str, ...] = ()  # ModelSpec fields that only this family takes
-    size_multiple: int = 8  # width and height: the VAE's factor times the latent patching
-    lora: bool = True  # takes LoRA adapters (diffusers' load_lora_weights, PEFT backend)
-
-
-FAMILIES: dict[str, Family] = {
-    "sd": Family("sd", "StableDiffusionPipeline", "text",
-                 "Latent Diffusion / Stable Diffusion 1.x-2.x (Rombach et al. 2022)"),
-    "sdxl": Family("sdxl", "StableDiffusionXLPipeline", "text",
-                   "SDXL with optional refiner hand-off and micro-conditioning (Podell et al. "
-                   "2023)", options=("refiner",)),
-    "dit": Family("dit", "DiTPipeline", "class",
-                  "class-conditional Diffusion Transformer (Peebles & Xie 2023)", lora=False),
-    "controlnet": Family("controlnet", "StableDiffusionControlNetPipeline", "text+control",
-                         "Stable Diffusion + ControlNet (Zhang et al. 2023)",
-                         options=("controlnet",)),
-    "sd3": Family("sd3", "StableDiffusion3Pipeline", "text",
-                  "Stable Diffusion 3 / 3.5, MMDiT with three text encoders (Esser et al. 2024)",
-                  samplers="flow", options=("max_sequence_length", "text_encoder_3"),
-                  size_multiple=16),
-    "flux": Family("flux", "FluxPipeline", "text",
-                   "FLUX.1 dev / schnell: guidance-distilled rectified flow (Black Forest Labs "
-                   "2024); guidance_scale is the embedded guidance, true CFG via true_cfg_scale",
-                   samplers="flow", unfit=("flow_heun",),
-                   options=("max_sequence_length", "true_cfg_scale"), size_multiple=16),
-    "t2i": Family("t2i", "", "text",
-                  "any other diffusers text-to-image pipeline (PixArt-Sigma, Sana, Kolors, "
-                  "Lumina, HunyuanDiT, Qwen-Image, ...): the folder's own pipeline class",
-                  samplers="any", options=("max_sequence_length",), size_multiple=16),
-}
-PIPELINE_TO_FAMILY = {f.pipeline: f.name for f in FAMILIES.values() if f.pipeline}
-PIPELINE_TO_FAMILY["LDMTextToImagePipeline"] = "sd"
 
 
 class ControlSpec(BaseModel):
@@ -101,9 +58,9 @@ class ModelSpec(BaseModel):
 
     name: str | None = Field(None, description="label in outputs and MLflow; default: `model`")
     model: str = Field(description="tiny:FAMILY, builtin:NAME, a local folder, or a hub id")
-    family: Literal["sd", "sdxl", "dit", "controlnet", "sd3", "flux", "t2i"] | None = Field(
-        None, description="inferred from the folder's model_index.json when not given"
-    )
+    family: str | None = Field(
+        None, description="a registered family (sd, sdxl, dit, controlnet, sd3, flux, t2i, ...); "
+        "inferred from the folder's model_index.json when not given")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
     variant: str | None = Field(None, description="weights variant, e.g. fp16")
@@ -136,6 +93,14 @@ class ModelSpec(BaseModel):
                 raise ValueError(f"two adapters are named `{name}`; give each its own `name`")
         return loras
 
+    @field_validator("family")
+    @classmethod
+    def _registered(cls, family: str | None) -> str | None:
+        if family is not None and family not in registered():
+            raise ValueError(f"unknown model family `{family}`;"
+                             f"{did_you_mean(family, registered())}")
+        return family
+
     @field_validator("text_encoder_3", mode="before")
     @classmethod
     def _null_drops_it(cls, value: object) -> object:
@@ -160,30 +125,14 @@ class ModelSpec(BaseModel):
         after the first version are left out while unset, so older run ids stay valid."""
         dumped = self.model_dump(mode="json")
         for field in LATER_OPTIONS:
-            if dumped[field] == UNSET.get(field, FAMILY_OPTIONS.get(field)):
+            if dumped[field] == type(self).model_fields[field].get_default(
+                    call_default_factory=True):
                 del dumped[field]
         return dumped
 
 
-# ModelSpec fields that only some families take, with their "not set" value
-FAMILY_OPTIONS = {"refiner": None, "controlnet": None, "max_sequence_length": None,
-                  "true_cfg_scale": None, "text_encoder_3": True}
+# options added after the first version: left out of run ids while unset
 LATER_OPTIONS = ("max_sequence_length", "true_cfg_scale", "text_encoder_3", "loras")
-UNSET = {"loras": []}
-
-
-def option_problems(model: ModelSpec, family: Family) -> list[tuple[str, str]]:
-    """(field, message) for each family-specific option set on a model of another family."""
-    problems = []
-    if model.loras and not family.lora:
-        problems.append(("loras", f"{family.name} models take no LoRA adapters; remove "
-                                  "`loras`"))
-    for field, unset in FAMILY_OPTIONS.items():
-        if getattr(model, field) != unset and field not in family.options:
-            takers = [f.name for f in FAMILIES.values() if field in f.options]
-            problems.append((field, f"`{field}` applies to {' and '.join(takers)} models only; "
-                                    f"`{model.model}` is {family.name}"))
-    return problems
 
 
 def device_problems(model: ModelSpec, device: str) -> list[tuple[str, str]]:

@@ -1,0 +1,141 @@
+"""A request row -> the settings it shares with other rows, and its own request.
+
+Rows with equal settings run as one pipeline call. Every check is the family's own rule
+(`Family` methods), the same that `darkroom validate` and the serve file's checks apply, so a
+bad row gets the same words as a bad job file; a row that cannot be generated raises
+`RowError`, which fails that row alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from darkroom.platform.engine.rows import RequestRow
+from darkroom.platform.errors import did_you_mean
+from darkroom.platform.families import Family, Grid
+from darkroom.platform.families.calling import Request, Settings, freeze
+from darkroom.platform.families.conditioning import (
+    RowError,
+    class_id,
+    control_image,
+    recorded_class,
+)
+from darkroom.platform.models.samplers import SAMPLERS, SamplerSpec
+from darkroom.platform.models.spec import ModelSpec
+
+DEFAULTS = {"steps": 25, "guidance_scale": 5.0, "eta": 0.0}
+
+
+@dataclass
+class RowPreparer:
+    """What a loaded model lets rows ask for, and the defaults for what they leave unset."""
+
+    spec: ModelSpec
+    family: Family
+    grid: Grid
+    sampler: SamplerSpec  # the default sampler
+    fitting: list[str]  # the samplers that fit this model
+    defaults: Mapping[str, Any]  # steps, guidance_scale, eta, and optionally width, height
+    pipeline_class: type
+    class_names: Mapping[str, int] | None = None
+    classes: int | None = None
+
+    @property
+    def who(self) -> str:
+        """How messages name the model: `label (family)`."""
+        return self.family.who(self.spec.label)
+
+    def row(self, record: RequestRow | Mapping[str, Any]) -> RequestRow:
+        """A record as a RequestRow; a malformed record is that row's error."""
+        if isinstance(record, RequestRow):
+            return record
+        try:
+            return RequestRow.model_validate(dict(record))
+        except ValidationError as err:
+            problems = "; ".join(f"`{'.'.join(map(str, e['loc'])) or 'row'}`: {e['msg']}"
+                                 for e in err.errors())
+            raise RowError(problems) from err
+
+    def prepare(self, row: RequestRow) -> tuple[Settings, Request]:
+        """The row's settings (defaults filled in, each checked) and its request."""
+        sampler = row.sampler or self.sampler.name
+        if sampler not in SAMPLERS:
+            raise RowError(f"unknown sampler `{sampler}`;{did_you_mean(sampler, SAMPLERS)}")
+        if sampler not in self.fitting:
+            raise RowError(f"`{sampler}` does not fit {self.family.name} models "
+                           f"({self.spec.label}); fitting: {', '.join(self.fitting)}")
+        overrides = row.sampler_overrides
+        if overrides is None:
+            overrides = self.sampler.overrides if sampler == self.sampler.name else {}
+        width, height = self._size(row)
+        steps = row.steps or self.defaults["steps"]
+        if steps < 1:
+            raise RowError(f"`steps` must be at least 1, got {steps}")
+        problem = self.family.call_option_problem(row.call_options, self.who)
+        if problem:
+            raise RowError(problem)
+        if row.negative_prompt:
+            problem = self.family.negative_problem(self.spec, self.pipeline_class, self.who)
+            if problem:
+                raise RowError(problem)
+        settings = Settings(
+            sampler=sampler,
+            sampler_overrides=freeze(overrides),
+            steps=int(steps),
+            guidance_scale=float(_first(row.guidance_scale, self.defaults["guidance_scale"])),
+            eta=float(_first(row.eta, self.defaults["eta"])),
+            width=width,
+            height=height,
+            call_options=freeze(row.call_options),
+            adapters=self._adapters(row.adapters, row.lora_scale),
+        )
+        request = Request(
+            prompt=row.prompt, negative_prompt=row.negative_prompt, seed=row.seed,
+            class_label=self._class_label(row),
+            control_image=self._control_image(row, width, height),
+        )
+        return settings, request
+
+    def _size(self, row: RequestRow) -> tuple[int, int]:
+        native = self.grid.native
+        width = row.width or self.defaults.get("width") or native
+        height = row.height or self.defaults.get("height") or native
+        for _side, message in self.family.size_problems(width, height, self.grid, self.who):
+            raise RowError(message)
+        return int(width), int(height)
+
+    def _adapters(self, names: list[str] | None, lora_scale: float | None
+                  ) -> tuple[tuple[str, float], ...]:
+        """The row's adapters (None: all of the model's) at their scales times `lora_scale`,
+        in the spec's order."""
+        scale = 1.0 if lora_scale is None else float(lora_scale)
+        known = {lora.name: lora.scale for lora in self.spec.loras}
+        wanted = list(known) if names is None else names
+        unknown = [n for n in wanted if n not in known]
+        if unknown:
+            raise RowError(f"unknown adapter(s) {', '.join(unknown)} for {self.spec.label}; "
+                           f"it has: {', '.join(known) or 'none'}")
+        return tuple((n, known[n] * scale) for n in known if n in wanted)
+
+    def _class_label(self, row: RequestRow) -> int | None:
+        if self.family.conditioning.name != "class":
+            return recorded_class(row.class_label)  # not conditioning: judged by, later
+        if row.class_label is None:
+            hint = f" (got prompt {row.prompt[:40]!r})" if row.prompt else ""
+            raise RowError(f"{self.spec.label} is class-conditional: give `class_label` as an "
+                           f"id or a name{hint}")
+        return class_id(row.class_label, self.class_names, self.classes)
+
+    def _control_image(self, row: RequestRow, width: int, height: int) -> Any:
+        if self.family.conditioning.name != "text+control":
+            return None
+        return control_image(row.control_image, width, height, self.spec.control,
+                             self.spec.label)
+
+
+def _first(value: Any, default: Any) -> Any:
+    return default if value is None else value

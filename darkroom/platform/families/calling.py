@@ -1,0 +1,135 @@
+"""What a family's pipeline call is given: a `Batch` of rows with equal `Settings`, each row's
+own `Request`, and one `torch.Generator` per row.
+
+Every call passes one generator per row, so a row's noise (initial latents and, for stochastic
+samplers, every step's noise) comes from its own seed and not from its batch-mates.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+Frozen = tuple[tuple[str, Any], ...]  # a mapping as sorted (key, value) pairs: hashable
+
+
+def freeze(mapping: dict[str, Any] | None) -> Frozen:
+    """A mapping of plain values (lists become tuples) as sorted pairs, hashable."""
+    def frozen(value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return tuple(frozen(v) for v in value)
+        if isinstance(value, dict):
+            return freeze(value)
+        return value
+
+    return tuple(sorted((k, frozen(v)) for k, v in (mapping or {}).items()))
+
+
+def thaw(pairs: Frozen) -> dict[str, Any]:
+    """`freeze`'s pairs back into a dict (tuples stay tuples, as pipelines take them)."""
+    return dict(pairs)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What rows must share to run in one pipeline call."""
+
+    sampler: str
+    sampler_overrides: Frozen
+    steps: int
+    guidance_scale: float
+    eta: float
+    width: int
+    height: int
+    call_options: Frozen = ()  # family call options (SDXL micro-conditioning)
+    adapters: tuple[tuple[str, float], ...] = ()  # the active LoRA adapters and their scales
+
+
+@dataclass
+class Request:
+    """One row's conditioning, already checked against the family."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    class_label: int | None = None
+    control_image: Any = None  # a PIL image
+
+
+@dataclass
+class Batch:
+    """One pipeline call: rows of equal settings, each with its request and generator."""
+
+    settings: Settings
+    requests: list[Request]
+    generators: list[Any]  # torch.Generator, one per request
+    spec: Any  # the ModelSpec
+    refiner: Any = None  # SDXL's refiner pipeline, when the spec has one
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompts(self) -> list[str]:
+        """The rows' prompts."""
+        return [r.prompt for r in self.requests]
+
+    @property
+    def negative_prompts(self) -> list[str]:
+        """The rows' negative prompts."""
+        return [r.negative_prompt for r in self.requests]
+
+    def common(self) -> dict[str, Any]:
+        """The arguments every text-to-image call takes: prompts, steps, guidance, the
+        per-row generators, the size, and float images out."""
+        s = self.settings
+        return {"prompt": self.prompts, "num_inference_steps": s.steps,
+                "guidance_scale": s.guidance_scale, "generator": self.generators,
+                "width": s.width, "height": s.height, "output_type": "np"}
+
+
+def sequence_length(spec: Any) -> dict[str, Any]:
+    """`max_sequence_length` when the spec sets it (T5 tokens per prompt)."""
+    return {"max_sequence_length": spec.max_sequence_length} if spec.max_sequence_length else {}
+
+
+@contextmanager
+def row_noise(scheduler: Any, generators: list[Any]) -> Iterator[None]:
+    """Stochastic samplers draw step noise from the rows' own generators.
+
+    Some pipelines (SD3, Flux, PixArt) do not pass their generator to `scheduler.step`, so a
+    stochastic sampler would draw from the global RNG and a row would depend on its
+    batch-mates; a pipeline that does pass one keeps it (this only fills in what is missing).
+    """
+    if "generator" not in step_params(scheduler):
+        yield
+        return
+    step = type(scheduler).step
+
+    def seeded_step(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("generator", generators)
+        return step(scheduler, *args, **kwargs)
+
+    scheduler.step = seeded_step
+    try:
+        yield
+    finally:
+        del scheduler.step  # back to the class's own method
+
+
+@functools.lru_cache(maxsize=64)
+def call_parameters(pipeline_class: type) -> frozenset[str]:
+    """The keyword arguments a pipeline class's `__call__` takes."""
+    return frozenset(inspect.signature(pipeline_class.__call__).parameters)
+
+
+@functools.lru_cache(maxsize=64)
+def _step_param_names(scheduler_class: type) -> frozenset[str]:
+    return frozenset(inspect.signature(scheduler_class.step).parameters)
+
+
+def step_params(scheduler: Any) -> frozenset[str]:
+    """The keyword arguments a scheduler's `step` takes."""
+    return _step_param_names(type(scheduler))

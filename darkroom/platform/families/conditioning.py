@@ -1,0 +1,97 @@
+"""What a family is conditioned on, and how a request row's inputs become call inputs.
+
+A conditioning names the prompt sources of a job that can feed it and the per-row inputs it
+needs. The per-row parsers here are shared by every family of that conditioning, so a bad input
+gets the same message from `darkroom validate`, a batch job's row and a serve request.
+Imports only the standard library at module level: validating a file never loads torch.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from darkroom.platform.errors import did_you_mean
+
+
+class RowError(Exception):
+    """This row cannot be generated; the reason goes into its `error` column (or a 400)."""
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What requests condition a family's images on."""
+
+    name: str  # "text", "class", "text+control"
+    sources: tuple[str, ...]  # prompt source kinds of a job file that fit
+    hint: str  # what to give instead, for a source that does not fit
+
+    def source_problem(self, kind: str, class_column: bool, who: str) -> str | None:
+        """Why a job's prompt source of `kind` cannot feed this conditioning, or None."""
+        if kind in self.sources or (self.name == "class" and class_column):
+            return None
+        return f"{who} is {self.describe()}: give {self.hint}"
+
+    def describe(self) -> str:
+        """How the conditioning reads in a sentence: 'text-conditioned', ..."""
+        return {"text": "text-conditioned", "class": "class-conditional",
+                "text+control": "a ControlNet model"}.get(self.name, self.name)
+
+
+TEXT = Conditioning("text", ("list", "file"), "`prompts.list` or `prompts.file`")
+CLASS = Conditioning("class", ("classes",),
+                     "`prompts.classes` (ids or names) or map `prompts.columns.class_label`")
+CONTROL = Conditioning("text+control", ("control_images",),
+                       "`prompts.control_images` (a folder) and `prompts.control_prompt`")
+
+
+def is_class_id(text: str) -> bool:
+    """Whether a class label is written as an id: ASCII digits with an optional minus sign.
+
+    Not `str.isdigit`, which is true for "²" and "①" that `int()` refuses."""
+    digits = text.removeprefix("-")
+    return digits.isascii() and digits.isdecimal()
+
+
+def class_id(label: Any, names: dict[str, int] | None, classes: int | None) -> int:
+    """A row's class label (an id, or a name the model's label table knows) -> its id."""
+    text = str(label).strip()
+    if is_class_id(text):
+        value = int(text)
+        if classes is not None and not 0 <= value < classes:
+            raise RowError(f"`class_label` must be in 0..{classes - 1}, got {value}")
+        return value
+    if names is None:
+        raise RowError(f"`class_label` {text[:40]!r} is not a class id, and the model has no "
+                       "class names")
+    if text not in names:
+        raise RowError(f"unknown class name {text[:40]!r};{did_you_mean(text, names)}")
+    return int(names[text])
+
+
+def recorded_class(label: Any) -> int | None:
+    """The class a text prompt's row asks for (to judge accuracy by), when it is an id."""
+    text = str(label).strip() if label is not None else ""
+    return int(text) if is_class_id(text) else None
+
+
+def control_image(data: bytes | None, width: int, height: int, control: Any, who: str) -> Any:
+    """A row's control image bytes -> the PIL image the ControlNet sees (resized to the
+    output size, edges taken when the model's `control.preprocessor` is canny)."""
+    if data is None:
+        raise RowError(f"{who} is a ControlNet model: the row needs `control_image`")
+    import numpy as np
+    from PIL import Image
+
+    try:
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+    except Exception as err:  # any undecodable input is this row's problem alone
+        raise RowError(f"`control_image` is not a readable image: {err}") from err
+    image = image.resize((width, height), Image.Resampling.BICUBIC)
+    if control.preprocessor == "canny":
+        import cv2
+
+        edges = cv2.Canny(np.asarray(image), control.low_threshold, control.high_threshold)
+        image = Image.fromarray(np.stack([edges] * 3, axis=-1))
+    return image
