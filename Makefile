@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast lint clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: $(STAMP)
 	$(BIN)/ruff check darkroom tests benchmarks
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q --durations=25
+
+# The inner loop: every test that needs no Ray and no server (under 2 minutes on 2 cores).
+test-fast: $(STAMP)
+	$(BIN)/ruff check darkroom tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q -m "not ray and not slow" --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check darkroom tests benchmarks

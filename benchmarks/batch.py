@@ -55,9 +55,9 @@ def load_pipeline(args: argparse.Namespace):
 
     from darkroom.platform.models.loading import infer_family
     from darkroom.platform.models.names import resolve_source
-    from darkroom.platform.models.samplers import SAMPLERS
     from darkroom.platform.models.spec import ModelSpec
     from darkroom.platform.quiet import quiet_libraries
+    from darkroom.platform.samplers import SAMPLERS
 
     quiet_libraries()
     source, local = resolve_source(args.model)

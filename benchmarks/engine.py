@@ -30,7 +30,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from darkroom.platform.engine.generator import ImageGenerator
-    from darkroom.platform.models.samplers import SamplerSpec, build_scheduler
+    from darkroom.platform.samplers import SamplerSpec, build_scheduler
 
     generator = ImageGenerator(
         {"model": args.model}, {"name": args.sampler},

@@ -108,7 +108,7 @@ def pipeline_ceiling(spec, args: argparse.Namespace, rounds: int = 3) -> tuple[f
                           runtime=spec.runtime.model_copy(update={"batch_size": size}),
                           defaults={"steps": args.steps,
                                     "guidance_scale": spec.defaults.guidance_scale})
-    label = args.prompt if generator.family.conditioning == "class" else None
+    label = args.prompt if generator.family.conditioning.name == "class" else None
     rows = [{"prompt": args.prompt, "class_label": label, "seed": i, "steps": args.steps}
             for i in range(size)]
 

@@ -26,6 +26,17 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # session-long capture.
 import ray.data  # noqa: E402, F401
 
+# Fixtures that start Ray or a real server: a test that uses one (at any depth) is marked `ray`,
+# so `make test-fast` (-m "not ray and not slow") leaves it to `make test`.
+SERVICE_FIXTURES = {"ray_session", "ray_cluster", "running_cluster", "s3", "mlflow_server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that needs Ray or a server as `ray`."""
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+
 
 @pytest.fixture(scope="session")
 def ray_session():

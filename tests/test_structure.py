@@ -88,3 +88,13 @@ def test_no_import_cycles_in_darkroom():
     # a package's __init__ is imported by its submodules by definition: not a design cycle
     graph = {m: {o for o in imports if not m.startswith(o + ".")} for m, imports in graph.items()}
     assert cycles(graph) == []
+
+
+def test_the_readme_names_every_sampler_and_family():
+    from darkroom.platform.families import registered
+    from darkroom.platform.samplers import SAMPLERS
+
+    readme = (ROOT / "README.md").read_text()
+    assert [name for name in SAMPLERS if f"`{name}`" not in readme] == []
+    ours = [n for n, f in registered().items() if f.call.__module__.startswith("darkroom.")]
+    assert [name for name in ours if f"`tiny:{name}`" not in readme] == []

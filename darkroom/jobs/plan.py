@@ -19,8 +19,8 @@ from darkroom.jobs.prompts import Prompt
 from darkroom.jobs.spec import JobSpec
 from darkroom.platform.data.runinfo import RunInfo, RunSampler
 from darkroom.platform.engine.rows import request_schema
-from darkroom.platform.models.samplers import SAMPLERS, SamplerSpec
 from darkroom.platform.models.spec import ModelSpec
+from darkroom.platform.samplers import SAMPLERS, SamplerSpec
 
 
 @dataclass(frozen=True)

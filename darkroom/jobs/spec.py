@@ -13,8 +13,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from darkroom.evals.spec import EvalSpec, TrackingSpec
 from darkroom.platform.models.runtime import RuntimeSpec
-from darkroom.platform.models.samplers import SamplerSpec
 from darkroom.platform.models.spec import ModelSpec
+from darkroom.platform.samplers import SamplerSpec
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 # Upper bounds: well past any real use, low enough that a typo (1e9) is an error, not a plan that

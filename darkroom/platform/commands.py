@@ -60,7 +60,7 @@ def _random_lora(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     from darkroom.platform.models.names import registry_names
-    from darkroom.platform.models.samplers import SAMPLERS
+    from darkroom.platform.samplers import SAMPLERS
 
     print("models:   " + ", ".join(registry_names()))
     print("families: " + ", ".join(f"{f.name} ({f.description})" for f in registered().values()))

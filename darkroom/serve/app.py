@@ -18,7 +18,7 @@ from ray.serve import Application
 from darkroom.platform.config import validate
 from darkroom.platform.errors import UserError
 from darkroom.platform.models.names import local_family, sampler_kind
-from darkroom.platform.models.samplers import SAMPLERS
+from darkroom.platform.samplers import SAMPLERS
 from darkroom.serve.ingress import Ingress, IngressSettings
 from darkroom.serve.model import ImageModel
 from darkroom.serve.spec import ServeSpec, api_key_digest, load_spec

@@ -61,7 +61,7 @@ class ImageModel:
         # and requests for an adapter are routed to a replica that has it loaded
         self._adapter = serve.multiplexed(
             max_num_models_per_replica=self.spec.max_adapters_per_replica)(adapter)
-        self.conditioning = self.generator.family.conditioning
+        self.conditioning = self.generator.family.conditioning.name
         self.class_conditional = self.conditioning == "class"
         self.checker = _safety_checker(self.spec) if self.spec.safety.on else None
         # One thread owns the pipeline: calls never overlap, and the event loop stays free to

@@ -37,8 +37,8 @@ from darkroom.platform.config import Problem, SpecError, read_yaml_file, try_val
 from darkroom.platform.errors import UserError
 from darkroom.platform.models.fit import Asked, fit_problems
 from darkroom.platform.models.runtime import RuntimeSpec
-from darkroom.platform.models.samplers import SamplerSpec
 from darkroom.platform.models.spec import ModelSpec
+from darkroom.platform.samplers import SamplerSpec
 from darkroom.serve.protocol import Limits
 
 # `darkroom serve` stops within 20 s of a signal: the drain, then removing the app (see commands)

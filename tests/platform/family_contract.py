@@ -23,7 +23,7 @@ from darkroom.platform.config import SpecError
 from darkroom.platform.data.records import decode_png, encode_png
 from darkroom.platform.engine.generator import ImageGenerator
 from darkroom.platform.families import Family
-from darkroom.platform.models.samplers import SAMPLERS
+from darkroom.platform.samplers import SAMPLERS
 
 _GENERATORS: dict[str, ImageGenerator] = {}
 

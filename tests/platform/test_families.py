@@ -17,7 +17,7 @@ from darkroom.platform.data.records import decode_png
 from darkroom.platform.engine.generator import ImageGenerator
 from darkroom.platform.errors import UserError
 from darkroom.platform.families import registered
-from darkroom.platform.models.samplers import fitting
+from darkroom.platform.samplers import fitting
 
 FAMILIES = registered()
 

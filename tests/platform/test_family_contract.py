@@ -7,8 +7,8 @@ import pytest
 
 from darkroom.platform.families import fullsize_families, pipeline_families, registered
 from darkroom.platform.models.names import registry_names
-from darkroom.platform.models.samplers import SAMPLERS
 from darkroom.platform.models.spec import ModelSpec
+from darkroom.platform.samplers import SAMPLERS
 from tests.platform.family_contract import FamilyContract
 
 

@@ -14,7 +14,7 @@ from darkroom.platform.data.records import decode_png, encode_png
 from darkroom.platform.engine.generator import ImageGenerator
 from darkroom.platform.engine.outputs import OUTPUT_COLUMNS
 from darkroom.platform.families.conditioning import control_image
-from darkroom.platform.models.samplers import SAMPLERS
+from darkroom.platform.samplers import SAMPLERS
 
 FAMILIES = ["sd", "sdxl", "dit", "controlnet", "sd3", "flux", "t2i"]
 # KDPM2-ancestral's two-step schedule on tiny:t2i's random weights overflows (a row error, as

@@ -15,8 +15,8 @@ from darkroom.platform.engine.generator import ImageGenerator
 from darkroom.platform.errors import ModelLoadError, UserError
 from darkroom.platform.models.loading import load_model
 from darkroom.platform.models.runtime import RuntimeSpec
-from darkroom.platform.models.samplers import SamplerSpec, build_scheduler
 from darkroom.platform.models.spec import ModelSpec
+from darkroom.platform.samplers import SamplerSpec, build_scheduler
 
 
 def test_saved_folder_loads_with_family_inferred_and_same_images(tmp_path):

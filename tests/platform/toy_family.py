@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from darkroom.platform.families import Family, register
-from darkroom.platform.models.samplers import SAMPLERS
+from darkroom.platform.samplers import SAMPLERS
 
 
 def call(pipe: Any, batch: Any) -> Any:

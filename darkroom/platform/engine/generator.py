@@ -30,12 +30,12 @@ from darkroom.platform.models.runtime import (
     configure_threads,
     denoiser,
 )
-from darkroom.platform.models.samplers import (
+from darkroom.platform.models.spec import ModelSpec
+from darkroom.platform.samplers import (
     SamplerSpec,
     build_scheduler,
     scheduler_config_json,
 )
-from darkroom.platform.models.spec import ModelSpec
 
 Member = tuple[int, Request, RequestRow]  # (position in the call, request, its row)
 

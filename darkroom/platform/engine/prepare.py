@@ -24,8 +24,8 @@ from darkroom.platform.families.conditioning import (
     control_image,
     recorded_class,
 )
-from darkroom.platform.models.samplers import SAMPLERS, SamplerSpec
 from darkroom.platform.models.spec import ModelSpec
+from darkroom.platform.samplers import SAMPLERS, SamplerSpec
 
 DEFAULTS = {"steps": 25, "guidance_scale": 5.0, "eta": 0.0}
 

@@ -171,13 +171,13 @@ class Family:
             return self.samplers
         if scheduler_config is None:
             return None
-        from darkroom.platform.models.samplers import scheduler_kind
+        from darkroom.platform.samplers import scheduler_kind
 
         return scheduler_kind(dict(scheduler_config))
 
     def fitting(self, kind: str) -> list[str]:
         """The sampler names that fit a model of this family whose samplers are of `kind`."""
-        from darkroom.platform.models.samplers import fitting
+        from darkroom.platform.samplers import fitting
 
         return fitting(kind, self.unfit)
 
