@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from darkroom.evals.spec import EvalSpec, TrackingSpec
+from darkroom.platform.families.sdxl import MICRO_CONDITIONING
 from darkroom.platform.models.runtime import RuntimeSpec
 from darkroom.platform.models.spec import ModelSpec
 from darkroom.platform.samplers import SamplerSpec
@@ -130,10 +131,6 @@ class SweepSpec(_Section):
 
 
 Pair = tuple[Annotated[int, Field(ge=0, le=MAX_SIDE)], Annotated[int, Field(ge=0, le=MAX_SIDE)]]
-MICRO_CONDITIONING = ("original_size", "crops_coords_top_left", "target_size",
-                      "negative_original_size", "negative_crops_coords_top_left",
-                      "negative_target_size")
-
 
 class GenerationSpec(_Section):
     """Image size, rows per generator call, the default negative prompt, and SDXL's size and

@@ -19,7 +19,8 @@ import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 # the test clusters' dashboard (tests/conftest.py)
-DASHBOARD = f"http://127.0.0.1:{int(os.environ.get('DARKROOM_TEST_PORT_BASE', '26379')) + 1886}"
+PORT_BASE = int(os.environ.get("DARKROOM_TEST_PORT_BASE", "26379"))
+DASHBOARD = f"http://127.0.0.1:{PORT_BASE + 1886}"
 
 
 def free_port() -> int:
@@ -200,7 +201,7 @@ def test_a_token_cluster_without_the_token_is_a_one_line_error(running_cluster, 
     home.mkdir()
     (tmp_path / "serve.yaml").write_text(TINY)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_ADDRESS="127.0.0.1:26379", HOME=str(home))
+    env.update(RAY_ADDRESS=f"127.0.0.1:{PORT_BASE}", HOME=str(home))
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "darkroom", "serve", str(tmp_path / "serve.yaml")],
                           capture_output=True, text=True, timeout=120, env=env)
@@ -210,7 +211,8 @@ def test_a_token_cluster_without_the_token_is_a_one_line_error(running_cluster, 
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert errors == [
-        "error: the Ray cluster at RAY_ADDRESS=127.0.0.1:26379 requires an auth token, and none "
+        f"error: the Ray cluster at RAY_ADDRESS=127.0.0.1:{PORT_BASE} requires an auth token, "
+        "and none "
         "was found here: copy the head node's ~/.ray/auth_token to this machine, or set "
         "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"], done.stderr
     assert took < 30  # Ray alone keeps retrying a refused token for 20 s

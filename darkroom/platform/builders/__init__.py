@@ -1,0 +1,1 @@
+"""Parts the family modules build their tiny and full-size random-init pipelines from."""

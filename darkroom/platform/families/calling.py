@@ -11,7 +11,7 @@ import functools
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 Frozen = tuple[tuple[str, Any], ...]  # a mapping as sorted (key, value) pairs: hashable
@@ -69,7 +69,6 @@ class Batch:
     generators: list[Any]  # torch.Generator, one per request
     spec: Any  # the ModelSpec
     refiner: Any = None  # SDXL's refiner pipeline, when the spec has one
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def prompts(self) -> list[str]:
