@@ -128,8 +128,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2, default=str))
         return 0
-    from darkroom.evals.compare import fmt
-    from darkroom.evals.metrics import CI_HIGH, CI_LOW
+    from darkroom.evals.metrics.compute import CI_HIGH, CI_LOW
+    from darkroom.evals.reporting.compare import fmt
 
     for result in results:
         metrics = result["metrics"]
@@ -151,7 +151,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     """`darkroom compare`: rank an experiment's runs with their intervals; against a baseline
     run and real images if asked; optionally write the HTML report."""
-    from darkroom.evals.compare import compare
+    from darkroom.evals.reporting.compare import compare
 
     text, path = compare(args.experiment, args.metric, args.html, args.tracking_uri,
                          baseline=args.baseline, real=args.real_baseline)

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from darkroom.evals.scores import FEATURES, RunScores
+from darkroom.evals.metrics.base import FEATURES, RunScores
 from darkroom.platform.data import layout, storage
 from darkroom.platform.data.storage import Location
 
@@ -28,7 +28,7 @@ SCORES_FILE = "scores.parquet"
 UNREADABLE_FILE = "unreadable.parquet"
 RECORD_FILE = "eval.json"
 # Columns that are not scores: identity and request columns (in the images already), features
-# (kept per extractor by `features.py`), and the category read from the prompt file.
+# (kept per extractor by `feature_cache.py`), and the category read from the prompt file.
 PASSED_THROUGH = {"row_id", "group", "prompt", "class_label", "prompt_id", "sample_idx", "seed",
                   "category"}
 

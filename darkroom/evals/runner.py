@@ -12,12 +12,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from darkroom.evals import tracking as track
 from darkroom.evals.categories import prompt_categories
 from darkroom.evals.extractors import check_extractor, extractor_protocol
-from darkroom.evals.features import align, image_hashes, left_out, read_features, write_features
-from darkroom.evals.metrics import METRICS, statistics, with_intervals
+from darkroom.evals.feature_cache import (
+    align,
+    image_hashes,
+    left_out,
+    read_features,
+    write_features,
+)
+from darkroom.evals.metrics.base import Context, RunScores, extractor_weights, feature_column
+from darkroom.evals.metrics.compute import METRICS, statistics, with_intervals
 from darkroom.evals.reference import reference_stats
+from darkroom.evals.reporting import tracking as track
 from darkroom.evals.results import (
     PendingResults,
     RunResult,
@@ -27,7 +34,6 @@ from darkroom.evals.results import (
     write_scores,
     write_unreadable,
 )
-from darkroom.evals.scores import Context, RunScores, extractor_weights, feature_column
 from darkroom.evals.scoring import (
     META_COLUMNS,
     ScorePlan,

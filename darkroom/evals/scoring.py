@@ -120,7 +120,7 @@ def _safety_part(plan: ScorePlan) -> Part:
 
 def _classifier_part(plan: ScorePlan) -> Part:
     from darkroom.evals.extractors import per_size, to_float_nchw
-    from darkroom.evals.metrics import CLASSIFIERS
+    from darkroom.evals.metrics.compute import CLASSIFIERS
 
     model = CLASSIFIERS[plan.classifier].load(None)
     if hasattr(model, "to"):

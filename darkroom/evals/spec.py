@@ -119,7 +119,7 @@ class EvalSpec(BaseModel):
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, metrics: list[str]) -> list[str]:
-        from darkroom.evals.metrics import METRICS
+        from darkroom.evals.metrics.compute import METRICS
 
         if not metrics:
             raise ValueError(f"`metrics` is empty; name at least one of {', '.join(METRICS)}")
@@ -145,7 +145,7 @@ class EvalSpec(BaseModel):
     @field_validator("classifier")
     @classmethod
     def _known_classifier(cls, name: str) -> str:
-        from darkroom.evals.metrics import CLASSIFIERS
+        from darkroom.evals.metrics.compute import CLASSIFIERS
 
         return _known("classifier", name, CLASSIFIERS)
 

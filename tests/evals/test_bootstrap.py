@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from darkroom.evals.bootstrap import (
+from darkroom.evals.metrics.base import mean_statistic
+from darkroom.evals.metrics.bootstrap import (
     BETTER,
     SAME,
     WORSE,
@@ -15,8 +16,7 @@ from darkroom.evals.bootstrap import (
     resample_counts,
     verdict,
 )
-from darkroom.evals.distances import Frechet, Stats
-from darkroom.evals.scores import mean_statistic
+from darkroom.evals.metrics.distances import Frechet, Stats
 
 
 def test_counts_draw_prompts_with_their_images():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from darkroom.evals.extractors import load_clip
-from darkroom.evals.metrics import Context, RunScores, clip_score
+from darkroom.evals.metrics.compute import Context, RunScores, clip_score
 from darkroom.evals.scoring import PARTS, ScorePlan
 from darkroom.evals.spec import EvalSpec
 

@@ -11,7 +11,13 @@ import pytest
 
 from darkroom.cli import main
 from darkroom.evals.extractors import to_float_nchw
-from darkroom.evals.metrics import CLASSIFIERS, Classifier, Context, RunScores, class_accuracy
+from darkroom.evals.metrics.compute import (
+    CLASSIFIERS,
+    Classifier,
+    Context,
+    RunScores,
+    class_accuracy,
+)
 from darkroom.evals.scoring import PARTS, ScorePlan
 from darkroom.evals.spec import EvalSpec
 
@@ -106,9 +112,9 @@ def test_class_accuracy_is_agreement_with_the_requested_label(monkeypatch):
 
 
 def test_digits_class_accuracy_and_fid_against_builtin_digits():
-    from darkroom.evals.distances import Stats
     from darkroom.evals.extractors import load_extractor
-    from darkroom.evals.metrics import fid
+    from darkroom.evals.metrics.compute import fid
+    from darkroom.evals.metrics.distances import Stats
     from darkroom.platform.zoo.classifier import load_digits_classifier
     from darkroom.platform.zoo.data import digits_dataset
 

@@ -21,10 +21,10 @@ import pytest
 from PIL import Image
 
 from darkroom.cli import main
-from darkroom.evals.report import pareto_front
+from darkroom.evals.reporting.report_html import pareto_front
+from darkroom.evals.reporting.tracking import log_job
 from darkroom.evals.results import RunResult
 from darkroom.evals.spec import EvalSpec, TrackingSpec
-from darkroom.evals.tracking import log_job
 from darkroom.platform.data import layout
 
 CHROMIUM = shutil.which("chromium")

@@ -8,8 +8,17 @@ import pytest
 import scipy.linalg
 from scipy.spatial.distance import cdist
 
-from darkroom.evals.corpus import cmmd, coverage, density, fid, fid_per_category, precision, recall
-from darkroom.evals.distances import (
+from darkroom.evals.metrics.base import Context, RunScores, Unavailable
+from darkroom.evals.metrics.corpus import (
+    cmmd,
+    coverage,
+    density,
+    fid,
+    fid_per_category,
+    precision,
+    recall,
+)
+from darkroom.evals.metrics.distances import (
     MMD,
     Frechet,
     Stats,
@@ -18,8 +27,7 @@ from darkroom.evals.distances import (
     polynomial_kernel,
     rbf_kernel,
 )
-from darkroom.evals.neighbours import Manifolds
-from darkroom.evals.scores import Context, RunScores, Unavailable
+from darkroom.evals.metrics.neighbours import Manifolds
 from darkroom.evals.spec import EvalSpec
 
 

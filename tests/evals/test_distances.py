@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from darkroom.evals.distances import (
+from darkroom.evals.metrics.distances import (
     BACKENDS,
     Stats,
     cleanfid_fid,

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from darkroom.evals.distances import Stats
 from darkroom.evals.extractors import WeightsMissing, check_extractor, load_extractor
-from darkroom.evals.metrics import fd_dinov2
-from darkroom.evals.scores import Context, RunScores
+from darkroom.evals.metrics.base import Context, RunScores
+from darkroom.evals.metrics.compute import fd_dinov2
+from darkroom.evals.metrics.distances import Stats
 from darkroom.evals.spec import EvalSpec
 
 
@@ -136,7 +136,7 @@ def test_categories_use_the_jobs_prompt_ids(tmp_path):
 
 
 def test_contact_sheet_spreads_over_prompts():
-    from darkroom.evals.sheets import spread
+    from darkroom.evals.reporting.contact_sheets import spread
 
     prompt_ids = [f"p{i // 3:02d}" for i in range(60)]  # 20 prompts, 3 images each
     samples = [i % 3 for i in range(60)]
@@ -148,7 +148,7 @@ def test_contact_sheet_spreads_over_prompts():
 
 
 def test_runs_that_differ_only_in_eta_or_overrides_get_distinct_names():
-    from darkroom.evals.tracking import run_names
+    from darkroom.evals.reporting.tracking import run_names
 
     base = {"model_label": "tiny-sd", "sampler": {"name": "ddim", "overrides": {}},
             "steps": 3, "guidance_scale": 5.0, "eta": 0.0, "seed": 0}

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from darkroom.cli import main
-from darkroom.evals.paired import pairing
-from darkroom.evals.scores import RunScores
+from darkroom.evals.metrics.base import RunScores
+from darkroom.evals.reporting.paired import pairing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,8 +108,8 @@ def test_real_images_score_about_zero_kid_and_the_worst_run_clearly_positive(two
     guidance 4.0 (the worst run here) is clearly above 0."""
     from mlflow.tracking import MlflowClient
 
-    from darkroom.evals.compare import load_runs
-    from darkroom.evals.paired import load_run, real_baseline
+    from darkroom.evals.reporting.compare import load_runs
+    from darkroom.evals.reporting.paired import load_run, real_baseline
 
     rows = {r.display: r for r in load_runs(MlflowClient(two_jobs["uri"]), "paired")}
     data = load_run("base", Path(rows["digits-dit-ddim-s10-g1.5-seed0"].tags["darkroom.output"]))

@@ -223,7 +223,7 @@ def test_features_are_cached_per_run_and_extractor(evaluated, sd_job, monkeypatc
     the images at all; per-category FID comes from the job's prompt file."""
     from darkroom.evals import runner
     from darkroom.evals.extractors import extractor_protocol
-    from darkroom.evals.features import features_path
+    from darkroom.evals.feature_cache import features_path
     from darkroom.evals.results import read_record
 
     run_dir = sd_job / "run-ddim-2"

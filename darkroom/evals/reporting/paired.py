@@ -19,14 +19,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from darkroom.evals.bootstrap import Difference, difference, resample_counts
 from darkroom.evals.categories import prompt_categories
-from darkroom.evals.distances import Stats
-from darkroom.evals.features import align, left_out, read_features
-from darkroom.evals.metrics import METRICS, higher_is_better, statistics, with_intervals
+from darkroom.evals.feature_cache import align, left_out, read_features
+from darkroom.evals.metrics.base import Context, RunScores, feature_column
+from darkroom.evals.metrics.bootstrap import Difference, difference, resample_counts
+from darkroom.evals.metrics.compute import METRICS, higher_is_better, statistics, with_intervals
+from darkroom.evals.metrics.distances import Stats
 from darkroom.evals.reference import load_npz
 from darkroom.evals.results import SCORES_FILE, read_record
-from darkroom.evals.scores import Context, RunScores, feature_column
 from darkroom.evals.spec import EvalSpec
 from darkroom.platform.data import layout, storage
 from darkroom.platform.data.storage import Location

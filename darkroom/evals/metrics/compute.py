@@ -19,7 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from darkroom.evals.corpus import (
+from darkroom.evals.metrics.base import (
+    Context,
+    RunScores,
+    Statistic,
+    Unavailable,
+    mean_statistic,
+)
+from darkroom.evals.metrics.corpus import (
     CATEGORY_PREFIX,
     UNIT,
     cmmd,
@@ -31,13 +38,6 @@ from darkroom.evals.corpus import (
     kid,
     precision,
     recall,
-)
-from darkroom.evals.scores import (
-    Context,
-    RunScores,
-    Statistic,
-    Unavailable,
-    mean_statistic,
 )
 
 __all__ = ["CLASSIFIERS", "METRICS", "Context", "Metric", "RunScores", "Statistic",
@@ -210,7 +210,7 @@ def with_intervals(stats: dict[str, Statistic], counts: np.ndarray,
                    level: float) -> dict[str, float]:
     """The values, and `<key>_ci_low` / `<key>_ci_high` for every key that can be resampled
     (none when `counts` has no rows: bootstrap off)."""
-    from darkroom.evals.bootstrap import interval
+    from darkroom.evals.metrics.bootstrap import interval
 
     values: dict[str, float] = {}
     for key, stat in stats.items():

@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from darkroom.evals.bootstrap import BETTER, WORSE
-from darkroom.evals.metrics import higher_is_better
+from darkroom.evals.metrics.bootstrap import BETTER, WORSE
+from darkroom.evals.metrics.compute import higher_is_better
 
 SPEED = "images_per_s"
 

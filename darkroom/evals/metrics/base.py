@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from darkroom.evals.bootstrap import Resample, resample_counts
-from darkroom.evals.distances import Stats
+from darkroom.evals.metrics.bootstrap import Resample, resample_counts
+from darkroom.evals.metrics.distances import Stats
 
 FEATURES = "features."  # column prefix: features.<extractor>
 

@@ -17,15 +17,22 @@ import re
 
 import numpy as np
 
-from darkroom.evals.distances import BACKENDS, MMD, Frechet, Stats, polynomial_kernel, rbf_kernel
-from darkroom.evals.neighbours import DC_K, PR_K, Manifolds
-from darkroom.evals.scores import (
+from darkroom.evals.metrics.base import (
     Context,
     RunScores,
     Statistic,
     Unavailable,
     feature_column,
 )
+from darkroom.evals.metrics.distances import (
+    BACKENDS,
+    MMD,
+    Frechet,
+    Stats,
+    polynomial_kernel,
+    rbf_kernel,
+)
+from darkroom.evals.metrics.neighbours import DC_K, PR_K, Manifolds
 
 CMMD_SIGMA, CMMD_SCALE = 10.0, 1000.0  # Jayasumana et al. 2024
 CATEGORY_PREFIX = "fid_category."

@@ -1,7 +1,7 @@
 """Compare the runs of an experiment: a table on the terminal (each value with ± half its 95%
 interval), optionally every run against a baseline run (difference, interval, verdict; paired
 over shared prompts and seeds) and real images against the same reference, and a static HTML
-report of all of it (`report.py`), which is also logged to MLflow in the experiment's `compare`
+report of all of it (`report_html.py`), which is also logged to MLflow in the experiment's `compare`
 run.
 """
 
@@ -12,9 +12,9 @@ import statistics as stats
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from darkroom.evals import tracking
-from darkroom.evals.metrics import CI_HIGH, CI_LOW, METRICS, higher_is_better
-from darkroom.evals.paired import (
+from darkroom.evals.metrics.compute import CI_HIGH, CI_LOW, METRICS, higher_is_better
+from darkroom.evals.reporting import tracking
+from darkroom.evals.reporting.paired import (
     Comparison,
     RealBaseline,
     RunData,
@@ -22,7 +22,7 @@ from darkroom.evals.paired import (
     load_run,
     real_baseline,
 )
-from darkroom.evals.report import SPEED, report_html
+from darkroom.evals.reporting.report_html import SPEED, report_html
 from darkroom.platform.data import storage
 from darkroom.platform.errors import UserError, did_you_mean
 

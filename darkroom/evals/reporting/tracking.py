@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from darkroom.evals.metrics import CI_HIGH, CI_LOW, METRICS
+from darkroom.evals.metrics.compute import CI_HIGH, CI_LOW, METRICS
+from darkroom.evals.reporting.contact_sheets import contact_sheet_png
 from darkroom.evals.results import RunResult, first_value
-from darkroom.evals.sheets import contact_sheet_png
 from darkroom.evals.spec import EvalSpec, TrackingSpec
 from darkroom.platform.data import layout
 
