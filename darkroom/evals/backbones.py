@@ -21,11 +21,11 @@ import numpy as np
 from darkroom.evals.extractor_types import (
     FeatureExtractor,
     WeightsMissing,
-    file_sha256,
-    is_local,
     per_size,
     to_float_nchw,
 )
+from darkroom.platform.data.records import file_sha256
+from darkroom.platform.models.names import looks_local
 
 DEFAULT_DINOV2 = "facebook/dinov2-large"  # ViT-L/14, as Stein et al. 2023 use
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -119,7 +119,7 @@ def dinov2_check(weights: str | None) -> str | None:
     fix = ("download it where there is network (e.g. `hf download facebook/dinov2-large "
            "--local-dir DIR`) and give that folder as `eval.dinov2_model` (or `eval.weights` "
            "with feature_extractor dinov2)")
-    if is_local(name):
+    if looks_local(name):
         if (Path(name).expanduser() / "config.json").is_file():
             return None
         return f"DINOv2 folder `{name}` has no config.json (Dinov2Model.save_pretrained); {fix}"
@@ -143,7 +143,7 @@ def dinov2_build(weights: str | None, device: str = "cpu") -> FeatureExtractor:
     name = weights or DEFAULT_DINOV2
     try:
         model = Dinov2Model.from_pretrained(
-            str(Path(name).expanduser()) if is_local(name) else name).eval().to(device)
+            str(Path(name).expanduser()) if looks_local(name) else name).eval().to(device)
     except OSError as err:
         raise WeightsMissing(f"DINOv2 `{name}` could not be loaded "
                              f"({str(err).splitlines()[0]}); give a local folder as "
@@ -169,7 +169,7 @@ def dinov2_protocol(weights: str | None) -> dict[str, Any]:
     name = weights or DEFAULT_DINOV2
     folder = Path(name).expanduser()
     identity = {"config_sha256": "hub"}
-    if is_local(name) and (folder / "config.json").is_file():
+    if looks_local(name) and (folder / "config.json").is_file():
         identity = {"config_sha256": file_sha256(folder / "config.json"),
                     "weights_sha256": [file_sha256(p) for p in sorted(
                         folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))]}

@@ -1,13 +1,10 @@
 """What every feature extractor is made of: the loaded extractor, its registry entry, the error for
-missing weights, and the small helpers extractors share (weights hashing, image batches)."""
+missing weights, and the small helpers extractors share (image batches)."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,21 +42,6 @@ class ExtractorEntry:
     description: str = ""
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 hex of a file, computed once per size and modification time."""
-    stat = Path(path).stat()  # large weight files are hashed once per size and modification time
-    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=32)
-def _sha256_of(path: str, size: int, mtime: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def to_float_nchw(images: Sequence[np.ndarray]):
     """uint8 HxWx3 images of one size -> float NCHW tensor in [0, 1]."""
     import torch
@@ -82,10 +64,3 @@ def per_size(fn: Callable[[list[np.ndarray]], np.ndarray]) -> Callable[..., np.n
         return np.stack(out)
 
     return wrapped
-
-
-
-
-def is_local(name: str) -> bool:
-    """Whether a weights name is a local path (it exists, or is written as one) or a hub id."""
-    return Path(name).expanduser().exists() or name.startswith((".", "/", "~"))

@@ -36,11 +36,12 @@ from darkroom.evals.extractor_types import (
     ExtractorEntry,
     FeatureExtractor,
     WeightsMissing,
-    file_sha256,
     per_size,
     to_float_nchw,
 )
+from darkroom.platform.data.records import file_sha256
 from darkroom.platform.errors import UserError, did_you_mean
+from darkroom.platform.models.names import looks_local
 
 __all__ = ["EXTRACTORS", "ExtractorEntry", "FeatureExtractor", "WeightsMissing",
            "check_extractor", "extractor_protocol", "load_digits", "load_extractor", "per_size",
@@ -160,15 +161,15 @@ def load_clip(name_or_folder: str):
     from transformers import CLIPModel, CLIPProcessor
 
     path = Path(name_or_folder).expanduser()
-    looks_local = path.exists() or name_or_folder.startswith((".", "/", "~"))
-    if looks_local and not (path / "config.json").is_file():
+    local = looks_local(name_or_folder)
+    if local and not (path / "config.json").is_file():
         raise WeightsMissing(
             f"CLIP folder `{name_or_folder}` has no config.json: give a folder saved with "
             "CLIPModel.save_pretrained and CLIPProcessor.save_pretrained, or a hub id"
         )
     try:
-        model = CLIPModel.from_pretrained(str(path) if looks_local else name_or_folder)
-        processor = CLIPProcessor.from_pretrained(str(path) if looks_local else name_or_folder)
+        model = CLIPModel.from_pretrained(str(path) if local else name_or_folder)
+        processor = CLIPProcessor.from_pretrained(str(path) if local else name_or_folder)
     except OSError as err:
         raise WeightsMissing(
             f"CLIP model `{name_or_folder}` could not be loaded ({str(err).splitlines()[0]}); "
@@ -179,8 +180,7 @@ def load_clip(name_or_folder: str):
 
 def _clip_check(weights: str | None) -> str | None:
     name = weights or DEFAULT_CLIP
-    path = Path(name).expanduser()
-    if (path.exists() or name.startswith((".", "/", "~"))) and not (path / "config.json").is_file():
+    if looks_local(name) and not (Path(name).expanduser() / "config.json").is_file():
         return f"CLIP folder `{name}` has no config.json"
     return None
 

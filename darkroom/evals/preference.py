@@ -24,8 +24,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from darkroom.evals.extractor_types import WeightsMissing, is_local
+from darkroom.evals.extractor_types import WeightsMissing
 from darkroom.platform.errors import UserError, did_you_mean
+from darkroom.platform.models.names import looks_local
 
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # the processor PickScore uses
 
@@ -52,7 +53,7 @@ class PickScore:
     def __init__(self, weights: str, device: str = "cpu") -> None:
         from transformers import AutoProcessor, CLIPModel
 
-        local = is_local(weights)
+        local = looks_local(weights)
         folder = Path(weights).expanduser()
         if local and not (folder / "config.json").is_file():
             raise WeightsMissing(

@@ -20,7 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from darkroom.evals.metrics.base import FEATURES, RunScores
+from darkroom.evals.outputs import read_timing
 from darkroom.platform.data import layout, storage
+from darkroom.platform.data.runinfo import RunInfo, read_run_info
 from darkroom.platform.data.storage import Location
 
 PENDING_FILE = "eval_pending.json"
@@ -39,7 +41,7 @@ class RunResult:
 
     run_id: str
     run_dir: Location
-    info: dict[str, Any]
+    info: RunInfo
     timing: dict[str, Any]
     count: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
@@ -88,10 +90,9 @@ class PendingResults:
         for saved in body["results"]:
             run_dir = self.path.parent / saved["run_id"]
             results.append(RunResult(
-                saved["run_id"], run_dir, layout.read_json(run_dir / layout.RUN_INFO),
-                read_timing(run_dir), count=saved["images"], metrics=saved["metrics"],
-                missing=saved["missing"], warnings=saved["warnings"],
-                unreadable=saved["unreadable"]))
+                saved["run_id"], run_dir, read_run_info(run_dir), read_timing(run_dir),
+                count=saved["images"], metrics=saved["metrics"], missing=saved["missing"],
+                warnings=saved["warnings"], unreadable=saved["unreadable"]))
         return results, body["protocol"]
 
 
@@ -174,24 +175,3 @@ def read_record(run_dir: Location) -> dict[str, Any] | None:
         return json.loads(storage.read_bytes(run_dir / layout.SCORES / RECORD_FILE))
     except (OSError, ValueError):
         return None
-
-
-def read_timing(run_dir: Location) -> dict[str, Any]:
-    """The run's timing.json (images, seconds, images/s of its generation), or {}."""
-    path = run_dir / layout.TIMING
-    return layout.read_json(path) if storage.exists(path) else {}
-
-
-def count_rows(run_dir: Location) -> int:
-    """Distinct image rows of the run (only the row_id column is read)."""
-    table = layout.read_table(run_dir / layout.IMAGES, columns=["row_id"])
-    return 0 if table is None else len(set(table.column("row_id").to_pylist()))
-
-
-def first_value(run_dir: Location, column: str) -> Any:
-    """A column's value in the run's first image row (for settings all rows share)."""
-    files = layout.parquet_files(run_dir / layout.IMAGES)
-    if not files:
-        return None
-    values = layout.read_file(files[0], columns=[column]).column(column).to_pylist()
-    return values[0] if values else None

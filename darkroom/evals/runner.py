@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from darkroom.evals.categories import prompt_categories
+from darkroom.evals.categories import attach_categories, prompt_categories
 from darkroom.evals.extractors import check_extractor, extractor_protocol
 from darkroom.evals.feature_cache import (
     align,
@@ -23,19 +23,18 @@ from darkroom.evals.feature_cache import (
 )
 from darkroom.evals.metrics.base import Context, RunScores, extractor_weights, feature_column
 from darkroom.evals.metrics.compute import METRICS, statistics, with_intervals
+from darkroom.evals.outputs import read_rows, read_timing
 from darkroom.evals.reference import reference_stats
 from darkroom.evals.reporting import tracking as track
 from darkroom.evals.results import (
     PendingResults,
     RunResult,
-    read_timing,
     run_scores,
     write_record,
     write_scores,
     write_unreadable,
 )
 from darkroom.evals.scoring import (
-    META_COLUMNS,
     ScorePlan,
     images_dataset,
     score_dataset,
@@ -43,6 +42,7 @@ from darkroom.evals.scoring import (
 )
 from darkroom.evals.spec import EvalSpec, TrackingSpec
 from darkroom.platform.data import layout, storage
+from darkroom.platform.data.runinfo import read_run_info
 from darkroom.platform.data.storage import Location
 from darkroom.platform.errors import UserError
 
@@ -110,8 +110,7 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
 
     `categories`: (prompt_id -> category, or None with the reason), for per-category FID.
     """
-    results = [RunResult(d.name, d, layout.read_json(d / layout.RUN_INFO), read_timing(d))
-               for d in run_dirs]
+    results = [RunResult(d.name, d, read_run_info(d), read_timing(d)) for d in run_dirs]
     shared = Context(spec)  # the references, and warnings about them
     plan, skipped = _plan(spec)
 
@@ -170,7 +169,7 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
                 if extractor not in cached[result.run_id] and column in scores.columns:
                     write_features(result.run_dir, extractor, protocols[extractor],
                                    scores.columns["row_id"], scores.columns[column])
-        _attach_categories(scores, categories[0])
+        attach_categories(scores.columns, categories[0])
         ctx = Context(spec, shared.references, warnings=list(shared.warnings))
         ctx.memo["category_reason"] = categories[1]
         ctx.warnings += _unreadable_warnings(result, bad_files)
@@ -210,29 +209,12 @@ def _needed(result: RunResult, plan: ScorePlan, protocols: dict[str, dict[str, A
     return tuple(need)
 
 
-def _from_disk(run_dir: Path, bad_files: list[tuple[str, str]]
+def _from_disk(run_dir: Location, bad_files: list[tuple[str, str]]
                ) -> tuple[RunScores, dict[str, str]]:
     """A run's rows without reading images (all its features are cached): identity and request
     columns from the image files, less the rows the last evaluation left out as unreadable."""
-    import pyarrow.parquet as pq
-
-    tables = []
-    for path in layout.parquet_files(run_dir / layout.IMAGES):
-        try:
-            names = pq.read_schema(path).names
-            tables.append(pq.read_table(path, columns=[
-                c for c in ["row_id", "prompt", "class_label", *META_COLUMNS] if c in names]))
-        except Exception as err:  # reported with the run, as the scoring pass does
-            bad_files.append((str(path), f"{type(err).__name__}: {str(err)[:200]}"))
     skipped = left_out(run_dir)
-    if not tables:
-        return RunScores(run_dir.name, {"row_id": np.array([], dtype=object)}), skipped
-    table = pa.concat_tables(tables, promote_options="default")
-    ids = np.asarray(table.column("row_id").to_pylist(), dtype=object)
-    _, first = np.unique(ids.astype(str), return_index=True)
-    keep = np.array([i for i in first if ids[i] not in skipped], dtype=np.int64)
-    columns = {name: np.asarray(table.column(name).to_pylist(), dtype=object)[keep]
-               for name in table.column_names}
+    columns = read_rows(run_dir, skipped, bad_files) or {"row_id": np.array([], dtype=object)}
     return RunScores(run_dir.name, columns), skipped
 
 
@@ -244,12 +226,6 @@ def _attach_cached(scores: RunScores, cached: dict[str, dict[str, np.ndarray]]) 
         elif scores.count:
             scores.part_errors[f"features.{extractor}"] = (
                 "the feature cache does not hold every row; evaluate the run again")
-
-
-def _attach_categories(scores: RunScores, categories: dict[str, str] | None) -> None:
-    if categories is not None and "prompt_id" in scores.columns:
-        scores.columns["category"] = np.array(
-            [categories.get(str(p)) for p in scores.columns["prompt_id"]], dtype=object)
 
 
 def _unreadable_warnings(result: RunResult, bad_files: list[tuple[str, str]]) -> list[str]:

@@ -26,6 +26,7 @@ from darkroom.evals.reporting.tracking import log_job
 from darkroom.evals.results import RunResult
 from darkroom.evals.spec import EvalSpec, TrackingSpec
 from darkroom.platform.data import layout
+from darkroom.platform.data.runinfo import read_run_info
 
 CHROMIUM = shutil.which("chromium")
 FIDS = {"run-ddim-1": 30.0, "run-ddim-2": 20.0, "run-euler-2": 25.0}
@@ -41,8 +42,7 @@ def logged(sd_job, tmp_path_factory):
     for run_dir in layout.run_dirs(sd_job):
         timing = {"images": 18, "seconds": 18 / SPEEDS[run_dir.name],
                   "images_per_s": SPEEDS[run_dir.name]}
-        results.append(RunResult(run_dir.name, run_dir,
-                                 layout.read_json(run_dir / layout.RUN_INFO), timing, count=18,
+        results.append(RunResult(run_dir.name, run_dir, read_run_info(run_dir), timing, count=18,
                                  metrics={"fid": FIDS[run_dir.name],
                                           "fid_ci_low": FIDS[run_dir.name] - 1.5,
                                           "fid_ci_high": FIDS[run_dir.name] + 2.5},

@@ -71,11 +71,6 @@ class Interval:
     level: float
     resamples: int
 
-    @property
-    def half_width(self) -> float:
-        """Half the interval's width: what `value ± half-width` shows."""
-        return (self.high - self.low) / 2
-
 
 def interval(value: float, replicates: np.ndarray, level: float = 0.95,
              bounds: tuple[float, float] = (-np.inf, np.inf), shift: bool = False

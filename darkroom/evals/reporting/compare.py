@@ -14,6 +14,7 @@ from pathlib import Path
 
 from darkroom.evals.metrics.compute import CI_HIGH, CI_LOW, METRICS, higher_is_better
 from darkroom.evals.reporting import tracking
+from darkroom.evals.reporting.naming import distinct_names
 from darkroom.evals.reporting.paired import (
     Comparison,
     RealBaseline,
@@ -27,8 +28,6 @@ from darkroom.platform.data import storage
 from darkroom.platform.errors import UserError, did_you_mean
 
 QUALITY = [m.key for m in METRICS.values() if "*" not in m.key]
-# Settings that tell runs with the same base name apart in a table.
-DISTINGUISHING = ["seed", "eta", "sampler.overrides", "width", "height", "model.source"]
 
 
 @dataclass
@@ -97,22 +96,11 @@ def load_runs(client, experiment: str) -> list[RunRow]:
 
 
 def name_rows(rows: list[RunRow]) -> None:
-    """Each row's display name: its MLflow name, plus the settings that tell apart runs that
-    share one (runs of two jobs in one experiment), plus the run id if that is not enough."""
+    """Each row's display name: its MLflow name, told apart from runs of other jobs that share
+    it by the one naming rule, from the settings logged as params."""
+    names = distinct_names({r.run_id: r.params for r in rows}, {r.run_id: r.name for r in rows})
     for row in rows:
-        row.display = row.name
-    for name in {r.name for r in rows}:
-        same = [r for r in rows if r.name == name]
-        if len(same) < 2:
-            continue
-        for param in DISTINGUISHING:
-            if len({r.params.get(param) for r in same}) > 1:
-                for r in same:
-                    r.display += f"-{param.split('.')[-1]}{r.params.get(param)}"
-    counts = {d: [r.display for r in rows].count(d) for d in (r.display for r in rows)}
-    for r in rows:
-        if counts[r.display] > 1:
-            r.display += f"-{r.run_id[:8]}"
+        row.display = names[row.run_id]
 
 
 def pick_metric(rows: list[RunRow], metric: str | None) -> str:

@@ -13,25 +13,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from darkroom.evals.categories import prompt_categories
+from darkroom.evals.categories import attach_categories, prompt_categories
 from darkroom.evals.feature_cache import align, left_out, read_features
 from darkroom.evals.metrics.base import Context, RunScores, feature_column
 from darkroom.evals.metrics.bootstrap import Difference, difference, resample_counts
 from darkroom.evals.metrics.compute import METRICS, higher_is_better, statistics, with_intervals
 from darkroom.evals.metrics.distances import Stats
+from darkroom.evals.outputs import read_job_file, read_rows
 from darkroom.evals.reference import load_npz
 from darkroom.evals.results import SCORES_FILE, read_record
 from darkroom.evals.spec import EvalSpec
 from darkroom.platform.data import layout, storage
 from darkroom.platform.data.storage import Location
-
-META = ["row_id", "prompt_id", "sample_idx", "seed", "prompt", "class_label"]
 
 
 @dataclass
@@ -47,18 +43,6 @@ class RunData:
     missing: dict[str, str] = field(default_factory=dict)  # extractor -> why it is absent
 
 
-def _table(folder: Location) -> pa.Table | None:
-    tables = []
-    for path in layout.parquet_files(folder / layout.IMAGES):
-        try:
-            fs, inner = storage.filesystem(path)
-            names = pq.read_schema(inner, filesystem=fs).names
-            tables.append(storage.read_parquet(path, columns=[c for c in META if c in names]))
-        except Exception:  # unreadable files were left out of the evaluation too
-            continue
-    return pa.concat_tables(tables, promote_options="default") if tables else None
-
-
 def load_run(name: str, folder: Location) -> RunData | str:
     """The run in `folder` (a path or a URI) as its last evaluation left it, or why it cannot
     be compared."""
@@ -67,15 +51,9 @@ def load_run(name: str, folder: Location) -> RunData | str:
         return (f"{folder} has no eval record (scores/eval.json): evaluate it again with this "
                 "version (`darkroom eval`)")
     spec = EvalSpec.model_validate(record["spec"])
-    table = _table(folder)
-    if table is None:
+    columns = read_rows(folder, left_out(folder))
+    if columns is None:
         return f"{folder} holds no readable image files"
-    skipped = left_out(folder)
-    ids = np.asarray(table.column("row_id").to_pylist(), dtype=object)
-    _, first = np.unique(ids.astype(str), return_index=True)
-    keep = np.array([i for i in first if ids[i] not in skipped], dtype=np.int64)
-    columns = {c: np.asarray(table.column(c).to_pylist(), dtype=object)[keep]
-               for c in table.column_names}
     scores_file = folder / layout.SCORES / SCORES_FILE
     if storage.exists(scores_file):
         per_image = storage.read_parquet(scores_file).to_pydict()
@@ -101,21 +79,8 @@ def load_run(name: str, folder: Location) -> RunData | str:
             scores.columns[feature_column(extractor)] = aligned.astype(np.float64)
             data.references[extractor] = load_npz(path)[0]
             data.identities[extractor] = f"{protocol}|{info.get('fingerprint') or path}"
-    categories, _ = prompt_categories(_job_spec(folder.parent))
-    if categories is not None and "prompt_id" in columns:
-        columns["category"] = np.array([categories.get(str(p)) for p in columns["prompt_id"]],
-                                       dtype=object)
+    attach_categories(columns, prompt_categories(read_job_file(folder.parent))[0])
     return data
-
-
-def _job_spec(job_dir: Location) -> dict[str, Any]:
-    path = job_dir / layout.JOB_SPEC
-    if not storage.exists(path):
-        return {}
-    from darkroom.platform.config import parse_yaml
-
-    data, _ = parse_yaml(storage.read_text(path), str(path))
-    return data if isinstance(data, dict) else {}
 
 
 # -- pairing --------------------------------------------------------------------------------------

@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from darkroom.evals.metrics.compute import CI_HIGH, CI_LOW, METRICS
+from darkroom.evals.outputs import first_value
 from darkroom.evals.reporting.contact_sheets import contact_sheet_png
-from darkroom.evals.results import RunResult, first_value
+from darkroom.evals.reporting.naming import run_names, settings_of
+from darkroom.evals.results import RunResult
 from darkroom.evals.spec import EvalSpec, TrackingSpec
 from darkroom.platform.data import layout
+from darkroom.platform.data.runinfo import RunInfo, read_run_info
 
 KIND = "darkroom.kind"  # job | run | compare
 KEY = "darkroom.key"
@@ -213,8 +216,7 @@ def log_job(results: list[RunResult], protocol: dict, job_dir: Path, tracking_sp
     stamped = {f"darkroom.version.{k}": v for k, v in versions().items()}
     key, name = path_key("job", job_dir, digest), f"{job_dir.name}-{digest[:8]}"
     tags = {KIND: "job", "darkroom.spec_hash": digest, "darkroom.output": job_dir, **stamped}
-    names = run_names({d.name: layout.read_json(d / layout.RUN_INFO)
-                       for d in layout.run_dirs(job_dir)}
+    names = run_names({d.name: read_run_info(d) for d in layout.run_dirs(job_dir)}
                       | {r.run_id: r.info for r in results})
     with run_scope(mlflow_client, exp, key, name, tags) as parent:
         log_params(mlflow_client, parent, {"job": job_dir.name, "runs": len(results)})
@@ -255,65 +257,18 @@ def _log_run(mlflow_client, exp: str, parent: str, result: RunResult, protocol: 
         log_files(mlflow_client, run, {
             "contact_sheet.png": contact_sheet_png(result.run_dir, eval_spec.contact_sheet),
             "job_spec.json": to_json(job_spec),
-            "run.json": to_json(info),
+            "run.json": to_json(info.dump()),
             "metrics.json": to_json({**result.summary(), "logged": metrics}),
             "eval_protocol.json": to_json(protocol),
         })
     return run
 
 
-def run_name(info: dict[str, Any], fallback: str) -> str:
-    """A run's base name: model, sampler, steps and guidance."""
-    sampler = (info.get("sampler") or {}).get("name", "?")
-    label = info.get("model_label") or (info.get("model") or {}).get("model") or fallback
-    return f"{label}-{sampler}-s{info.get('steps', '?')}-g{info.get('guidance_scale', '?')}"
-
-
-def _overrides(info: dict[str, Any]) -> str:
-    pairs = sorted(((info.get("sampler") or {}).get("overrides") or {}).items())
-    return ",".join(f"{k}={v}" for k, v in pairs)
-
-
-# The other settings a sweep can vary, as they read in a name (only those that differ are shown).
-NAME_PARTS = {
-    "eta": lambda info: f"eta{info.get('eta')}",
-    "sampler.overrides": lambda info: _overrides(info) or "default",
-    "size": lambda info: f"{info.get('width')}x{info.get('height')}",
-    "seed": lambda info: f"seed{info.get('seed')}",
-    "model.source": lambda info: str((info.get("model") or {}).get("model")),
-    "model.revision": lambda info: str((info.get("model") or {}).get("revision")),
-}
-
-
-def run_names(infos: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Distinct names for a job's runs (run_id -> name): the base name, then, among runs that
-    still share a name, every other setting whose value differs between them (eta, sampler
-    overrides, size, seed, model source); the run id where that still leaves two the same."""
-    names = {run_id: run_name(info, run_id) for run_id, info in infos.items()}
-    for part in NAME_PARTS.values():
-        groups: dict[str, list[str]] = {}
-        for run_id, name in names.items():
-            groups.setdefault(name, []).append(run_id)
-        for members in groups.values():
-            if len({part(infos[r]) for r in members}) > 1:
-                for r in members:
-                    names[r] = f"{names[r]}-{part(infos[r])}"
-    counts = {n: list(names.values()).count(n) for n in names.values()}
-    return {run_id: name if counts[name] == 1 else f"{name}-{run_id[:8]}"
-            for run_id, name in names.items()}
-
-
-def run_params(info: dict[str, Any], result: RunResult) -> dict[str, Any]:
-    """A run's MLflow params, from its run.json."""
-    model = info.get("model") or {}
-    sampler = info.get("sampler") or {}
+def run_params(info: RunInfo, result: RunResult) -> dict[str, Any]:
+    """A run's MLflow params, from its run.json (the settings its name is made of, and more)."""
     return {
-        "model": info.get("model_label") or model.get("model"), "model.source": model.get("model"),
-        "model.revision": model.get("revision") or first_value(result.run_dir, "model_revision"),
-        "sampler": sampler.get("name"),
-        "sampler.overrides": to_json(sampler.get("overrides") or {}).strip(),
-        "steps": info.get("steps"), "guidance_scale": info.get("guidance_scale"),
-        "eta": info.get("eta"), "width": info.get("width"), "height": info.get("height"),
-        "seed": info.get("seed"), "images_per_prompt": info.get("images_per_prompt"),
-        "prompt_count": info.get("prompt_count"), "image_count": result.count,
+        **settings_of(info),
+        "model.revision": info.model.revision or first_value(result.run_dir, "model_revision"),
+        "images_per_prompt": info.images_per_prompt, "prompt_count": info.prompt_count,
+        "image_count": result.count,
     }
