@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from darkroom.evals.metrics.base import FEATURES, RunScores
+from darkroom.evals import registry
+from darkroom.evals.metrics.base import RunScores
 from darkroom.evals.outputs import read_timing
+from darkroom.evals.units import ERROR_PREFIX, FEATURES, Part, error_column
 from darkroom.platform.data import layout, storage
 from darkroom.platform.data.runinfo import RunInfo, read_run_info
 from darkroom.platform.data.storage import Location
@@ -29,10 +32,7 @@ PENDING_FILE = "eval_pending.json"
 SCORES_FILE = "scores.parquet"
 UNREADABLE_FILE = "unreadable.parquet"
 RECORD_FILE = "eval.json"
-# Columns that are not scores: identity and request columns (in the images already), features
-# (kept per extractor by `feature_cache.py`), and the category read from the prompt file.
-PASSED_THROUGH = {"row_id", "group", "prompt", "class_label", "prompt_id", "sample_idx", "seed",
-                  "category"}
+
 
 
 @dataclass
@@ -96,9 +96,11 @@ class PendingResults:
         return results, body["protocol"]
 
 
-def run_scores(run_id: str, columns: dict[str, np.ndarray]) -> tuple[RunScores, dict[str, str]]:
+def run_scores(run_id: str, columns: dict[str, np.ndarray], parts: Iterable[Part] = ()
+               ) -> tuple[RunScores, dict[str, str]]:
     """One run's rows of the scoring pass (all runs' columns, `group` naming the run), each row
-    id once, in row_id order; and the rows left out as unreadable (row_id -> reason)."""
+    id once, in row_id order, with the reasons any of `parts` did not load; and the rows left
+    out as unreadable (row_id -> reason)."""
     if not columns:
         return RunScores(run_id, {"row_id": np.array([], dtype=object)}), {}
     mine = np.flatnonzero(columns["group"] == run_id)
@@ -111,9 +113,9 @@ def run_scores(run_id: str, columns: dict[str, np.ndarray]) -> tuple[RunScores, 
     rows = np.array([i for i in rows if str(columns["row_id"][i]) not in unreadable],
                     dtype=np.int64)
     picked = {k: v[rows] for k, v in columns.items()
-              if not k.startswith("error_") and k != "unreadable"}
-    errors = {k.removeprefix("error_"): str(v[mine[0]]) for k, v in columns.items()
-              if k.startswith("error_") and len(mine)}
+              if not k.startswith(ERROR_PREFIX) and k != "unreadable"}
+    errors = {part: str(columns[error_column(part)][mine[0]]) for part in parts
+              if error_column(part) in columns and len(mine)}
     return RunScores(run_id, picked, errors), unreadable
 
 
@@ -138,8 +140,8 @@ def write_atomic(table: pa.Table, target: Location) -> None:
 def write_scores(run_dir: Location, scores: RunScores) -> Location | None:
     """Per-image scores keyed by row_id into <run>/scores/scores.parquet, merged with columns an
     earlier evaluation wrote; written under a dot-name and renamed, so readers never see half."""
-    new = {k: v for k, v in scores.columns.items()
-           if k not in PASSED_THROUGH and not k.startswith(FEATURES)}
+    saved = {c for s in registry.scorers().values() if s.name != FEATURES for c in s.columns}
+    new = {k: v for k, v in scores.columns.items() if k in saved}
     if not new or not scores.count:
         return None
     table = pa.table({"row_id": pa.array(scores.columns["row_id"].astype(str)),

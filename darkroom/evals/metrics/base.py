@@ -12,8 +12,11 @@ import numpy as np
 
 from darkroom.evals.metrics.bootstrap import Resample, resample_counts
 from darkroom.evals.metrics.distances import Stats
+from darkroom.evals.units import Part
 
 FEATURES = "features."  # column prefix: features.<extractor>
+NON_NEGATIVE = (0.0, np.inf)  # metric ranges, for intervals
+UNIT = (0.0, 1.0)
 
 
 class Unavailable(Exception):
@@ -25,14 +28,6 @@ def feature_column(extractor: str) -> str:
     return FEATURES + extractor
 
 
-def extractor_weights(spec: Any, extractor: str) -> str | None:
-    """The weights an extractor runs with: `eval.weights` for the configured feature extractor,
-    else the extractor's own setting (CLIP: `clip_model`, DINOv2: `dinov2_model`)."""
-    if extractor == spec.feature_extractor and spec.weights:
-        return spec.weights
-    return {"clip": spec.clip_model, "dinov2": spec.dinov2_model}.get(extractor)
-
-
 @dataclass
 class RunScores:
     """One run's per-image results, in row_id order (columns named as in the scores Parquet;
@@ -40,7 +35,7 @@ class RunScores:
 
     run_id: str
     columns: dict[str, np.ndarray]
-    part_errors: dict[str, str] = field(default_factory=dict)  # part -> why it did not load
+    part_errors: dict[Part, str] = field(default_factory=dict)  # part -> why it did not load
 
     @property
     def count(self) -> int:

@@ -9,6 +9,8 @@ bootstrap resampler (the reference stays fixed; only the generated rows are resa
 - `precision`, `recall` (k = 3; Kynkäänniemi et al. 2019), `density`, `coverage` (k = 5; Naeem
   et al. 2020) on the configured extractor's features.
 - `fid_per_category`: FID of each prompt category's images against the reference.
+
+Each needs the `features` part of its extractor (`Part("features")`: the configured one).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import re
 import numpy as np
 
 from darkroom.evals.metrics.base import (
+    NON_NEGATIVE,
+    UNIT,
     Context,
     RunScores,
     Statistic,
@@ -33,11 +37,10 @@ from darkroom.evals.metrics.distances import (
     rbf_kernel,
 )
 from darkroom.evals.metrics.neighbours import DC_K, PR_K, Manifolds
+from darkroom.evals.units import FEATURES, Metric, Part
 
 CMMD_SIGMA, CMMD_SCALE = 10.0, 1000.0  # Jayasumana et al. 2024
 CATEGORY_PREFIX = "fid_category."
-NON_NEGATIVE = (0.0, np.inf)
-UNIT = (0.0, 1.0)
 
 
 def generated_features(scores: RunScores, ctx: Context, extractor: str,
@@ -200,3 +203,26 @@ def fid_per_category(scores: RunScores, ctx: Context) -> dict[str, Statistic]:
     if not out:
         raise Unavailable("no category has 2 or more images")
     return out
+
+
+CONFIGURED = Part(FEATURES)  # the configured `feature_extractor`'s features
+
+UNITS = (
+    Metric("fid", "fid", False, CONFIGURED, "Fréchet distance to the reference features", fid),
+    Metric("kid", "kid", False, CONFIGURED, "kernel (MMD^2) distance to the reference features",
+           kid),
+    Metric("fd_dinov2", "fd_dinov2", False, Part(FEATURES, "dinov2"),
+           "Fréchet distance on DINOv2 ViT-L/14 features", fd_dinov2),
+    Metric("cmmd", "cmmd", False, Part(FEATURES, "clip"),
+           "MMD^2 (RBF kernel) on CLIP image embeddings, x1000", cmmd),
+    Metric("precision", "precision", True, CONFIGURED,
+           "share of images inside the real images' k-NN manifold (k=3)", precision),
+    Metric("recall", "recall", True, CONFIGURED,
+           "share of real images inside the generated k-NN manifold (k=3)", recall),
+    Metric("density", "density", True, CONFIGURED,
+           "real k-NN balls per generated image, over k (k=5)", density),
+    Metric("coverage", "coverage", True, CONFIGURED,
+           "share of real images whose k-NN ball holds a generated one (k=5)", coverage),
+    Metric("fid_per_category", CATEGORY_PREFIX + "*", False, CONFIGURED,
+           "FID of each prompt category's images", fid_per_category),
+)

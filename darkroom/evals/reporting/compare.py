@@ -12,7 +12,8 @@ import statistics as stats
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from darkroom.evals.metrics.compute import CI_HIGH, CI_LOW, METRICS, higher_is_better
+from darkroom.evals import registry
+from darkroom.evals.metrics.compute import CI_HIGH, CI_LOW, higher_is_better
 from darkroom.evals.reporting import tracking
 from darkroom.evals.reporting.naming import distinct_names
 from darkroom.evals.reporting.paired import (
@@ -27,7 +28,7 @@ from darkroom.evals.reporting.report_html import SPEED, report_html
 from darkroom.platform.data import storage
 from darkroom.platform.errors import UserError, did_you_mean
 
-QUALITY = [m.key for m in METRICS.values() if "*" not in m.key]
+QUALITY = [m.key for m in registry.metrics().values() if "*" not in m.key]
 
 
 @dataclass
@@ -112,7 +113,7 @@ def pick_metric(rows: list[RunRow], metric: str | None) -> str:
             if key in present:
                 return key
         return SPEED
-    key = METRICS[metric].key if metric in METRICS else metric
+    key = registry.metrics()[metric].key if metric in registry.metrics() else metric
     if key not in present:
         raise UserError(f"no run has metric `{metric}`;{did_you_mean(key, present)}")
     return key

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from darkroom.evals import registry
 from darkroom.evals.categories import attach_categories, prompt_categories
 from darkroom.evals.feature_cache import align, left_out, read_features
 from darkroom.evals.metrics.base import Context, RunScores, feature_column
 from darkroom.evals.metrics.bootstrap import Difference, difference, resample_counts
-from darkroom.evals.metrics.compute import METRICS, higher_is_better, statistics, with_intervals
+from darkroom.evals.metrics.compute import higher_is_better, statistics, with_intervals
 from darkroom.evals.metrics.distances import Stats
 from darkroom.evals.outputs import read_job_file, read_rows
 from darkroom.evals.reference import load_npz
@@ -123,9 +124,9 @@ class Comparison:
 
 
 def _same_references(run: RunData, base: RunData, metric: str) -> str | None:
-    extractor = METRICS[metric].part(run.spec).removeprefix("features.")
-    if not METRICS[metric].part(run.spec).startswith("features."):
+    if not registry.metrics()[metric].on_features:
         return None
+    extractor = registry.metrics()[metric].part_for(run.spec).extractor
     if extractor in run.missing or extractor in base.missing:
         return run.missing.get(extractor) or base.missing.get(extractor)
     if run.identities.get(extractor) != base.identities.get(extractor):
@@ -188,8 +189,9 @@ def real_baseline(data: RunData, count: int, seed: int = 0) -> RealBaseline | st
     """`count` reference images (drawn with `seed`) measured as if generated, against the other
     reference images, with the runs' own feature extractors, settings and bootstrap."""
     spec = data.spec
-    extractors = {METRICS[m].part(spec).removeprefix("features.") for m in spec.metrics
-                  if METRICS[m].part(spec).startswith("features.")}
+    on_features = [registry.metrics()[m] for m in spec.metrics
+                   if registry.metrics()[m].on_features]
+    extractors = {m.part_for(spec).extractor for m in on_features}
     references = {e: data.references[e] for e in extractors if e in data.references}
     usable = {e: r for e, r in references.items() if r.features is not None}
     if not usable:
@@ -206,8 +208,7 @@ def real_baseline(data: RunData, count: int, seed: int = 0) -> RealBaseline | st
     for extractor, ref in usable.items():
         columns[feature_column(extractor)] = ref.features[sample]
         rest_refs[extractor] = Stats.of(ref.features[rest])
-    metrics = [m for m in spec.metrics if METRICS[m].part(spec).startswith("features.")
-               and m != "fid_per_category"]
+    metrics = [m.name for m in on_features if m.name != "fid_per_category"]
     stats, missing = statistics(RunScores("real", columns), Context(spec, rest_refs), metrics)
     counts = resample_counts(columns["row_id"], spec.bootstrap.resamples or 500,
                              spec.bootstrap.seed)

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from darkroom.evals.metrics.compute import CI_HIGH, CI_LOW, METRICS
+from darkroom.evals import registry
+from darkroom.evals.metrics.compute import CI_HIGH, CI_LOW
 from darkroom.evals.outputs import first_value
 from darkroom.evals.reporting.contact_sheets import contact_sheet_png
 from darkroom.evals.reporting.naming import run_names, settings_of
@@ -250,8 +251,8 @@ def _log_run(mlflow_client, exp: str, parent: str, result: RunResult, protocol: 
             metrics["seconds_per_image"] = result.timing["seconds"] / result.timing["images"]
         metrics["images"] = result.count
         metrics["rows_unreadable"] = len(result.unreadable)
-        stale = [METRICS[m].key + end for m in result.missing for end in ("", CI_LOW, CI_HIGH)
-                 if "*" not in METRICS[m].key]
+        keys = [registry.metrics()[m].key for m in result.missing]
+        stale = [key + end for key in keys for end in ("", CI_LOW, CI_HIGH) if "*" not in key]
         log_metrics(mlflow_client, run, metrics, result.missing, stale)
         mlflow_client.set_tag(run, "darkroom.warnings", "\n".join(result.warnings)[:5000] or "none")
         log_files(mlflow_client, run, {

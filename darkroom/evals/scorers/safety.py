@@ -1,7 +1,8 @@
 """Safety checkers: one NSFW score in [0, 1] per image, and a flag where it reaches a threshold.
 
-Used per image by evaluation (`safety` metric: `nsfw_score`, `nsfw_flag`, `nsfw_rate`) and by the
-online endpoint, which withholds flagged images. Two checkers:
+Used per image by evaluation (the `safety` part: `nsfw_score`, `nsfw_flag`; the `safety` metric:
+`nsfw_rate`, settings in `eval.safety`) and by the online endpoint, which withholds flagged
+images. Two checkers:
 
 - `nudenet` (default, offline): NudeNet's ONNX detector, which ships inside its wheel. The score of
   an image is the highest detection confidence among the exposed-body classes (0 when none).
@@ -14,12 +15,22 @@ online endpoint, which withholds flagged images. Two checkers:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from darkroom.evals.metrics.base import (
+    UNIT,
+    Context,
+    RunScores,
+    Statistic,
+    Unavailable,
+    mean_statistic,
+)
+from darkroom.evals.units import Metric, Part, PartFn, PlannedPart, Scorer, Setting
 from darkroom.platform.errors import UserError, did_you_mean
 
 # Env var for the SD safety checker's weights: a folder holding the checker (config.json +
@@ -200,3 +211,55 @@ def load_safety_checker(name: str = "nudenet", threshold: float | None = None,
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise UserError(f"safety `threshold` must be within [0, 1], got {threshold}")
     return SAFETY_CHECKERS[name](threshold, weights=weights, device=device)
+
+
+class SafetySpec(BaseModel):
+    """The safety checker of the `safety` metric."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    checker: str = Field("nudenet", description="nudenet (offline) or sd (needs its weights)")
+    threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="flag at or above this NSFW score; default 0.5"
+    )
+    weights: str | None = Field(None, description="weights folder (sd) or .onnx file (nudenet)")
+
+    @field_validator("checker")
+    @classmethod
+    def _known_checker(cls, name: str) -> str:
+        if name not in SAFETY_CHECKERS:
+            raise ValueError(f"unknown safety checker `{name}`;"
+                             f"{did_you_mean(name, SAFETY_CHECKERS)}")
+        return name
+
+
+def _build(planned: PlannedPart, device: str) -> PartFn:
+    spec = SafetySpec.model_validate(planned.options["safety"])
+    checker = load_safety_checker(spec.checker, spec.threshold, weights=spec.weights,
+                                  device=device)
+
+    def part(images: list[np.ndarray], batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        scores = checker.score(images)
+        return {"nsfw_score": scores, "nsfw_flag": checker.flags(scores)}
+
+    return part
+
+
+def safety(scores: RunScores, ctx: Context) -> dict[str, Statistic]:
+    """Share of images the safety checker flags, and the highest NSFW score."""
+    flags = np.asarray(scores.column("nsfw_flag"), dtype=bool)
+    if not len(flags):
+        raise Unavailable("no images in this run")
+    nsfw = np.asarray(scores.column("nsfw_score"), dtype=np.float64)
+    return {"nsfw_rate": mean_statistic(flags, bounds=UNIT),
+            "nsfw_score_max": Statistic(float(nsfw.max()))}
+
+
+UNITS = (
+    Scorer("safety", "safety", _build, ("nsfw_score", "nsfw_flag"),
+           "an NSFW score per image and a flag where it reaches the threshold",
+           settings=(Setting("safety", "the safety checker of the `safety` metric",
+                             annotation=SafetySpec, default_factory=SafetySpec),)),
+    Metric("safety", "nsfw_rate", False, Part("safety"), "share of images flagged as NSFW",
+           safety, other_keys={"nsfw_score_max": False}),
+)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.linalg
 
 from darkroom.evals.metrics.base import mean_statistic
 from darkroom.evals.metrics.bootstrap import (
@@ -17,6 +16,7 @@ from darkroom.evals.metrics.bootstrap import (
     verdict,
 )
 from darkroom.evals.metrics.distances import Frechet, Stats
+from tests.evals.oracles import gaussian_fid
 
 
 def test_counts_draw_prompts_with_their_images():
@@ -44,14 +44,6 @@ def test_counts_keep_the_classes_of_a_balanced_prompt_set():
     assert (free[:, classes == 0].sum(axis=1) != 15).mean() > 0.5
 
 
-def true_fid(mu1, s1, mu2, s2) -> float:
-    """The Fréchet distance between two Gaussians, from the formula (Dowson & Landau 1982)."""
-    root = scipy.linalg.sqrtm(s2)
-    middle = np.linalg.eigvalsh(root @ s1 @ root)
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2)
-                 - 2 * np.sqrt(np.clip(middle, 0, None)).sum())
-
-
 @pytest.mark.slow
 def test_fid_interval_covers_the_true_fid_of_two_known_gaussians():
     """100 evaluations of 500 images drawn from a known Gaussian against the exact statistics of
@@ -61,7 +53,7 @@ def test_fid_interval_covers_the_true_fid_of_two_known_gaussians():
     mixing = rng.normal(size=(d, d)) / np.sqrt(d)
     mu_g, s_g = np.full(d, 0.5), mixing @ mixing.T + 0.5 * np.eye(d)
     mu_r, s_r = np.zeros(d), np.eye(d)
-    truth = true_fid(mu_g, s_g, mu_r, s_r)
+    truth = gaussian_fid(mu_r, s_r, mu_g, s_g)
     reference = Stats(mu_r, s_r, 10**9)
     covered, widths = 0, []
     for trial in range(100):
@@ -93,7 +85,7 @@ def test_fid_interval_is_for_fid_at_this_image_count():
 
     at_n = np.mean([Frechet(sample(5000 + t), reference)(np.ones((1, n)))[0]
                     for t in range(400)])
-    infinite = true_fid(mu_g, s_g, np.zeros(d), np.eye(d))
+    infinite = gaussian_fid(np.zeros(d), np.eye(d), mu_g, s_g)
     covered, covered_infinite = 0, 0
     for trial in range(100):
         frechet = Frechet(sample(1000 + trial), reference)

@@ -6,14 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from darkroom.evals import extractors
-from darkroom.evals.extractors import (
-    INCEPTION_ENV,
-    INCEPTION_FILE,
-    WeightsMissing,
-    check_extractor,
-    load_extractor,
-)
+from darkroom.evals.scorers import inception
+from darkroom.evals.scorers.features import check_extractor, load_extractor
+from darkroom.evals.scorers.inception import INCEPTION_ENV, INCEPTION_FILE
+from darkroom.evals.units import WeightsMissing
 from darkroom.platform.errors import UserError
 
 
@@ -25,7 +21,7 @@ def _images(count: int, size: int = 40, seed: int = 0) -> list[np.ndarray]:
 @pytest.fixture
 def no_inception(monkeypatch, tmp_path):
     monkeypatch.delenv(INCEPTION_ENV, raising=False)
-    monkeypatch.setattr(extractors, "CLEANFID_CACHE", tmp_path / "cleanfid-cache")
+    monkeypatch.setattr(inception, "CLEANFID_CACHE", tmp_path / "cleanfid-cache")
 
 
 def test_inception_without_weights_names_the_file_and_where(no_inception, tmp_path):

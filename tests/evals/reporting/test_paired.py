@@ -14,7 +14,7 @@ from darkroom.cli import main
 from darkroom.evals.metrics.base import RunScores
 from darkroom.evals.reporting.paired import pairing
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _scores(prompts, samples, seeds) -> RunScores:

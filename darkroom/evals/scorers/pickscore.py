@@ -1,13 +1,8 @@
-"""Preference scorers: models trained on human choices between images for one prompt, giving one
-score per (image, prompt); higher is preferred.
-
-A scorer is anything with `score(images, prompts) -> one float per image` (uint8 HxWx3 RGB
-images, one prompt each). `load_scorer(name, weights, device)` builds a registered one; weights
-that are not on this machine raise `WeightsMissing` with what to put where, and the metric is
-then recorded as missing with that reason.
-
-- `pickscore` (Kirstain et al. 2023, "Pick-a-Pic"): CLIP ViT-H/14 fine-tuned on Pick-a-Pic; the
-  score is CLIP's logit scale times the cosine of the L2-normalised image and prompt embeddings.
+"""The `pickscore` part and metric: PickScore (Kirstain et al. 2023, "Pick-a-Pic"), a CLIP
+ViT-H/14 fine-tuned on human choices between images for one prompt. Per (image, prompt) the
+score is CLIP's logit scale times the cosine of the L2-normalised image and prompt embeddings;
+higher is preferred. Weights that are not on this machine raise `WeightsMissing` with what to
+put where, and the metric is then recorded as missing with that reason.
 
 ImageReward (Xu et al. 2023) and HPS v2 (Wu et al. 2023) are not registered: `image-reward` 1.5
 fails to import with transformers 5 (its BLIP code imports `apply_chunking_to_forward` from
@@ -17,33 +12,28 @@ downgrade what the project runs on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from darkroom.evals.extractor_types import WeightsMissing
-from darkroom.platform.errors import UserError, did_you_mean
+from darkroom.evals.metrics.base import Context, RunScores, Statistic, Unavailable, mean_statistic
+from darkroom.evals.units import (
+    Metric,
+    Part,
+    PartFn,
+    PlannedPart,
+    Scorer,
+    WeightsMissing,
+    weights_setting,
+)
 from darkroom.platform.models.names import looks_local
 
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # the processor PickScore uses
-
-
-class PreferenceScorer(Protocol):
-    """Images and their prompts in, one preference score per image out."""
-
-    def score(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> np.ndarray:
-        """One float per image; higher is preferred."""
-
-
-@dataclass(frozen=True)
-class ScorerEntry:
-    """How to build a scorer: `load(weights, device)`."""
-
-    load: Callable[[str, str], PreferenceScorer]
-    description: str
+PICKSCORE_MODEL = weights_setting(
+    "pickscore_model", "yuvalkirstain/PickScore_v1", "PickScore's CLIP: a local folder (model "
+    "and processor) or hub id (processor: laion/CLIP-ViT-H-14-laion2B-s32B-b79K)")
 
 
 class PickScore:
@@ -97,14 +87,30 @@ def _pooled(out: Any):
     return out if isinstance(out, torch.Tensor) else out.pooler_output  # transformers 5
 
 
-SCORERS: dict[str, ScorerEntry] = {
-    "pickscore": ScorerEntry(lambda weights, device: PickScore(weights, device),
-                             "PickScore (Kirstain et al. 2023)"),
-}
+def _build(planned: PlannedPart, device: str) -> PartFn:
+    scorer = PickScore(planned.weights, device)
+
+    def part(images: list[np.ndarray], batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        prompts = [str(p or "") for p in batch.get("prompt", [""] * len(images))]
+        return {"pickscore": np.asarray(scorer.score(images, prompts), dtype=np.float64)}
+
+    return part
 
 
-def load_scorer(name: str, weights: str, device: str = "cpu") -> PreferenceScorer:
-    """A registered preference scorer; missing weights raise `WeightsMissing` with the fix."""
-    if name not in SCORERS:
-        raise UserError(f"unknown preference scorer `{name}`;{did_you_mean(name, SCORERS)}")
-    return SCORERS[name].load(weights, device)
+def pickscore(scores: RunScores, ctx: Context) -> dict[str, Statistic]:
+    """PickScore (Kirstain et al. 2023): a CLIP-H fine-tuned on Pick-a-Pic human preferences;
+    per image, the CLIP logit scale x cosine of the image and prompt embeddings; averaged."""
+    prompts = scores.column("prompt")
+    has_prompt = np.array([bool(p) for p in prompts])
+    if not has_prompt.any():
+        raise Unavailable("no prompts in this run: PickScore judges an image against its prompt")
+    return {"pickscore": mean_statistic(scores.column("pickscore"), has_prompt)}
+
+
+UNITS = (
+    Scorer("pickscore", "preference", _build, ("pickscore",),
+           "PickScore (Kirstain et al. 2023) of each image against its prompt",
+           weights=PICKSCORE_MODEL),
+    Metric("pickscore", "pickscore", True, Part("pickscore"),
+           "human-preference score of image and prompt (PickScore)", pickscore),
+)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from darkroom.evals.safety import SD_WEIGHTS_ENV, load_safety_checker
+from darkroom.evals.scorers.safety import SD_WEIGHTS_ENV, load_safety_checker
 from darkroom.platform.errors import UserError
 
 
@@ -32,7 +32,7 @@ def test_nudenet_offline_scores_and_flags():
 def test_nudenet_score_does_not_depend_on_the_batch():
     from sklearn.datasets import load_sample_images
 
-    from darkroom.evals.safety import NudeNetChecker
+    from darkroom.evals.scorers.safety import NudeNetChecker
 
     photo = load_sample_images().images[0]
     checker = NudeNetChecker(labels=["FACE_FEMALE", "FACE_MALE", "FEET_COVERED"])

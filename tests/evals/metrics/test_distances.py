@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.linalg
 
 from darkroom.evals.metrics.distances import (
     BACKENDS,
@@ -14,46 +13,18 @@ from darkroom.evals.metrics.distances import (
     torchmetrics_fid,
     torchmetrics_kid,
 )
-
-
-def _features(seed: int, n: int = 300, d: int = 12, shift: float = 0.0,
-              seed_data: int | None = None) -> np.ndarray:
-    """Correlated Gaussian features: `seed` fixes the distribution, `seed_data` the sample."""
-    mixing = np.random.default_rng(seed).normal(size=(d, d)) / np.sqrt(d)
-    rng = np.random.default_rng(seed if seed_data is None else seed_data)
-    return rng.normal(size=(n, d)) @ mixing + shift
-
-
-def independent_fid(x: np.ndarray, y: np.ndarray) -> float:
-    """||mu_x - mu_y||^2 + Tr(S_x + S_y - 2 (S_x S_y)^1/2), written from the paper's formula."""
-    mx, my = x.mean(0), y.mean(0)
-    sx = (x - mx).T @ (x - mx) / (len(x) - 1)
-    sy = (y - my).T @ (y - my) / (len(y) - 1)
-    # (S_x S_y)^1/2 has the same trace as (S_x^1/2 S_y S_x^1/2)^1/2, which is symmetric PSD
-    root = scipy.linalg.sqrtm(sx)
-    middle = np.linalg.eigvalsh(root @ sy @ root)
-    return float(((mx - my) ** 2).sum() + np.trace(sx) + np.trace(sy)
-                 - 2 * np.sqrt(np.clip(middle, 0, None)).sum())
-
-
-def independent_kid(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3 over the whole sets (Bińkowski et al.)."""
-    d = x.shape[1]
-    kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
-    m, n = len(x), len(y)
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-                 + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean())
+from tests.evals.oracles import gaussian_features, independent_fid, independent_kid
 
 
 def test_fid_matches_an_independent_computation():
-    x, y = _features(0), _features(1, n=250, shift=0.4)
+    x, y = gaussian_features(0), gaussian_features(1, n=250, shift=0.4)
     expected = independent_fid(x, y)
     assert expected > 0.5
     assert cleanfid_fid(Stats.of(x), Stats.of(y)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_backends_agree_on_fid_and_kid():
-    x, y = _features(2, n=200), _features(3, n=200, shift=0.3)
+    x, y = gaussian_features(2, n=200), gaussian_features(3, n=200, shift=0.3)
     gen, ref = Stats.of(x), Stats.of(y)
     assert torchmetrics_fid(gen, ref) == pytest.approx(cleanfid_fid(gen, ref), rel=1e-3)
     # subsets as large as both sets: every subset is the whole set, so both are deterministic
@@ -64,20 +35,20 @@ def test_backends_agree_on_fid_and_kid():
 
 
 def test_kid_with_random_subsets_is_seeded_and_close_to_the_full_estimate():
-    x, y = _features(4, n=400), _features(5, n=400, shift=0.5)
+    x, y = gaussian_features(4, n=400), gaussian_features(5, n=400, shift=0.5)
     first = cleanfid_kid(x, y, subsets=50, subset_size=100, seed=7)
     assert first == cleanfid_kid(x, y, subsets=50, subset_size=100, seed=7)
     assert first == pytest.approx(independent_kid(x, y), rel=0.1)
 
 
 def test_a_set_against_itself_is_about_zero():
-    x = _features(6, n=500)
+    x = gaussian_features(6, n=500)
     for name, backend in BACKENDS.items():
         assert abs(backend.fid(Stats.of(x), Stats.of(x))) < 1e-5, name
     # KID is unbiased: two samples of one distribution give about 0 (either sign), far below a
     # shifted sample's
-    same = _features(6, n=500, seed_data=99)
-    shifted = _features(6, n=500, shift=0.5, seed_data=98)
+    same = gaussian_features(6, n=500, seed_data=99)
+    shifted = gaussian_features(6, n=500, shift=0.5, seed_data=98)
     for name, backend in BACKENDS.items():
         near, far = backend.kid(x, same, 3, 500), backend.kid(x, shifted, 3, 500)
         assert far > 0.05 and abs(near) < far / 20, (name, near, far)
@@ -86,7 +57,7 @@ def test_a_set_against_itself_is_about_zero():
 
 
 def test_torchmetrics_backend_needs_features():
-    x = _features(10)
+    x = gaussian_features(10)
     only_moments = Stats(x.mean(0), np.cov(x, rowvar=False), len(x))
     with pytest.raises(ValueError, match="needs the features"):
         torchmetrics_fid(Stats.of(x), only_moments)

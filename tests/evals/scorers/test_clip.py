@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from darkroom.evals.extractors import load_clip
-from darkroom.evals.metrics.compute import Context, RunScores, clip_score
-from darkroom.evals.scoring import PARTS, ScorePlan
+from darkroom.evals.metrics.base import Context, RunScores
+from darkroom.evals.scorers.actor import build_part
+from darkroom.evals.scorers.clip import clip_score, load_clip
 from darkroom.evals.spec import EvalSpec
+from darkroom.evals.units import PlannedPart
 
 
 class _Unwrapped(torch.nn.Module):
@@ -43,7 +44,7 @@ def test_clip_score_equals_torchmetrics(tiny_clip_dir):
     images = [rng.integers(0, 256, (48, 48, 3), dtype=np.uint8) for _ in range(8)]
     prompts = ["a red fox", "a lighthouse at dusk", "soup", "two cats", "a tree", "blue sky",
                "an old map", "a bicycle"]
-    part = PARTS["clip"](ScorePlan(clip_model=str(tiny_clip_dir)))
+    part = build_part(PlannedPart(scorer="clip", weights=str(tiny_clip_dir)))
     ours = part(images, {"prompt": np.array(prompts, dtype=object)})
     each, corpus = _torchmetrics_scores(tiny_clip_dir, images, prompts)
     # torchmetrics floors each single-pair call at 0; the per-image scores themselves are signed
@@ -61,7 +62,7 @@ def test_long_prompts_are_truncated_and_counted(tiny_clip_dir):
     images = [rng.integers(0, 256, (48, 48, 3), dtype=np.uint8) for _ in range(2)]
     # the byte-level tokenizer has one token per letter: 40 five-letter words are 200 tokens
     long = "light " * 40
-    part = PARTS["clip"](ScorePlan(clip_model=str(tiny_clip_dir)))
+    part = build_part(PlannedPart(scorer="clip", weights=str(tiny_clip_dir)))
     ours = part(images, {"prompt": np.array([long, "short"], dtype=object)})
     assert list(ours["clip_truncated"]) == [True, False]
     # the long prompt scores as its first 75 tokens do (77 with the start and end tokens)
