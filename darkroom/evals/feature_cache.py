@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from darkroom.evals.outputs import image_hashes
+from darkroom.evals.results import left_out, write_atomic
 from darkroom.platform.data import layout, storage
 from darkroom.platform.data.storage import Location
 
 PREFIX = "features-"
-UNREADABLE_FILE = "unreadable.parquet"
 
 
 def protocol_hash(protocol: dict[str, Any]) -> str:
@@ -32,30 +33,9 @@ def features_path(run_dir: Location, extractor: str, protocol: dict[str, Any]) -
     return run_dir / layout.SCORES / f"{PREFIX}{extractor}-{protocol_hash(protocol)}.parquet"
 
 
-def image_hashes(run_dir: Location) -> dict[str, str]:
-    """row_id -> image_sha256 of the run's image rows (the image bytes are not read)."""
-    table = layout.read_table(run_dir / layout.IMAGES, columns=["row_id", "image_sha256"])
-    if table is None:
-        return {}
-    return dict(zip(table.column("row_id").to_pylist(), table.column("image_sha256").to_pylist(),
-                    strict=True))
-
-
-def left_out(run_dir: Location) -> dict[str, str]:
-    """row_id -> reason for the rows the last evaluation left out as unreadable."""
-    path = run_dir / layout.SCORES / UNREADABLE_FILE
-    if not storage.exists(path):
-        return {}
-    table = storage.read_parquet(path)
-    return dict(zip(table.column("row_id").to_pylist(), table.column("reason").to_pylist(),
-                    strict=True))
-
-
 def write_features(run_dir: Location, extractor: str, protocol: dict[str, Any],
                    row_ids: np.ndarray, features: np.ndarray) -> Location:
     """Keep a run's features (rows in `row_ids` order) with each row's image hash."""
-    from darkroom.evals.results import write_atomic
-
     hashes = image_hashes(run_dir)
     features = np.asarray(features, np.float32)
     flat = pa.array(features.reshape(-1), pa.float32())

@@ -1,7 +1,7 @@
 """What evaluation reads from a job's output folder, as `darkroom run` wrote it: the job file
-(`job.yaml`, as plain data), each run's `run.json` (`RunInfo`, read by platform) and
-`timing.json`, and a run's image rows without their images. Folders are local paths or URIs
-(`platform.storage`).
+(`job.yaml`, as plain data), each run's `timing.json` (its `run.json` is platform's `RunInfo`),
+and a run's image rows without their images, and the images' hashes. Folders are local paths or
+URIs (`platform.storage`).
 """
 
 from __future__ import annotations
@@ -45,6 +45,15 @@ def first_value(run_dir: Location, column: str) -> Any:
         return None
     values = layout.read_file(files[0], columns=[column]).column(column).to_pylist()
     return values[0] if values else None
+
+
+def image_hashes(run_dir: Location) -> dict[str, str]:
+    """row_id -> image_sha256 of the run's image rows (the image bytes are not read)."""
+    table = layout.read_table(run_dir / layout.IMAGES, columns=["row_id", "image_sha256"])
+    if table is None:
+        return {}
+    return dict(zip(table.column("row_id").to_pylist(), table.column("image_sha256").to_pylist(),
+                    strict=True))
 
 
 def read_rows(run_dir: Location, skip: Mapping[str, str] | None = None,

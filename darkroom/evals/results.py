@@ -119,6 +119,16 @@ def run_scores(run_id: str, columns: dict[str, np.ndarray], parts: Iterable[Part
     return RunScores(run_id, picked, errors), unreadable
 
 
+def left_out(run_dir: Location) -> dict[str, str]:
+    """row_id -> reason for the rows the last evaluation left out as unreadable."""
+    path = run_dir / layout.SCORES / UNREADABLE_FILE
+    if not storage.exists(path):
+        return {}
+    table = storage.read_parquet(path)
+    return dict(zip(table.column("row_id").to_pylist(), table.column("reason").to_pylist(),
+                    strict=True))
+
+
 def write_unreadable(run_dir: Location, unreadable: dict[str, str]) -> Location:
     """<run>/scores/unreadable.parquet: the rows evaluation left out, each with its reason
     (rewritten by every evaluation, so it lists exactly the current ones)."""

@@ -14,31 +14,22 @@ import pyarrow as pa
 
 from darkroom.evals import registry
 from darkroom.evals.categories import attach_categories, prompt_categories
-from darkroom.evals.feature_cache import (
-    align,
-    image_hashes,
-    left_out,
-    read_features,
-    write_features,
-)
+from darkroom.evals.feature_cache import align, read_features, write_features
 from darkroom.evals.metrics.base import Context, RunScores, feature_column
 from darkroom.evals.metrics.compute import statistics, with_intervals
-from darkroom.evals.outputs import read_rows, read_timing
+from darkroom.evals.outputs import image_hashes, read_rows, read_timing
 from darkroom.evals.reference import reference_stats
 from darkroom.evals.reporting import tracking as track
 from darkroom.evals.results import (
     PendingResults,
     RunResult,
+    left_out,
     run_scores,
     write_record,
     write_scores,
     write_unreadable,
 )
-from darkroom.evals.scorers.actor import (
-    images_dataset,
-    score_dataset,
-    table_dataset,
-)
+from darkroom.evals.scorers.actor import images_dataset, score_dataset, table_dataset
 from darkroom.evals.scorers.features import extractor_protocol
 from darkroom.evals.scorers.plan import ScorePlan, metrics_needing, plan_parts, setting_values
 from darkroom.evals.spec import EvalSpec, TrackingSpec

@@ -13,6 +13,7 @@ import textwrap
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from darkroom.evals.results import SCORES_FILE
 from darkroom.platform.data import layout, storage
 from darkroom.platform.data.records import decode_png
 from darkroom.platform.data.storage import Location
@@ -21,7 +22,6 @@ CELL = 96  # pixels per image: 16 px digits upscale 6x, 512 px images shrink
 LINES, LINE = 3, 12  # caption: up to 3 lines of 12 px under each image
 COLUMNS = 8
 GREY = 128
-SCORES_FILE = "scores.parquet"
 
 
 def spread(prompt_ids: list[str], sample_idx: list[int], count: int) -> list[int]:

@@ -18,14 +18,14 @@ import numpy as np
 
 from darkroom.evals import registry
 from darkroom.evals.categories import attach_categories, prompt_categories
-from darkroom.evals.feature_cache import align, left_out, read_features
+from darkroom.evals.feature_cache import align, read_features
 from darkroom.evals.metrics.base import Context, RunScores, feature_column
 from darkroom.evals.metrics.bootstrap import Difference, difference, resample_counts
 from darkroom.evals.metrics.compute import higher_is_better, statistics, with_intervals
 from darkroom.evals.metrics.distances import Stats
 from darkroom.evals.outputs import read_job_file, read_rows
 from darkroom.evals.reference import load_npz
-from darkroom.evals.results import SCORES_FILE, read_record
+from darkroom.evals.results import SCORES_FILE, left_out, read_record
 from darkroom.evals.spec import EvalSpec
 from darkroom.platform.data import layout, storage
 from darkroom.platform.data.storage import Location
