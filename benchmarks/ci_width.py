@@ -47,9 +47,9 @@ def _first(data, per_prompt: int):
 
 def widths(low_dir: Path, high_dir: Path, per_prompt: int, resamples: int) -> dict[str, tuple]:
     """metric -> (half-width of the run at guidance 1.5, of the paired difference to 4.0)."""
-    from darkroom.evals.metrics import statistics, with_intervals
-    from darkroom.evals.paired import compare_runs, load_run
-    from darkroom.evals.scores import Context
+    from darkroom.evals.metrics.base import Context
+    from darkroom.evals.metrics.compute import statistics, with_intervals
+    from darkroom.evals.reporting.paired import compare_runs, load_run
 
     low, high = (_first(load_run(d.name, d), per_prompt) for d in (low_dir, high_dir))
     stats, _ = statistics(low.scores, Context(low.spec, low.references), METRICS)
@@ -69,8 +69,8 @@ def widths(low_dir: Path, high_dir: Path, per_prompt: int, resamples: int) -> di
 
 def resample_seconds(dims: int, images: int = 1000, repeats: int = 5) -> float:
     """Seconds one bootstrap resample of FID takes on random features."""
-    from darkroom.evals.bootstrap import resample_counts
-    from darkroom.evals.distances import Frechet, Stats
+    from darkroom.evals.metrics.bootstrap import resample_counts
+    from darkroom.evals.metrics.distances import Frechet, Stats
 
     rng = np.random.default_rng(0)
     frechet = Frechet(rng.normal(size=(images, dims)), Stats.of(rng.normal(size=(images, dims))))

@@ -51,7 +51,7 @@ def random_inception(folder: Path) -> str:
     import torch
     import torchvision
 
-    from darkroom.evals.extractors import INCEPTION_FILE
+    from darkroom.evals.scorers.inception import INCEPTION_FILE
 
     net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
     layers = torch.nn.Sequential(*[m for name, m in net.named_children()
@@ -74,7 +74,7 @@ def plain_loop(paths: list[str], extractor: str, weights: str | None, batch: int
     """Seconds for read + decode + extract in this process, one torch thread."""
     import torch
 
-    from darkroom.evals.extractors import load_extractor
+    from darkroom.evals.scorers.features import load_extractor
     from darkroom.platform.data.records import decode_png
 
     torch.set_num_threads(1)
@@ -93,7 +93,7 @@ class TimedScorer:
     """A Scorer that also returns when each batch started and ended on its actor."""
 
     def __init__(self, plan: dict) -> None:
-        from darkroom.evals.scoring import Scorer
+        from darkroom.evals.scorers.actor import ScoringActor as Scorer
 
         self.scorer = Scorer(plan)
 
@@ -108,9 +108,10 @@ class TimedScorer:
 def actor_pool(paths: list[str], extractor: str, weights: str | None, batch: int,
                actors: int) -> tuple[float, float]:
     """(end-to-end seconds, seconds from the first batch's start to the last batch's end)."""
-    from darkroom.evals.scoring import ScorePlan, images_dataset, scored_dataset
+    from darkroom.evals.scorers.actor import images_dataset, scored_dataset
+    from darkroom.evals.scorers.plan import ScorePlan
 
-    plan = ScorePlan(features={extractor: weights})
+    plan = ScorePlan.of_features({extractor: weights})
     ds = scored_dataset(images_dataset(paths, ["bench"] * len(paths)), plan, actors, batch,
                         actor=TimedScorer)
     start = time.perf_counter()

@@ -49,11 +49,12 @@ def generate(seed: int, per_prompt: int, steps: int, guidance: float):
 def main() -> None:
     import torch
 
-    from darkroom.evals.bootstrap import BETTER, WORSE, difference
-    from darkroom.evals.distances import Stats
-    from darkroom.evals.extractors import load_extractor
-    from darkroom.evals.metrics import CLASSIFIERS, higher_is_better, statistics, with_intervals
-    from darkroom.evals.scores import Context, RunScores
+    from darkroom.evals.metrics.base import Context, RunScores
+    from darkroom.evals.metrics.bootstrap import BETTER, WORSE, difference
+    from darkroom.evals.metrics.compute import higher_is_better, statistics, with_intervals
+    from darkroom.evals.metrics.distances import Stats
+    from darkroom.evals.scorers.classifier import CLASSIFIERS
+    from darkroom.evals.scorers.features import load_extractor
     from darkroom.evals.spec import EvalSpec
     from darkroom.platform.zoo.data import digits_dataset
 

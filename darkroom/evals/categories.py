@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 COLUMN = "category"
 
 
@@ -55,3 +57,10 @@ def prompt_categories(job_spec: dict[str, Any] | None) -> tuple[dict[str, str] |
         if value is not None and value != "":
             categories[prompt_id] = str(value)
     return categories, ""
+
+
+def attach_categories(columns: dict[str, np.ndarray], categories: dict[str, str] | None) -> None:
+    """Give the rows a `category` column (None where a prompt has none) from their prompt ids."""
+    if categories is not None and "prompt_id" in columns:
+        columns[COLUMN] = np.array([categories.get(str(p)) for p in columns["prompt_id"]],
+                                   dtype=object)

@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from darkroom.evals import registry
+from darkroom.evals.outputs import read_job_file
+from darkroom.evals.units import FEATURES, Part, Setting
 from darkroom.platform.data import layout, storage
 from darkroom.platform.errors import UserError
 
@@ -20,13 +23,14 @@ def register(subparsers) -> None:
     )
     p.add_argument("output_dir", help="a job folder (OUTPUT/<job>) or a run folder in it; a "
                    "path or a URI (s3://bucket/outputs/job)")
-    p.add_argument("--metrics", help="comma-separated: fid,kid,fd_dinov2,cmmd,precision,recall,"
-                   "density,coverage,fid_per_category,clip_score,safety,class_accuracy,pickscore")
-    p.add_argument("--feature-extractor",
-                   help="for fid, kid, precision/recall: inception, clip, dinov2, digits, tiny")
+    p.add_argument("--metrics", help=f"comma-separated: {','.join(registry.metrics())}")
+    on_features = [m.name for m in registry.metrics().values() if m.part == Part(FEATURES)]
+    p.add_argument("--feature-extractor", help=f"for {', '.join(on_features)}: "
+                   f"{', '.join(registry.extractors())}")
     p.add_argument("--reference", help="builtin:NAME, a folder of images, a .parquet, or a .npz")
     p.add_argument("--weights", help="the feature extractor's weights (file or folder)")
-    p.add_argument("--clip-model", help="CLIP for clip_score: a local folder or hub id")
+    for setting in _flags():
+        p.add_argument(f"--{setting.field.replace('_', '-')}", help=setting.description)
     p.add_argument("--backend", choices=["cleanfid", "torchmetrics"], help="FID/KID math")
     p.add_argument("--safety-threshold", type=float, help="flag at or above this NSFW score")
     p.add_argument("--resamples", type=int,
@@ -73,14 +77,9 @@ def reference_from_arg(value: str) -> dict[str, str]:
     return {"folder": value}
 
 
-def _job_file(job_dir: storage.Location) -> dict[str, Any]:
-    path = job_dir / layout.JOB_SPEC
-    if not storage.is_file(path):
-        return {}
-    from darkroom.platform.config import parse_yaml
-
-    data = parse_yaml(storage.read_text(path), str(path))[0]
-    return data if isinstance(data, dict) else {}
+def _flags() -> list[Setting]:
+    """The units' settings that `darkroom eval` takes as flags (`--clip-model`, ...)."""
+    return [s for s in registry.settings().values() if s.flag]
 
 
 def eval_settings(args: argparse.Namespace, job: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +90,8 @@ def eval_settings(args: argparse.Namespace, job: dict[str, Any]) -> dict[str, An
         if args.metrics else None,
         "feature_extractor": args.feature_extractor,
         "reference": reference_from_arg(args.reference) if args.reference else None,
-        "weights": args.weights, "clip_model": args.clip_model, "backend": args.backend,
+        "weights": args.weights, "backend": args.backend,
+        **{s.field: getattr(args, s.field) for s in _flags()},
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
     if args.resamples is not None:
@@ -118,7 +118,7 @@ def run_eval(args: argparse.Namespace) -> int:
     run_ids = [r.strip() for r in args.runs.split(",")] if args.runs else None
     if storage.is_file(target / layout.RUN_INFO):  # a single run folder
         target, run_ids = target.parent, [target.name]
-    job = _job_file(target)
+    job = read_job_file(target)
     spec = validate(EvalSpec, eval_settings(args, job), "eval settings (job.yaml and flags)")
     tracking = validate(TrackingSpec, job.get("tracking") or {}, "tracking settings")
     tracking = tracking.model_copy(update={k: v for k, v in {
@@ -128,8 +128,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2, default=str))
         return 0
-    from darkroom.evals.compare import fmt
-    from darkroom.evals.metrics import CI_HIGH, CI_LOW
+    from darkroom.evals.metrics.compute import CI_HIGH, CI_LOW
+    from darkroom.evals.reporting.compare import fmt
 
     for result in results:
         metrics = result["metrics"]
@@ -151,7 +151,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     """`darkroom compare`: rank an experiment's runs with their intervals; against a baseline
     run and real images if asked; optionally write the HTML report."""
-    from darkroom.evals.compare import compare
+    from darkroom.evals.reporting.compare import compare
 
     text, path = compare(args.experiment, args.metric, args.html, args.tracking_uri,
                          baseline=args.baseline, real=args.real_baseline)

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from darkroom.evals.distances import Stats
-from darkroom.evals.extractors import extractor_protocol
+from darkroom.evals.metrics.distances import Stats
+from darkroom.evals.scorers.features import extractor_protocol
 from darkroom.evals.spec import ReferenceSpec
 from darkroom.platform.errors import UserError, did_you_mean
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,18 +20,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from darkroom.evals.scores import FEATURES, RunScores
+from darkroom.evals import registry
+from darkroom.evals.metrics.base import RunScores
+from darkroom.evals.outputs import read_timing
+from darkroom.evals.units import ERROR_PREFIX, FEATURES, Part, error_column
 from darkroom.platform.data import layout, storage
+from darkroom.platform.data.runinfo import RunInfo, read_run_info
 from darkroom.platform.data.storage import Location
 
 PENDING_FILE = "eval_pending.json"
 SCORES_FILE = "scores.parquet"
 UNREADABLE_FILE = "unreadable.parquet"
 RECORD_FILE = "eval.json"
-# Columns that are not scores: identity and request columns (in the images already), features
-# (kept per extractor by `features.py`), and the category read from the prompt file.
-PASSED_THROUGH = {"row_id", "group", "prompt", "class_label", "prompt_id", "sample_idx", "seed",
-                  "category"}
+
 
 
 @dataclass
@@ -39,7 +41,7 @@ class RunResult:
 
     run_id: str
     run_dir: Location
-    info: dict[str, Any]
+    info: RunInfo
     timing: dict[str, Any]
     count: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
@@ -88,16 +90,17 @@ class PendingResults:
         for saved in body["results"]:
             run_dir = self.path.parent / saved["run_id"]
             results.append(RunResult(
-                saved["run_id"], run_dir, layout.read_json(run_dir / layout.RUN_INFO),
-                read_timing(run_dir), count=saved["images"], metrics=saved["metrics"],
-                missing=saved["missing"], warnings=saved["warnings"],
-                unreadable=saved["unreadable"]))
+                saved["run_id"], run_dir, read_run_info(run_dir), read_timing(run_dir),
+                count=saved["images"], metrics=saved["metrics"], missing=saved["missing"],
+                warnings=saved["warnings"], unreadable=saved["unreadable"]))
         return results, body["protocol"]
 
 
-def run_scores(run_id: str, columns: dict[str, np.ndarray]) -> tuple[RunScores, dict[str, str]]:
+def run_scores(run_id: str, columns: dict[str, np.ndarray], parts: Iterable[Part] = ()
+               ) -> tuple[RunScores, dict[str, str]]:
     """One run's rows of the scoring pass (all runs' columns, `group` naming the run), each row
-    id once, in row_id order; and the rows left out as unreadable (row_id -> reason)."""
+    id once, in row_id order, with the reasons any of `parts` did not load; and the rows left
+    out as unreadable (row_id -> reason)."""
     if not columns:
         return RunScores(run_id, {"row_id": np.array([], dtype=object)}), {}
     mine = np.flatnonzero(columns["group"] == run_id)
@@ -110,10 +113,20 @@ def run_scores(run_id: str, columns: dict[str, np.ndarray]) -> tuple[RunScores, 
     rows = np.array([i for i in rows if str(columns["row_id"][i]) not in unreadable],
                     dtype=np.int64)
     picked = {k: v[rows] for k, v in columns.items()
-              if not k.startswith("error_") and k != "unreadable"}
-    errors = {k.removeprefix("error_"): str(v[mine[0]]) for k, v in columns.items()
-              if k.startswith("error_") and len(mine)}
+              if not k.startswith(ERROR_PREFIX) and k != "unreadable"}
+    errors = {part: str(columns[error_column(part)][mine[0]]) for part in parts
+              if error_column(part) in columns and len(mine)}
     return RunScores(run_id, picked, errors), unreadable
+
+
+def left_out(run_dir: Location) -> dict[str, str]:
+    """row_id -> reason for the rows the last evaluation left out as unreadable."""
+    path = run_dir / layout.SCORES / UNREADABLE_FILE
+    if not storage.exists(path):
+        return {}
+    table = storage.read_parquet(path)
+    return dict(zip(table.column("row_id").to_pylist(), table.column("reason").to_pylist(),
+                    strict=True))
 
 
 def write_unreadable(run_dir: Location, unreadable: dict[str, str]) -> Location:
@@ -137,8 +150,8 @@ def write_atomic(table: pa.Table, target: Location) -> None:
 def write_scores(run_dir: Location, scores: RunScores) -> Location | None:
     """Per-image scores keyed by row_id into <run>/scores/scores.parquet, merged with columns an
     earlier evaluation wrote; written under a dot-name and renamed, so readers never see half."""
-    new = {k: v for k, v in scores.columns.items()
-           if k not in PASSED_THROUGH and not k.startswith(FEATURES)}
+    saved = {c for s in registry.scorers().values() if s.name != FEATURES for c in s.columns}
+    new = {k: v for k, v in scores.columns.items() if k in saved}
     if not new or not scores.count:
         return None
     table = pa.table({"row_id": pa.array(scores.columns["row_id"].astype(str)),
@@ -174,24 +187,3 @@ def read_record(run_dir: Location) -> dict[str, Any] | None:
         return json.loads(storage.read_bytes(run_dir / layout.SCORES / RECORD_FILE))
     except (OSError, ValueError):
         return None
-
-
-def read_timing(run_dir: Location) -> dict[str, Any]:
-    """The run's timing.json (images, seconds, images/s of its generation), or {}."""
-    path = run_dir / layout.TIMING
-    return layout.read_json(path) if storage.exists(path) else {}
-
-
-def count_rows(run_dir: Location) -> int:
-    """Distinct image rows of the run (only the row_id column is read)."""
-    table = layout.read_table(run_dir / layout.IMAGES, columns=["row_id"])
-    return 0 if table is None else len(set(table.column("row_id").to_pylist()))
-
-
-def first_value(run_dir: Location, column: str) -> Any:
-    """A column's value in the run's first image row (for settings all rows share)."""
-    files = layout.parquet_files(run_dir / layout.IMAGES)
-    if not files:
-        return None
-    values = layout.read_file(files[0], columns=[column]).column(column).to_pylist()
-    return values[0] if values else None

@@ -12,31 +12,30 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from darkroom.evals import tracking as track
-from darkroom.evals.categories import prompt_categories
-from darkroom.evals.extractors import check_extractor, extractor_protocol
-from darkroom.evals.features import align, image_hashes, left_out, read_features, write_features
-from darkroom.evals.metrics import METRICS, statistics, with_intervals
+from darkroom.evals import registry
+from darkroom.evals.categories import attach_categories, prompt_categories
+from darkroom.evals.feature_cache import align, read_features, write_features
+from darkroom.evals.metrics.base import Context, RunScores, feature_column
+from darkroom.evals.metrics.compute import statistics, with_intervals
+from darkroom.evals.outputs import image_hashes, read_rows, read_timing
 from darkroom.evals.reference import reference_stats
+from darkroom.evals.reporting import tracking as track
 from darkroom.evals.results import (
     PendingResults,
     RunResult,
-    read_timing,
+    left_out,
     run_scores,
     write_record,
     write_scores,
     write_unreadable,
 )
-from darkroom.evals.scores import Context, RunScores, extractor_weights, feature_column
-from darkroom.evals.scoring import (
-    META_COLUMNS,
-    ScorePlan,
-    images_dataset,
-    score_dataset,
-    table_dataset,
-)
+from darkroom.evals.scorers.actor import images_dataset, score_dataset, table_dataset
+from darkroom.evals.scorers.features import extractor_protocol
+from darkroom.evals.scorers.plan import ScorePlan, metrics_needing, plan_parts, setting_values
 from darkroom.evals.spec import EvalSpec, TrackingSpec
+from darkroom.evals.units import FEATURES, Part, error_column
 from darkroom.platform.data import layout, storage
+from darkroom.platform.data.runinfo import read_run_info
 from darkroom.platform.data.storage import Location
 from darkroom.platform.errors import UserError
 
@@ -104,15 +103,14 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
 
     `categories`: (prompt_id -> category, or None with the reason), for per-category FID.
     """
-    results = [RunResult(d.name, d, layout.read_json(d / layout.RUN_INFO), read_timing(d))
-               for d in run_dirs]
+    results = [RunResult(d.name, d, read_run_info(d), read_timing(d)) for d in run_dirs]
     shared = Context(spec)  # the references, and warnings about them
-    plan, skipped = _plan(spec)
+    plan, skipped = plan_parts(spec)
 
     # 2. reference statistics (cached on disk), extracted on the same kind of actor pool
     protocols: dict[str, dict[str, Any]] = {}
     references: dict[str, dict[str, Any]] = {}
-    for extractor, weights in dict(plan.features).items():
+    for extractor, weights in plan.features().items():
         _ensure_ray()
         try:
             protocols[extractor] = extractor_protocol(extractor, weights)
@@ -121,15 +119,16 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
                                   _features_of(table, e, w, d, spec))
         except (UserError, RuntimeError) as err:
             reason = f"reference statistics ({extractor} features): {err}"
-            plan = plan.only([p for p in plan.parts() if p != f"features.{extractor}"])
-            skipped.update({m: reason for m in _metrics_of(spec, f"features.{extractor}")})
+            part = Part(FEATURES, extractor)
+            plan = plan.only([p for p in plan.keys() if p != part])
+            skipped.update({m: reason for m in metrics_needing(spec, part)})
             continue
         shared.references[extractor], references[extractor] = ref.stats, ref.info
         shared.warnings.extend(ref.warnings)
 
     # 3. the passes: runs grouped by the parts they still need
     cached: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-    needs: dict[tuple[str, ...], list[RunResult]] = {}
+    needs: dict[tuple[Part, ...], list[RunResult]] = {}
     for result in results:
         need = _needed(result, plan, protocols, cached.setdefault(result.run_id, {}))
         needs.setdefault(need, []).append(result)
@@ -149,7 +148,7 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
         columns = score_dataset(images_dataset(files, groups, bad_files), plan.only(list(parts)),
                                 spec.actors, spec.batch_size, spec.gpus_per_actor)
         for result in members:
-            scored[result.run_id] = (*run_scores(result.run_id, columns), True)
+            scored[result.run_id] = (*run_scores(result.run_id, columns, parts), True)
 
     # 4. per run
     for result in results:
@@ -159,12 +158,12 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
         if fresh:
             write_scores(result.run_dir, scores)
             write_unreadable(result.run_dir, result.unreadable)
-            for extractor in plan.features:
+            for extractor in plan.features():
                 column = feature_column(extractor)
                 if extractor not in cached[result.run_id] and column in scores.columns:
                     write_features(result.run_dir, extractor, protocols[extractor],
                                    scores.columns["row_id"], scores.columns[column])
-        _attach_categories(scores, categories[0])
+        attach_categories(scores.columns, categories[0])
         ctx = Context(spec, shared.references, warnings=list(shared.warnings))
         ctx.memo["category_reason"] = categories[1]
         ctx.warnings += _unreadable_warnings(result, bad_files)
@@ -176,7 +175,7 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
             log.warning("%s: %s missing: %s", result.run_id, name, reason)
         write_record(result.run_dir, {"spec": spec.model_dump(mode="json"),
                                       "protocols": protocols, "references": references})
-    protocol = _protocol(spec, plan, protocols)
+    protocol = _protocol(spec, protocols)
     if references:
         protocol["reference"] = references.get(spec.feature_extractor,
                                                next(iter(references.values())))
@@ -184,49 +183,27 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
     return results, protocol
 
 
-def _metrics_of(spec: EvalSpec, part: str) -> list[str]:
-    return [m for m in spec.metrics if METRICS[m].part(spec) == part]
-
-
 def _needed(result: RunResult, plan: ScorePlan, protocols: dict[str, dict[str, Any]],
-            cached: dict[str, dict[str, np.ndarray]]) -> tuple[str, ...]:
+            cached: dict[str, dict[str, np.ndarray]]) -> tuple[Part, ...]:
     """The parts a run still needs; features found in its cache go into `cached`."""
     hashes = image_hashes(result.run_dir)
     need = []
-    for part in plan.parts():
-        kind, _, name = part.partition(".")
-        if kind == "features":
-            hit = read_features(result.run_dir, name, protocols[name], hashes)
+    for part in plan.keys():
+        if part.scorer == FEATURES:
+            hit = read_features(result.run_dir, part.extractor, protocols[part.extractor], hashes)
             if hit is not None:
-                cached[name] = hit
+                cached[part.extractor] = hit
                 continue
         need.append(part)
     return tuple(need)
 
 
-def _from_disk(run_dir: Path, bad_files: list[tuple[str, str]]
+def _from_disk(run_dir: Location, bad_files: list[tuple[str, str]]
                ) -> tuple[RunScores, dict[str, str]]:
     """A run's rows without reading images (all its features are cached): identity and request
     columns from the image files, less the rows the last evaluation left out as unreadable."""
-    import pyarrow.parquet as pq
-
-    tables = []
-    for path in layout.parquet_files(run_dir / layout.IMAGES):
-        try:
-            names = pq.read_schema(path).names
-            tables.append(pq.read_table(path, columns=[
-                c for c in ["row_id", "prompt", "class_label", *META_COLUMNS] if c in names]))
-        except Exception as err:  # reported with the run, as the scoring pass does
-            bad_files.append((str(path), f"{type(err).__name__}: {str(err)[:200]}"))
     skipped = left_out(run_dir)
-    if not tables:
-        return RunScores(run_dir.name, {"row_id": np.array([], dtype=object)}), skipped
-    table = pa.concat_tables(tables, promote_options="default")
-    ids = np.asarray(table.column("row_id").to_pylist(), dtype=object)
-    _, first = np.unique(ids.astype(str), return_index=True)
-    keep = np.array([i for i in first if ids[i] not in skipped], dtype=np.int64)
-    columns = {name: np.asarray(table.column(name).to_pylist(), dtype=object)[keep]
-               for name in table.column_names}
+    columns = read_rows(run_dir, skipped, bad_files) or {"row_id": np.array([], dtype=object)}
     return RunScores(run_dir.name, columns), skipped
 
 
@@ -236,14 +213,8 @@ def _attach_cached(scores: RunScores, cached: dict[str, dict[str, np.ndarray]]) 
         if aligned is not None:
             scores.columns[feature_column(extractor)] = aligned
         elif scores.count:
-            scores.part_errors[f"features.{extractor}"] = (
+            scores.part_errors[Part(FEATURES, extractor)] = (
                 "the feature cache does not hold every row; evaluate the run again")
-
-
-def _attach_categories(scores: RunScores, categories: dict[str, str] | None) -> None:
-    if categories is not None and "prompt_id" in scores.columns:
-        scores.columns["category"] = np.array(
-            [categories.get(str(p)) for p in scores.columns["prompt_id"]], dtype=object)
 
 
 def _unreadable_warnings(result: RunResult, bad_files: list[tuple[str, str]]) -> list[str]:
@@ -259,56 +230,26 @@ def _unreadable_warnings(result: RunResult, bad_files: list[tuple[str, str]]) ->
     return warnings
 
 
-PREFERENCE_WEIGHTS = {"pickscore": lambda spec: spec.pickscore_model}
-
-
-def _plan(spec: EvalSpec) -> tuple[ScorePlan, dict[str, str]]:
-    """Which per-image parts to run, and the metrics already known to be missing (and why)."""
-    wanted = {METRICS[m].part(spec) for m in spec.metrics}
-    skipped: dict[str, str] = {}
-    features: dict[str, str | None] = {}
-    for part in sorted(p for p in wanted if p.startswith("features.")):
-        extractor = part.removeprefix("features.")
-        weights = extractor_weights(spec, extractor)
-        reason = check_extractor(extractor, weights)
-        if reason is None and spec.reference is None:
-            reason = "no reference images: set eval.reference (or --reference)"
-        if reason:
-            skipped.update({m: reason for m in _metrics_of(spec, part)})
-        else:
-            features[extractor] = weights
-    preference = {p.removeprefix("preference."): PREFERENCE_WEIGHTS[p.removeprefix(
-        "preference.")](spec) for p in wanted if p.startswith("preference.")}
-    plan = ScorePlan(
-        features=features, preference=preference,
-        clip_model=spec.clip_model if "clip" in wanted else None,
-        safety=spec.safety if "safety" in wanted else None,
-        classifier=spec.classifier if "classifier" in wanted else None,
-        device="cuda" if spec.gpus_per_actor > 0 else "cpu",
-    )
-    return plan, skipped
-
-
 def _features_of(table: pa.Table, extractor: str, weights: str | None, device: str,
                  spec: EvalSpec) -> np.ndarray:
-    only = ScorePlan(features={extractor: weights}, device=device)
+    only = ScorePlan.of_features({extractor: weights}, device)
     columns = score_dataset(table_dataset(table, "reference"), only, spec.actors, spec.batch_size,
                             spec.gpus_per_actor)
-    if f"error_features.{extractor}" in columns:
-        raise RuntimeError(columns[f"error_features.{extractor}"][0])
+    error = error_column(Part(FEATURES, extractor))
+    if error in columns:
+        raise RuntimeError(columns[error][0])
     order = np.argsort(columns["row_id"].astype(np.int64))
     return columns[feature_column(extractor)][order]
 
 
-def _protocol(spec: EvalSpec, plan: ScorePlan,
-              protocols: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _protocol(spec: EvalSpec, protocols: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    metrics = {m: registry.metrics()[m] for m in spec.metrics}
     protocol: dict[str, Any] = {
-        "metrics": {m: {"key": METRICS[m].key, "higher_is_better": METRICS[m].higher_is_better,
-                        "description": METRICS[m].description} for m in spec.metrics},
+        "metrics": {name: {"key": m.key, "higher_is_better": m.higher_is_better,
+                           "description": m.description} for name, m in metrics.items()},
         "feature_extractor": spec.feature_extractor, "backend": spec.backend,
         "kid": {"subsets": spec.kid_subsets, "subset_size": spec.kid_subset_size, "seed": 0},
-        "clip_model": spec.clip_model, "clip_max_tokens": plan.max_prompt_tokens,
-        "safety": spec.safety.model_dump(), "classifier": spec.classifier,
+        **setting_values(spec),
         "bootstrap": {**spec.bootstrap.model_dump(), "unit": "prompt (its images together)",
                       "interval": "percentile, shifted onto the value"},
         "extractor_protocols": protocols, "versions": track.versions(),

@@ -1,12 +1,30 @@
-"""The `eval:` and `tracking:` sections of a job file (also built from `darkroom eval` flags)."""
+"""The `eval:` and `tracking:` sections of a job file (also built from `darkroom eval` flags).
+
+`EvalSpec` is `EvalCore` plus the settings the registered units add (`clip_model`,
+`dinov2_model`, `pickscore_model`, `classifier`, `safety`, ...), so a new scorer's setting is a
+key of `eval:` with no line here; metric and extractor names are checked against the registry.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from darkroom.evals import registry
+from darkroom.evals.scorers.safety import SafetySpec
+from darkroom.evals.units import FEATURES, Part, Setting
 from darkroom.platform.errors import did_you_mean
+
+__all__ = ["BootstrapSpec", "EvalSpec", "ReferenceSpec", "SafetySpec", "TrackingSpec"]
 
 
 def _listing(names: list[str]) -> str:
@@ -14,9 +32,9 @@ def _listing(names: list[str]) -> str:
     return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
-def _known(kind: str, name: str, registry) -> str:
-    if name not in registry:
-        raise ValueError(f"unknown {kind} `{name}`;{did_you_mean(name, registry)}")
+def _known(kind: str, name: str, known) -> str:
+    if name not in known:
+        raise ValueError(f"unknown {kind} `{name}`;{did_you_mean(name, known)}")
     return name
 
 
@@ -40,25 +58,6 @@ class ReferenceSpec(BaseModel):
         return self
 
 
-class SafetySpec(BaseModel):
-    """The safety checker of the `safety` metric."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    checker: str = Field("nudenet", description="nudenet (offline) or sd (needs its weights)")
-    threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="flag at or above this NSFW score; default 0.5"
-    )
-    weights: str | None = Field(None, description="weights folder (sd) or .onnx file (nudenet)")
-
-    @field_validator("checker")
-    @classmethod
-    def _known_checker(cls, name: str) -> str:
-        from darkroom.evals.safety import SAFETY_CHECKERS
-
-        return _known("safety checker", name, SAFETY_CHECKERS)
-
-
 class BootstrapSpec(BaseModel):
     """Confidence intervals: resampling the scored images (or prompts) of each run."""
 
@@ -70,24 +69,26 @@ class BootstrapSpec(BaseModel):
     level: float = Field(0.95, ge=0.5, le=0.999, description="confidence level of the intervals")
 
 
-# Metrics that compare a run's features with the reference's.
-REFERENCED = ("fid", "kid", "fd_dinov2", "cmmd", "precision", "recall", "density", "coverage",
-              "fid_per_category")
+def _metric_names() -> str:
+    return ", ".join(registry.metrics())
 
 
-class EvalSpec(BaseModel):
-    """Which metrics to compute on a job's images, and against what."""
+def _on_configured_features() -> list[str]:
+    return [m.name for m in registry.metrics().values() if m.part == Part(FEATURES)]
+
+
+class EvalCore(BaseModel):
+    """The `eval:` keys of evaluation itself; `EvalSpec` adds those of the registered units."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     metrics: list[str] = Field(
         default_factory=lambda: ["fid", "kid", "clip_score", "safety"],
-        description="registry names: fid, kid, fd_dinov2, cmmd, precision, recall, density, "
-        "coverage, fid_per_category, clip_score, safety, class_accuracy, pickscore",
+        description=f"registry names: {_metric_names()}",
     )
     feature_extractor: str = Field(
-        "inception", description="for fid, kid, precision/recall, density/coverage: inception, "
-        "clip, dinov2, digits, tiny")
+        "inception", description=f"for {', '.join(_on_configured_features())}: "
+        f"{', '.join(registry.extractors())}")
     reference: ReferenceSpec | None = Field(None, description="real images for fid/kid")
     backend: Literal["cleanfid", "torchmetrics"] = Field(
         "cleanfid", description="who computes FID/KID from the features"
@@ -96,16 +97,6 @@ class EvalSpec(BaseModel):
         None, description="the feature extractor's weights: Inception file or folder, CLIP folder "
         "or hub id, digits classifier folder; default: its usual place",
     )
-    clip_model: str = Field(
-        "openai/clip-vit-large-patch14", description="CLIP for clip_score: a local folder or hub id"
-    )
-    dinov2_model: str = Field(
-        "facebook/dinov2-large", description="DINOv2 for fd_dinov2: a local folder or hub id")
-    pickscore_model: str = Field(
-        "yuvalkirstain/PickScore_v1", description="PickScore's CLIP: a local folder (model and "
-        "processor) or hub id (processor: laion/CLIP-ViT-H-14-laion2B-s32B-b79K)")
-    classifier: str = Field("digits", description="the judge of class_accuracy")
-    safety: SafetySpec = Field(default_factory=SafetySpec)
     kid_subsets: int = Field(100, ge=1, le=10_000, description="KID: number of random subsets")
     kid_subset_size: int = Field(1000, ge=2, le=1_000_000,
                                  description="KID: images per subset (at most all)")
@@ -119,14 +110,13 @@ class EvalSpec(BaseModel):
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, metrics: list[str]) -> list[str]:
-        from darkroom.evals.metrics import METRICS
-
+        known = registry.metrics()
         if not metrics:
-            raise ValueError(f"`metrics` is empty; name at least one of {', '.join(METRICS)}")
+            raise ValueError(f"`metrics` is empty; name at least one of {', '.join(known)}")
         problems = []
         for name in metrics:
             try:
-                _known("metric", name, METRICS)
+                _known("metric", name, known)
             except ValueError as err:
                 problems.append(str(err))
         if problems:
@@ -138,27 +128,38 @@ class EvalSpec(BaseModel):
     @field_validator("feature_extractor")
     @classmethod
     def _known_extractor(cls, name: str) -> str:
-        from darkroom.evals.extractors import EXTRACTORS
-
-        return _known("feature extractor", name, EXTRACTORS)
-
-    @field_validator("classifier")
-    @classmethod
-    def _known_classifier(cls, name: str) -> str:
-        from darkroom.evals.metrics import CLASSIFIERS
-
-        return _known("classifier", name, CLASSIFIERS)
+        return _known("feature extractor", name, registry.extractors())
 
     @model_validator(mode="after")
-    def _reference_for_distances(self) -> EvalSpec:
+    def _reference_for_distances(self) -> EvalCore:
         # Listed on purpose without real images is a mistake; the default list just skips them.
-        wanted = [m for m in self.metrics if m in REFERENCED]
+        wanted = [m for m in self.metrics if registry.metrics()[m].on_features]
         if wanted and self.reference is None and "metrics" in self.model_fields_set:
             raise ValueError(
                 f"{_listing(wanted)} compare against real images: give `reference` "
                 "(dataset: builtin:digits | folder: PATH | parquet: PATH | stats: FILE.npz)"
             )
         return self
+
+
+def _field(setting: Setting) -> tuple[Any, Any]:
+    """A unit's setting as a pydantic field definition."""
+    if setting.field in EvalCore.model_fields:
+        raise ValueError(f"setting `{setting.field}` is a key of eval: already")
+    annotation = setting.annotation
+    if setting.check is not None:
+        annotation = Annotated[annotation, AfterValidator(setting.check)]
+    if setting.default_factory is not None:
+        return annotation, Field(default_factory=setting.default_factory,
+                                 description=setting.description)
+    return annotation, Field(setting.default, description=setting.description)
+
+
+EvalSpec = create_model(
+    "EvalSpec", __base__=EvalCore, __module__=__name__,
+    __doc__="Which metrics to compute on a job's images, and against what.",
+    **{s.field: _field(s) for s in registry.settings().values()},
+)
 
 
 class TrackingSpec(BaseModel):

@@ -149,7 +149,7 @@ def metric_changes(base: list[dict], cand: list[dict]) -> dict[str, dict[str, fl
 
 def tolerance_failures(result: GateResult, gate: GateSpec) -> list[str]:
     """The tolerances the candidate exceeds, each as a sentence."""
-    from darkroom.evals.metrics import HIGHER_IS_BETTER
+    from darkroom.evals.metrics.compute import HIGHER_IS_BETTER
 
     failures = []
     if gate.min_speedup is not None and result.speedup < gate.min_speedup:
@@ -190,7 +190,7 @@ def format_gate(result: GateResult) -> str:
 
 def _log_to_mlflow(spec: JobSpec, result: GateResult, gate: GateSpec) -> None:
     """A `gate` run with the verdict, parent of one run per arm holding the arm's means."""
-    from darkroom.evals import tracking
+    from darkroom.evals.reporting import tracking
 
     client = tracking.client(spec.tracking.uri)
     experiment = tracking.experiment_id(client, spec.tracking.experiment or f"{spec.name}-gate")

@@ -271,7 +271,7 @@ def _refused(row: RequestRow, param: str, message: str) -> dict[str, Any]:
 
 
 def _safety_checker(spec: ServeSpec) -> Any:
-    from darkroom.evals.safety import load_safety_checker
+    from darkroom.evals.scorers.safety import load_safety_checker
 
     safety = spec.safety
     return load_safety_checker(safety.checker, threshold=safety.threshold, weights=safety.weights)

@@ -1,4 +1,6 @@
-"""Job output folders made with the real ImageGenerator on tiny models, and a tiny CLIP on disk."""
+"""Job output folders made with the real ImageGenerator on tiny models, and a tiny CLIP on disk; and
+the fast tier's guard: a test that starts Ray must say so (`pytest.mark.ray`), so that
+`-m "not ray"` runs without Ray."""
 
 from __future__ import annotations
 
@@ -12,6 +14,21 @@ import pytest
 
 from darkroom.platform.data import layout
 from darkroom.platform.data.records import IMAGE_COLUMNS, IMAGE_SCHEMA
+
+
+@pytest.fixture(autouse=True)
+def _ray_only_where_marked(request):
+    """Fail a test that uses or starts Ray without the `ray` mark."""
+    import ray
+
+    marked = request.node.get_closest_marker("ray") is not None
+    if "ray_session" in request.fixturenames and not marked:
+        pytest.fail(f"{request.node.nodeid} uses ray_session: mark it `pytest.mark.ray`")
+    before = ray.is_initialized()
+    yield
+    if not before and ray.is_initialized() and not marked:
+        pytest.fail(f"{request.node.nodeid} started Ray: mark it `pytest.mark.ray`")
+
 
 PROMPTS = ["a red fox", "a lighthouse at dusk", "a bowl of soup", "two cats on a sofa",
            "an old map", "a bicycle in the rain"]

@@ -10,10 +10,6 @@ import numpy as np
 import pytest
 
 from darkroom.cli import main
-from darkroom.evals.extractors import to_float_nchw
-from darkroom.evals.metrics import CLASSIFIERS, Classifier, Context, RunScores, class_accuracy
-from darkroom.evals.scoring import PARTS, ScorePlan
-from darkroom.evals.spec import EvalSpec
 
 
 @pytest.mark.ray
@@ -75,59 +71,3 @@ def test_bad_input_from_the_real_command_has_no_traceback(tmp_path):
     )
     assert done.returncode == 2
     assert "did you mean `inception`?" in done.stderr and "Traceback" not in done.stderr
-
-
-# -- class accuracy -----------------------------------------------------------------------------
-
-
-class Brightness:
-    """A judge that reads bright images as class 1 and dark ones as class 0."""
-
-    def predict(self, x):
-        return (x.mean(dim=(1, 2, 3)) > 0.5).long()
-
-
-def test_class_accuracy_is_agreement_with_the_requested_label(monkeypatch):
-    monkeypatch.setitem(CLASSIFIERS, "brightness", Classifier(lambda weights: Brightness(), 2))
-    # one batch can hold images of two sizes (two runs generated at different sizes)
-    dark, bright = np.full((8, 8, 3), 20, np.uint8), np.full((16, 16, 3), 230, np.uint8)
-    images = [dark, dark, bright, bright, bright]
-    labels = np.array([0, 1, 1, 1, None], dtype=object)  # one wrong, one unconditional
-    part = PARTS["classifier"](ScorePlan(classifier="brightness"))
-    predicted = part(images, {})["predicted_label"]
-    assert list(predicted) == [0, 0, 1, 1, 1]
-    scores = RunScores("r", {"row_id": np.arange(5), "class_label": labels,
-                             "predicted_label": predicted})
-    ctx = Context(EvalSpec(classifier="brightness"))
-    assert class_accuracy(scores, ctx)["class_accuracy"].value == pytest.approx(3 / 4)
-    scores.columns["class_label"] = np.array([0, 7, 1, 1, 1], dtype=object)
-    with pytest.raises(Exception, match="outside the `brightness` classifier's 2 classes"):
-        class_accuracy(scores, ctx)
-
-
-def test_digits_class_accuracy_and_fid_against_builtin_digits():
-    from darkroom.evals.distances import Stats
-    from darkroom.evals.extractors import load_extractor
-    from darkroom.evals.metrics import fid
-    from darkroom.platform.zoo.classifier import load_digits_classifier
-    from darkroom.platform.zoo.data import digits_dataset
-
-    images, labels = digits_dataset("test")
-    part = PARTS["classifier"](ScorePlan(classifier="digits"))
-    predicted = part(list(images), {})["predicted_label"]
-    direct = load_digits_classifier().predict(to_float_nchw(list(images))).numpy()
-    np.testing.assert_array_equal(predicted, direct)
-    scores = RunScores("r", {"row_id": np.arange(len(labels)),
-                             "class_label": labels.astype(object), "predicted_label": predicted})
-    accuracy = class_accuracy(scores, Context(EvalSpec()))["class_accuracy"].value
-    assert accuracy == pytest.approx((direct == labels).mean()) and accuracy > 0.9
-    extractor = load_extractor("digits")
-    all_images, _ = digits_dataset("all")
-    reference = Stats.of(extractor(list(all_images)))
-    ctx = Context(EvalSpec(feature_extractor="digits"), references={"digits": reference})
-    held_out = fid(RunScores("r", {"row_id": labels, "features.digits": extractor(list(images))}),
-                   ctx)
-    noise = np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)
-    of_noise = fid(RunScores("r", {"row_id": labels, "features.digits": extractor(list(noise))}),
-                   ctx)
-    assert held_out["fid"].value < of_noise["fid"].value / 10

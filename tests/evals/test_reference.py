@@ -8,10 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from darkroom.evals.distances import Stats
-from darkroom.evals.extractors import load_extractor
-from darkroom.evals.metrics import Context, RunScores, Unavailable, kid
+from darkroom.evals.metrics.base import Context, RunScores, Unavailable
+from darkroom.evals.metrics.corpus import kid
+from darkroom.evals.metrics.distances import Stats
 from darkroom.evals.reference import reference_stats
+from darkroom.evals.scorers.features import load_extractor
 from darkroom.evals.spec import EvalSpec, ReferenceSpec
 from darkroom.platform.data.records import decode_png, encode_png
 from darkroom.platform.errors import UserError
@@ -83,7 +84,7 @@ def test_stats_file_with_only_moments_gives_fid_but_not_kid(tmp_path):
     assert ref.stats.features is None
     scores = RunScores("r", {"row_id": np.arange(30), "features.tiny": features})
     ctx = Context(EvalSpec(feature_extractor="tiny"), references={"tiny": ref.stats})
-    from darkroom.evals.metrics import fid
+    from darkroom.evals.metrics.corpus import fid
 
     assert abs(fid(scores, ctx)["fid"].value) < 1e-6
     with pytest.raises(Unavailable, match="KID needs the reference features"):

@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from darkroom.evals.extractors import INCEPTION_ENV, INCEPTION_FILE, load_extractor
 from darkroom.evals.runner import evaluate_job
+from darkroom.evals.scorers.features import load_extractor
+from darkroom.evals.scorers.inception import INCEPTION_ENV, INCEPTION_FILE
 from darkroom.evals.spec import EvalSpec, TrackingSpec
 from darkroom.platform.data import layout
 from darkroom.platform.data.records import decode_png
@@ -176,10 +177,10 @@ def test_again_offline_without_inception_updates_the_same_runs(evaluated, sd_job
                                                                tmp_path):
     """Re-evaluating updates the runs (no duplicates); with no Inception weights FID and KID are
     missing with the reason, the other metrics are still logged; a flagging threshold flags."""
-    from darkroom.evals import extractors
+    from darkroom.evals.scorers import inception
 
     monkeypatch.delenv(INCEPTION_ENV, raising=False)
-    monkeypatch.setattr(extractors, "CLEANFID_CACHE", tmp_path)
+    monkeypatch.setattr(inception, "CLEANFID_CACHE", tmp_path)
     spec = evaluated["spec"].model_copy(update={
         "feature_extractor": "inception", "safety": {"checker": "nudenet", "threshold": 0.0},
         "metrics": ["fid", "kid", "safety", "fd_dinov2", "pickscore", "fid_per_category"],
@@ -222,9 +223,9 @@ def test_features_are_cached_per_run_and_extractor(evaluated, sd_job, monkeypatc
     """A second evaluation needing only features reads them from the run's cache: no pass over
     the images at all; per-category FID comes from the job's prompt file."""
     from darkroom.evals import runner
-    from darkroom.evals.extractors import extractor_protocol
-    from darkroom.evals.features import features_path
+    from darkroom.evals.feature_cache import features_path
     from darkroom.evals.results import read_record
+    from darkroom.evals.scorers.features import extractor_protocol
 
     run_dir = sd_job / "run-ddim-2"
     record = read_record(run_dir)  # an evaluation with other extractors keeps tiny's record

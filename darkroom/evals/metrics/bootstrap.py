@@ -1,0 +1,120 @@
+"""Bootstrap confidence intervals for a run's metrics and for the difference between two runs.
+
+Resampling works on rows that are already scored (features extracted once): a resample is a
+vector of counts, how often each row is drawn, and every metric computes its value from the rows
+weighted by those counts. When a prompt has several images the prompts are resampled and their
+images kept together (the cluster bootstrap, Davison & Hinkley 1997, section 3.8): images of one
+prompt are not independent, and treating them as such would make intervals too narrow. When the
+prompts come in classes or categories (a prompt set built with so many prompts per class), they
+are resampled within each (the stratified bootstrap, ibid. section 3.2.2), so a resample keeps
+the set's balance: corpus metrics react strongly to how many images each class has, and a
+resample that changed it would widen the interval with a variation the prompt set, by design,
+does not have.
+
+The interval is the percentile interval (Efron & Tibshirani 1993, chapter 13) of the resampled
+values. For statistics that drift under resampling it is shifted so that the resampled values'
+mean falls on the measured value: drawing with replacement repeats rows, and repeats by
+themselves move some corpus metrics (FID rises: the resample's features are less spread than the
+images'; recall and coverage fall: fewer distinct images span less); the shift takes that drift
+out, so the interval is for the metric at this number of images against this reference. Means
+over images do not drift and are not shifted (a shift would only add noise, and could lift an
+interval off 0 when most resamples sit exactly on it).
+
+Two runs of one job share prompts and seeds: their difference is resampled with the same counts
+for both (paired), which removes the prompt-to-prompt variation both runs share. Runs that do
+not share them are resampled independently (unpaired).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+Resample = Callable[[np.ndarray], np.ndarray]  # counts (B x n) -> B values
+
+
+def resample_counts(groups: np.ndarray, resamples: int, seed: int,
+                    strata: np.ndarray | None = None) -> np.ndarray:
+    """B x n counts: how often each of n rows is drawn in each of B resamples.
+
+    Rows with the same group (prompt) are drawn together: the groups are drawn with replacement,
+    as many as there are, and each row takes its group's count. With `strata` (one per row, the
+    same for all rows of a group), the groups of each stratum are drawn from that stratum only,
+    as many as it has. With one row per group this is the ordinary bootstrap over rows.
+    """
+    groups = np.asarray(groups).astype(str)
+    if resamples < 1 or len(groups) == 0:
+        return np.zeros((0, len(groups)), np.int64)
+    _, inverse = np.unique(groups, return_inverse=True)
+    count = int(inverse.max()) + 1
+    layer = np.zeros(count, dtype=np.int64)  # the stratum of each group
+    if strata is not None:
+        _, codes = np.unique(np.asarray(strata).astype(str), return_inverse=True)
+        layer[inverse] = codes
+    rng = np.random.default_rng(seed)
+    drawn = np.zeros((resamples, count), dtype=np.int64)
+    for stratum in np.unique(layer):
+        members = np.flatnonzero(layer == stratum)
+        drawn[:, members] = rng.multinomial(len(members), np.full(len(members), 1 / len(members)),
+                                            size=resamples)
+    return drawn[:, inverse]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A confidence interval at `level` from `resamples` resampled values."""
+
+    low: float
+    high: float
+    level: float
+    resamples: int
+
+
+def interval(value: float, replicates: np.ndarray, level: float = 0.95,
+             bounds: tuple[float, float] = (-np.inf, np.inf), shift: bool = False
+             ) -> Interval | None:
+    """The percentile interval of `replicates` (shifted onto `value` when `shift`: statistics
+    that drift under resampling), clipped to the metric's range (`bounds`); None when fewer than
+    10 resamples gave a finite value."""
+    reps = np.asarray(replicates, dtype=np.float64)
+    reps = reps[np.isfinite(reps)]
+    if len(reps) < 10 or not np.isfinite(value):
+        return None
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(reps, [tail, 1.0 - tail]) + (value - reps.mean() if shift else 0.0)
+    low, high = max(low, bounds[0]), min(high, bounds[1])
+    return Interval(float(min(low, value)), float(max(high, value)), level, len(reps))
+
+
+BETTER, WORSE, SAME = "better", "worse", "no detectable difference"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A run's value minus the baseline's, its interval and what it means."""
+
+    delta: float
+    interval: Interval | None
+    verdict: str  # BETTER | WORSE | SAME (at the interval's level)
+    paired: bool
+
+
+def verdict(ci: Interval | None, higher_is_better: bool) -> str:
+    """Better or worse when the interval of (run - baseline) leaves out 0, else SAME."""
+    if ci is None or ci.low <= 0.0 <= ci.high:
+        return SAME
+    up = ci.low > 0.0
+    return BETTER if up == higher_is_better else WORSE
+
+
+def difference(value: float, baseline: float, replicates: np.ndarray,
+               baseline_replicates: np.ndarray, higher_is_better: bool, level: float = 0.95,
+               paired: bool = True, shift: bool = False) -> Difference:
+    """(run - baseline) with the percentile interval of the resampled differences; each pair
+    of replicates comes from the same counts (paired) or from independent ones (unpaired)."""
+    delta = value - baseline
+    ci = interval(delta, np.asarray(replicates) - np.asarray(baseline_replicates), level,
+                  shift=shift)
+    return Difference(delta, ci, verdict(ci, higher_is_better), paired)

@@ -1,0 +1,69 @@
+"""A run's metrics: each named metric's statistics over the run's scored rows, the reasons for
+those that are missing, and their bootstrap intervals; the direction of every MLflow key.
+
+A metric that cannot be computed raises `Unavailable` with the reason, and the run records it as
+missing, never as 0. The metrics themselves are registered with what they need
+(`darkroom.evals.registry`): corpus metrics in `corpus.py`, per-image ones with their scorer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from darkroom.evals import registry
+from darkroom.evals.metrics.base import Context, RunScores, Statistic, Unavailable
+from darkroom.evals.metrics.bootstrap import interval
+from darkroom.evals.metrics.corpus import CATEGORY_PREFIX
+
+CI_LOW, CI_HIGH = "_ci_low", "_ci_high"
+
+# Every MLflow metric Darkroom logs, with its direction (for compare's ranking and Pareto front).
+HIGHER_IS_BETTER: dict[str, bool] = {
+    **{m.key: m.higher_is_better for m in registry.metrics().values()},
+    **{k: up for m in registry.metrics().values() for k, up in m.other_keys.items()},
+    "images_per_s": True, "seconds_per_image": False,
+}
+
+
+def higher_is_better(key: str) -> bool:
+    """The direction of an MLflow key (per-category FIDs: lower; unknown keys: higher)."""
+    if key.startswith(CATEGORY_PREFIX):
+        return False
+    return HIGHER_IS_BETTER.get(key, True)
+
+
+def statistics(scores: RunScores, ctx: Context, names: list[str],
+               skipped: dict[str, str] | None = None) -> tuple[dict[str, Statistic],
+                                                               dict[str, str]]:
+    """Each named metric's statistics for one run, and the metrics that are missing with their
+    reasons (`skipped`: reasons known before the run was looked at)."""
+    out: dict[str, Statistic] = {}
+    missing: dict[str, str] = {}
+    for name in names:
+        metric = registry.metric(name)
+        reason = (skipped or {}).get(name) or scores.part_errors.get(metric.part_for(ctx.spec))
+        if reason is None and scores.count == 0:
+            reason = "the run has no images"
+        if reason:
+            missing[name] = reason
+            continue
+        try:
+            out.update(metric.compute(scores, ctx))
+        except Unavailable as err:
+            missing[name] = str(err)
+    return out, missing
+
+
+def with_intervals(stats: dict[str, Statistic], counts: np.ndarray,
+                   level: float) -> dict[str, float]:
+    """The values, and `<key>_ci_low` / `<key>_ci_high` for every key that can be resampled
+    (none when `counts` has no rows: bootstrap off)."""
+    values: dict[str, float] = {}
+    for key, stat in stats.items():
+        values[key] = stat.value
+        if stat.resample is None or not len(counts):
+            continue
+        ci = interval(stat.value, stat.resample(counts), level, stat.bounds, stat.drifts)
+        if ci is not None:
+            values[key + CI_LOW], values[key + CI_HIGH] = ci.low, ci.high
+    return values

@@ -1,0 +1,325 @@
+"""Compare the runs of an experiment: a table on the terminal (each value with ± half its 95%
+interval), optionally every run against a baseline run (difference, interval, verdict; paired
+over shared prompts and seeds) and real images against the same reference, and a static HTML
+report of all of it (`report_html.py`), which is also logged to MLflow in the experiment's `compare`
+run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics as stats
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from darkroom.evals import registry
+from darkroom.evals.metrics.compute import CI_HIGH, CI_LOW, higher_is_better
+from darkroom.evals.reporting import tracking
+from darkroom.evals.reporting.naming import distinct_names
+from darkroom.evals.reporting.paired import (
+    Comparison,
+    RealBaseline,
+    RunData,
+    compare_runs,
+    load_run,
+    real_baseline,
+)
+from darkroom.evals.reporting.report_html import SPEED, report_html
+from darkroom.platform.data import storage
+from darkroom.platform.errors import UserError, did_you_mean
+
+QUALITY = [m.key for m in registry.metrics().values() if "*" not in m.key]
+
+
+@dataclass
+class RunRow:
+    """One evaluated run of an experiment: its params, metrics and why any metric is missing."""
+
+    run_id: str
+    name: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    missing: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    display: str = ""
+
+    def value(self, key: str) -> float | None:
+        """The run's value of a metric, or None when it has none or it is NaN."""
+        value = self.metrics.get(key)
+        return None if value is None or math.isnan(value) else value
+
+    def interval(self, key: str) -> tuple[float, float] | None:
+        """The metric's logged interval (low, high), or None."""
+        low, high = self.value(key + CI_LOW), self.value(key + CI_HIGH)
+        return None if low is None or high is None or self.value(key) is None else (low, high)
+
+    def shown(self, key: str) -> str:
+        """`value ± half-width` (or the value alone, or `missing`)."""
+        return fmt(self.value(key), self.interval(key))
+
+
+def places(ci: tuple[float, float], digits: int = 4) -> int:
+    """Decimal places that show two significant digits of an interval's half-width."""
+    half = (ci[1] - ci[0]) / 2
+    return min(6, max(0, 1 - math.floor(math.log10(half)))) if half > 0 else digits
+
+
+def fmt(value: float | None, ci: tuple[float, float] | None = None, digits: int = 4,
+        sign: bool = False) -> str:
+    """A value with ± half its interval, to two significant digits of the half-width."""
+    if value is None:
+        return "missing"
+    plus = "+" if sign else ""
+    if ci is None:
+        return f"{value:{plus}.{digits}f}" if digits else str(int(value))
+    shown = places(ci, digits)
+    return f"{value:{plus}.{shown}f} ± {(ci[1] - ci[0]) / 2:.{shown}f}"
+
+
+def load_runs(client, experiment: str) -> list[RunRow]:
+    """The sweep-point runs of an experiment (not parents, not compare runs)."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = [e.name for e in client.search_experiments()]
+        raise UserError(f"no MLflow experiment `{experiment}` at {client.tracking_uri};"
+                        f"{did_you_mean(experiment, names) if names else ' there are none'}")
+    runs = client.search_runs([found.experiment_id],
+                              filter_string=f"tags.`{tracking.KIND}` = 'run'", max_results=5000)
+    rows = []
+    for run in runs:
+        tags = run.data.tags
+        missing = {k.removeprefix(tracking.MISSING): v for k, v in tags.items()
+                   if k.startswith(tracking.MISSING)}
+        rows.append(RunRow(run.info.run_id, run.info.run_name or run.info.run_id,
+                           dict(run.data.params), dict(run.data.metrics), missing, dict(tags)))
+    name_rows(rows)
+    return sorted(rows, key=lambda r: r.display)
+
+
+def name_rows(rows: list[RunRow]) -> None:
+    """Each row's display name: its MLflow name, told apart from runs of other jobs that share
+    it by the one naming rule, from the settings logged as params."""
+    names = distinct_names({r.run_id: r.params for r in rows}, {r.run_id: r.name for r in rows})
+    for row in rows:
+        row.display = names[row.run_id]
+
+
+def pick_metric(rows: list[RunRow], metric: str | None) -> str:
+    """The metric key to rank by: the one asked for (a metric name or a raw key some run
+    has), else the first quality metric any run has, else images/s."""
+    present = sorted({k for r in rows for k in r.metrics if r.value(k) is not None})
+    if metric is None:
+        for key in QUALITY:
+            if key in present:
+                return key
+        return SPEED
+    key = registry.metrics()[metric].key if metric in registry.metrics() else metric
+    if key not in present:
+        raise UserError(f"no run has metric `{metric}`;{did_you_mean(key, present)}")
+    return key
+
+
+def rank(rows: list[RunRow], key: str) -> list[RunRow]:
+    """Best first under the metric's direction; runs without it last."""
+    sign = -1.0 if higher_is_better(key) else 1.0
+    return sorted(rows, key=lambda r: (r.value(key) is None, sign * (r.value(key) or 0.0)))
+
+
+def table_rows(rows: list[RunRow], key: str, real: RealBaseline | None = None
+               ) -> tuple[list[str], list[list[str]]]:
+    """The table's header and cells: run params, the ranking metric, images/s, then the
+    other quality metrics some run has (each as value ± half its interval); absent values read
+    `missing`; the real-vs-real baseline last."""
+    extra = [k for k in QUALITY if k != key and any(r.value(k) is not None for r in rows)]
+    extra += sorted({k for r in rows for k in r.metrics
+                     if k.startswith("fid_category.") and not k.endswith((CI_LOW, CI_HIGH))})
+    header = ["run", "model", "sampler", "steps", "guidance", "images", key, SPEED, *extra]
+    body = []
+    for r in rows:
+        p = r.params
+        cells = [r.display, p.get("model", ""), p.get("sampler", ""), p.get("steps", ""),
+                 p.get("guidance_scale", ""), fmt(r.value("images"), digits=0)]
+        cells += [r.shown(k) for k in (key, SPEED, *extra)]
+        body.append(cells)
+    if real is not None:
+        def shown(k: str) -> str:
+            if k not in real.metrics:
+                return ""
+            low, high = real.metrics.get(k + CI_LOW), real.metrics.get(k + CI_HIGH)
+            return fmt(real.metrics[k], (low, high) if low is not None else None)
+
+        body.append([f"real vs real: {real.count} reference images against the other "
+                     f"{real.others}", "", "", "", "", str(real.count),
+                     *[shown(k) for k in (key, SPEED, *extra)]])
+    return header, body
+
+
+def format_table(header: list[str], body: list[list[str]]) -> str:
+    """The table as plain text: columns padded to width, a dashed rule under the header."""
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *body, strict=True)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in [header, ["-" * w for w in widths], *body]]
+    return "\n".join(lines)
+
+
+# -- against a baseline -------------------------------------------------------------------------
+
+
+def find_run(rows: list[RunRow], wanted: str) -> RunRow:
+    """The row named by an MLflow run id, a Darkroom run id or a run (display) name."""
+    for attribute in ("run_id", "display", "name"):
+        hits = [r for r in rows if getattr(r, attribute) == wanted]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise UserError(f"--baseline `{wanted}` names {len(hits)} runs; give one of their "
+                            f"names: {', '.join(r.display for r in hits)}")
+    hits = [r for r in rows if r.tags.get("darkroom.run_id") == wanted]
+    if len(hits) == 1:
+        return hits[0]
+    raise UserError(f"--baseline: no run `{wanted}` in the experiment;"
+                    f"{did_you_mean(wanted, [r.display for r in rows])}")
+
+
+def _run_data(row: RunRow, cache: dict[str, RunData | str]) -> RunData | str:
+    if row.run_id not in cache:
+        cache[row.run_id] = _read_run(row)
+    return cache[row.run_id]
+
+
+def _read_run(row: RunRow) -> RunData | str:
+    """The run's per-image data from its output folder (a path on this machine or a URI this
+    machine can read with its own credentials), or why not."""
+    folder = row.tags.get("darkroom.output")
+    if not folder:
+        return "its MLflow run names no output folder"
+    try:
+        where = storage.location(folder)
+        if not storage.exists(where):
+            return (f"its output folder {folder} is not on this machine"
+                    if storage.is_local(where) else f"its output folder {folder} is not there")
+        return load_run(row.display, where)
+    except (OSError, ValueError) as err:  # unreachable, no credentials, a bad URI or file
+        return f"its output folder {folder} cannot be read here ({type(err).__name__}: {err})"
+
+
+def against_baseline(rows: list[RunRow], base: RunRow, cache: dict[str, RunData | str]
+                     ) -> tuple[list[Comparison], list[str]]:
+    """Every other run against the baseline, from the runs' folders; notes on what could not
+    be compared."""
+    baseline = _run_data(base, cache)
+    if isinstance(baseline, str):
+        raise UserError(f"--baseline {base.display}: {baseline}")
+    boot = baseline.spec.bootstrap
+    out, notes = [], []
+    for row in rows:
+        if row is base:
+            continue
+        data = _run_data(row, cache)
+        if isinstance(data, str):
+            notes.append(f"{row.display}: not compared: {data}")
+            continue
+        metrics = [m for m in data.spec.metrics if m in baseline.spec.metrics]
+        out.append(compare_runs(data, baseline, metrics, boot.resamples or 500, boot.seed,
+                                boot.level))
+    return out, notes
+
+
+def baseline_table(comparisons: list[Comparison], key: str) -> tuple[list[str], list[list[str]],
+                                                                     list[str]]:
+    """One row per run and metric (the ranking metric first): difference ± half-width, the
+    interval, the verdict, paired or not; and each row's verdict."""
+    header = ["run", "metric", "run - baseline", "95% interval", "verdict", "how"]
+    body, verdicts = [], []
+    for c in comparisons:
+        for k in sorted(c.differences, key=lambda k: (k != key, k)):
+            d = c.differences[k]
+            ci = (d.interval.low, d.interval.high) if d.interval else None
+            interval = ("" if ci is None else
+                        f"[{ci[0]:+.{places(ci)}f}, {ci[1]:+.{places(ci)}f}]")
+            body.append([c.run, k, fmt(d.delta, ci, sign=True), interval, d.verdict,
+                         "paired" if d.paired else "unpaired"])
+            verdicts.append(d.verdict)
+        for name, reason in c.missing.items():
+            body.append([c.run, name, "missing", "", reason, ""])
+            verdicts.append("")
+    return header, body, verdicts
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def parse_real(value: str, rows: list[RunRow], data: RunData) -> int:
+    """COUNT from `--real-baseline` (empty: the runs' median image count); the old
+    DATASET:EXTRACTOR:COUNT form is accepted when it names the runs' own reference and
+    extractor."""
+    if value in ("", "auto"):
+        counts = [r.value("images") for r in rows if r.value("images")]
+        return int(stats.median(counts)) if counts else 500
+    if value.isdigit():
+        return int(value)
+    dataset, _, count = value.rpartition(":")
+    dataset, _, extractor = dataset.rpartition(":")
+    if not (dataset and extractor and count.isdigit()):
+        raise UserError(f"--real-baseline takes COUNT (or DATASET:EXTRACTOR:COUNT); got {value!r}")
+    used = (data.spec.reference.dataset if data.spec.reference else None,
+            data.spec.feature_extractor)
+    if (dataset, extractor) != used:
+        raise UserError(f"--real-baseline {value}: the runs were measured against {used[0]} "
+                        f"with `{used[1]}` features; the baseline uses the runs' own reference "
+                        "(give just COUNT)")
+    return int(count)
+
+
+def compare(experiment: str, metric: str | None = None, html_path: str | Path | None = None,
+            uri: str | None = None, baseline: str | None = None,
+            real: str | None = None) -> tuple[str, Path | None]:
+    """The ranked table as text (and the baseline comparison, and real vs real), and the
+    report's path (also logged to MLflow) if asked for."""
+    client = tracking.client(uri)
+    rows = load_runs(client, experiment)
+    if not rows:
+        raise UserError(f"experiment `{experiment}` has no evaluated runs yet")
+    key = pick_metric(rows, metric)
+    rows = rank(rows, key)
+    cache: dict[str, RunData | str] = {}
+    parts, notes = [], []
+    real_row = None
+    if real is not None:
+        data = next((d for d in (_run_data(r, cache) for r in rows) if not isinstance(d, str)),
+                    None)
+        if data is None:
+            raise UserError("--real-baseline: no run's folder holds an eval record")
+        found = real_baseline(data, parse_real(real, rows, data))
+        if isinstance(found, str):
+            raise UserError(found)
+        real_row = found
+    table = table_rows(rows, key, real_row)
+    parts.append(format_table(*table))
+    against = None
+    if baseline is not None:
+        base = find_run(rows, baseline)
+        comparisons, notes = against_baseline(rows, base, cache)
+        header, body, verdicts = baseline_table(comparisons, key)
+        notes += [f"{c.run}: {n}" for c in comparisons for n in c.notes]
+        title = (f"against the baseline {base.display} (95% intervals; paired bootstrap over "
+                 "shared prompts and seeds unless noted)")
+        against = (title, header, body, verdicts)
+        parts += ["", title, format_table(header, body)]
+    if real_row is not None:
+        notes.append(f"real vs real: {real_row.count} images drawn from the runs' reference, "
+                     f"measured against its other {real_row.others} with the same features: "
+                     "the floor for a run of that size")
+    parts += [f"note: {n}" for n in notes]
+    text = "\n".join(parts)
+    if html_path is None:
+        return text, None
+    path = Path(html_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page = report_html(client, experiment, rows, key, table, against, real_row)
+    path.write_text(page)
+    exp = tracking.experiment_id(client, experiment)
+    with tracking.run_scope(client, exp, tracking.path_key("compare", experiment), "compare",
+                            {tracking.KIND: "compare", "darkroom.compare.metric": key}) as run:
+        tracking.log_files(client, run, {"report.html": page, "table.txt": text + "\n"})
+    return text, path

@@ -1,0 +1,158 @@
+"""The per-image pass: Ray Data reads image rows, a pool of `ScoringActor`s runs the plan's parts
+on them (features and per-image scores), and the driver gets the columns back keyed by row_id.
+
+A part that cannot load on the actor (missing weights) does not stop the others: its reason comes
+back in an `error_<part>` column and the metrics that need it are recorded as missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from darkroom.evals import registry
+from darkroom.evals.scorers.images import decode_all
+from darkroom.evals.scorers.plan import ScorePlan
+from darkroom.evals.units import Part, PartFn, PlannedPart, error_column
+from darkroom.platform.errors import UserError
+
+INPUT_COLUMNS = ["row_id", "image", "prompt", "class_label"]
+META_COLUMNS = ["prompt_id", "sample_idx", "seed"]  # passed through when the files have them
+
+
+def build_part(planned: PlannedPart, device: str = "cpu") -> PartFn:
+    """A planned part, loaded by its scorer (missing weights raise `WeightsMissing`)."""
+    return registry.scorer(planned.scorer).build(planned, device)
+
+
+def _reason(err: Exception) -> str:
+    return str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+
+
+class ScoringActor:
+    """Ray Data actor: image rows in; row_id, features and per-image scores out."""
+
+    def __init__(self, plan: Mapping[str, Any]) -> None:
+        import torch
+
+        torch.set_num_threads(1)  # one thread per CPU actor: more fight Ray's other workers
+        self.plan = ScorePlan.model_validate(plan)
+        self.parts: dict[Part, PartFn] = {}
+        self.errors: dict[Part, str] = {}
+        for planned in self.plan.parts:
+            try:
+                self.parts[planned.key] = build_part(planned, self.plan.device)
+            except Exception as err:  # reported per metric as missing, never as 0
+                self.errors[planned.key] = _reason(err)
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Decode a batch's images and run every part on them; unloadable parts as errors.
+
+        An image that does not decode does not sink the batch: a blank stand-in takes its
+        place in the parts (so every column keeps one value per row) and its `unreadable`
+        column gives the reason; the driver leaves such rows out of every metric.
+        """
+        images, unreadable = decode_all(batch["image"])
+        out = {k: np.asarray(batch[k]) for k in ("row_id", "group", "prompt", "class_label",
+                                                 *META_COLUMNS) if k in batch}
+        out["unreadable"] = unreadable
+        for part in self.parts.values():
+            out.update(part(images, batch))
+        for part, reason in self.errors.items():
+            out[error_column(part)] = np.array([reason] * len(images), dtype=object)
+        return out
+
+
+def scored_dataset(ds, plan: ScorePlan, actors: int = 1, batch_size: int = 32,
+                   actor: type | None = None, gpus_per_actor: float = 0.0):
+    """The Ray dataset `ds` (columns row_id, image, group, optionally prompt and class_label)
+    mapped through a pool of `actors` ScoringActors (or a class that wraps one, for benchmarks)."""
+    from ray.data import ActorPoolStrategy
+
+    return ds.map_batches(
+        actor or ScoringActor, fn_constructor_kwargs={"plan": plan.model_dump()},
+        batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=actors),
+        num_cpus=1, num_gpus=gpus_per_actor or None,
+    )
+
+
+def score_dataset(ds, plan: ScorePlan, actors: int = 1, batch_size: int = 32,
+                  gpus_per_actor: float = 0.0) -> dict[str, Any]:
+    """The scored columns of `ds`, gathered on the driver as numpy arrays."""
+    batches = scored_dataset(ds, plan, actors, batch_size, gpus_per_actor=gpus_per_actor
+                             ).iter_batches(batch_size=None, batch_format="numpy")
+    chunks = list(batches)
+    if not chunks:
+        return {}
+    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+
+def images_dataset(files: Sequence[str], groups: Sequence[str],
+                   skipped: list[tuple[str, str]] | None = None):
+    """A Ray dataset over image Parquet files (local paths or URIs); `group` names the file's run.
+
+    The files are read by Ray tasks on the workers, from where they are (the driver gets a few
+    bytes per file back; the images stay in the object store), and all of them are read before
+    the scoring actors start, so read tasks never wait for CPUs the actors hold. Page checksums
+    are verified; a file that cannot be read is left out and listed in `skipped` as (path,
+    reason). A row id that two files of a group hold is scored twice and counted once
+    (`results.run_scores`).
+    """
+    import ray
+
+    from darkroom.platform.data import storage
+
+    read = ray.remote(read_image_files).options(num_returns=2)
+    entries = list(zip(map(str, files), groups, strict=True))
+    pending = [read.remote(entries[i:i + FILES_PER_READ], storage.registered())
+               for i in range(0, len(entries), FILES_PER_READ)]
+    tables = []
+    for summary, table in pending:
+        for path, reason in ray.get(summary):
+            if reason is not None and skipped is not None:
+                skipped.append((path, reason))
+        tables.append(table)
+    return ray.data.from_arrow_refs(tables) if tables else ray.data.from_items([])
+
+
+FILES_PER_READ = 8
+
+
+def read_image_files(entries: Sequence[tuple[str, str]], options: dict | None
+                     ) -> tuple[list[tuple[str, str | None]], pa.Table]:
+    """Ray task: (path, group) pairs -> ([(path, why unreadable or None)], their rows with a
+    `group` column)."""
+    from darkroom.platform.data import storage
+
+    storage.register(options)
+    # files written before a column existed get it as nulls, so every block has one schema
+    schema = pa.schema([("row_id", pa.string()), ("image", pa.binary()), ("prompt", pa.string()),
+                        ("class_label", pa.int64()), ("prompt_id", pa.string()),
+                        ("sample_idx", pa.int64()), ("seed", pa.int64()), ("group", pa.string())])
+    summaries, tables = [], []
+    for path, group in entries:
+        try:
+            table = storage.read_parquet(storage.location(path), verify=True)
+            table = table.select([c for c in INPUT_COLUMNS + META_COLUMNS
+                                  if c in table.column_names])
+        except Exception as err:  # reported with the run; the other files are still scored
+            summaries.append((path, f"{type(err).__name__}: {str(err)[:200]}"))
+            continue
+        summaries.append((path, None))
+        table = table.append_column("group", pa.array([group] * len(table), pa.string()))
+        for missing in (f for f in schema if f.name not in table.column_names):
+            table = table.append_column(missing, pa.nulls(len(table), missing.type))
+        tables.append(table.select(schema.names).cast(schema))
+    return summaries, pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def table_dataset(table: pa.Table, group: str):
+    """A Ray dataset over an in-memory table with `image` (encoded bytes)."""
+    import ray
+
+    table = table.append_column("row_id", pa.array([str(i) for i in range(len(table))]))
+    table = table.append_column("group", pa.array([group] * len(table)))
+    return ray.data.from_arrow(table.select(["row_id", "image", "group"]))
