@@ -16,6 +16,7 @@ from darkroom.platform.models.builds import build_fullsize
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_gpu_suite_smoke_writes_json_and_table(tmp_path):
     done = subprocess.run(
         [sys.executable, "benchmarks/run.py", "--suite", "gpu", "--smoke", "--rounds", "1",

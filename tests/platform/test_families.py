@@ -168,8 +168,9 @@ def test_an_option_of_another_family_is_refused_at_load():
 def test_models_list_shows_every_family_and_sampler():
     done = subprocess.run([sys.executable, "-m", "darkroom", "models", "list"],
                           capture_output=True, text=True, timeout=60, check=True)
-    for family in FAMILIES:
-        assert f"{family} (" in done.stdout
+    for name, family in FAMILIES.items():
+        if family.call.__module__.startswith("darkroom."):  # not a test's own family
+            assert f"{name} (" in done.stdout
     for name in ("tiny:sd3", "tiny:flux", "tiny:t2i", "random:flux-dev", "random:sd35-medium",
                  "flow_euler", "flow_dpmpp_2m"):
         assert name in done.stdout

@@ -192,6 +192,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_runs_over_the_rest_api_of_a_real_mlflow_server(logged, tmp_path):
     import httpx
 
