@@ -12,7 +12,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from darkroom.platform.errors import UserError
+from darkroom.platform.errors import UserError, user_error_in
 
 # Each module has `register(subparsers)`, which adds its subcommands with `handler=fn(args) -> int`.
 COMMAND_MODULES = [
@@ -21,6 +21,9 @@ COMMAND_MODULES = [
     "darkroom.serve.commands",
     "darkroom.platform.commands",
 ]
+
+# commands that may load weights from the model hub: they check once whether it is reachable
+HUB_COMMANDS = {"run", "eval", "gate", "replay", "serve"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if args.command in HUB_COMMANDS:
+            from darkroom.platform.offline import detect_offline
+
+            reason = detect_offline()
+            if reason:
+                print(f"note: {reason}; working offline (HF_HUB_OFFLINE=1): only weights "
+                      "already on this machine load", file=sys.stderr)
         return int(args.handler(args) or 0)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -67,7 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `darkroom ... | head`: the reader has all it wanted
         sys.stderr.close()
         return 0
-    except Exception as err:  # a failure of the work itself
+    except Exception as err:  # a failure of the work itself, unless bad input lies beneath
+        found = user_error_in(err)
+        if found is not None:  # raised in a Ray task or actor (a model that will not load)
+            print(f"error: {found}", file=sys.stderr)
+            return 2
         if os.environ.get("DARKROOM_DEBUG"):
             traceback.print_exc()
         print(f"failed: {type(err).__name__}: {err}", file=sys.stderr)

@@ -8,6 +8,8 @@ model names are resolved by `platform.models.names`, the same resolver the loade
 
 from __future__ import annotations
 
+import io
+import math
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -15,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from darkroom.jobs.prompts import Prompt, PromptError, count_prompts, load_prompts, peek_prompts
 from darkroom.jobs.spec import (
     MAX_ROWS_PER_RUN,
+    MAX_RUNS,
     GenerationSpec,
     JobSpec,
     PromptSource,
@@ -44,7 +47,7 @@ def semantic_problems(data: dict[str, Any], spec: JobSpec | None,
     runtime = spec.runtime if spec else _section(RuntimeSpec, data.get("runtime", {}))
     sweep = spec.sweep if spec else _section(SweepSpec, data.get("sweep", {}))
     models = list(enumerate(spec.models)) if spec else _models(data.get("models"))
-    problems = _storage_problems(data, spec)
+    problems = _storage_problems(data, spec) + _size_of_sweep(len(models), sweep)
     loaded: list[Prompt] = []
     if prompts:
         try:
@@ -71,6 +74,19 @@ def semantic_problems(data: dict[str, Any], spec: JobSpec | None,
                 problems.append(Problem(f"sweep.{field}", "no model of the job has `loras`: "
                                         "give a model its adapters, or drop this axis"))
     return problems
+
+
+def _size_of_sweep(models: int, sweep: SweepSpec | None) -> list[Problem]:
+    """The number of runs is bounded: a few hundred values can otherwise multiply into 10^9."""
+    if sweep is None:
+        return []
+    sizes = {"models": max(models, 1), **sweep.axes()}
+    runs = math.prod(sizes.values())
+    if runs <= MAX_RUNS:
+        return []
+    grid = " x ".join(f"{size} {name}" for name, size in sizes.items() if size > 1)
+    return [Problem("sweep", f"the sweep is {grid} = {runs} runs, more than {MAX_RUNS}; split "
+                    "it into several jobs or shorten the longest axes")]
 
 
 def _storage_problems(data: dict[str, Any], spec: JobSpec | None) -> list[Problem]:
@@ -123,6 +139,8 @@ def _model_problems(index: int, model: ModelSpec, prompts: PromptSource | None,
             problems.append(Problem(f"prompts.{prompts.kind}", problem))
         elif family.conditioning.name == "class" and loaded:
             problems += _class_problems(where, model, loaded, prompts.kind)
+        elif family.conditioning.name == "text+control" and model.control.resize == "refuse":
+            problems += _control_size_problems(where, model, loaded, generation)
     return problems
 
 
@@ -167,6 +185,27 @@ def _adapter_problems(where: str, model: ModelSpec, sweep: SweepSpec | None) -> 
                     problems.append(Problem(f"sweep.adapters.{i}", f"{where} ({model.label}) "
                                             f"has no adapter `{name}`;{did_you_mean(name, known)}"))
     return problems
+
+
+def _control_size_problems(where: str, model: ModelSpec, prompts: list[Prompt],
+                           generation: GenerationSpec | None) -> list[Problem]:
+    """Control images of another size than the output, for a model that refuses to stretch
+    them (read from the files' headers; the output size must be given to tell)."""
+    if not generation or not generation.width or not generation.height:
+        return []
+    from PIL import Image
+
+    wanted = (generation.width, generation.height)
+    problems = []
+    for prompt in prompts:
+        data = storage.read_bytes(storage.location(prompt.control_image))
+        with Image.open(io.BytesIO(data)) as image:
+            if image.size != wanted:
+                problems.append(Problem("prompts.control_images", f"{prompt.prompt_id} is "
+                                        f"{image.width}x{image.height}, the output "
+                                        f"{wanted[0]}x{wanted[1]}, and {where} ({model.label}) "
+                                        "has `control.resize: refuse`"))
+    return problems[:MAX_CLASS_PROBLEMS]
 
 
 def _class_problems(where: str, model: ModelSpec, prompts: list[Prompt],

@@ -163,6 +163,9 @@ def _replay(args: argparse.Namespace) -> int:
     problem = storage.check(args.location)
     if problem:
         raise UserError(f"LOCATION: {problem}")
+    if not 0 <= args.tolerance <= 255:
+        raise UserError(f"--tolerance is a pixel difference out of 255: 0..255, got "
+                        f"{args.tolerance}")
     found = replay(args.location, args.row_id, args.device)
     if args.save:
         storage.write_bytes(storage.location(args.save), encode_png(found.image))

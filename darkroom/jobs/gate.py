@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from darkroom.jobs.devices import device_problems
 from darkroom.jobs.jobfile import validate
 from darkroom.jobs.pipeline import JobFailed, JobResult, run_job
 from darkroom.jobs.spec import GateSpec, JobSpec
@@ -70,6 +71,8 @@ def run_gate(spec: JobSpec, options: Sequence[str], gate: GateSpec,
              log: Callable[[str], None] = print) -> GateResult:
     """Run both arms, compare them, and check the tolerances."""
     baseline, candidate = arms(spec, options)
+    for arm in (baseline, candidate):  # both before either runs
+        device_problems(arm, arm.name)
     log(f"gate: baseline {baseline.name}, candidate {candidate.name} with {' '.join(options)}")
     base, cand = run_job(baseline, log=log), run_job(candidate, log=log)
     psnr, ssim = image_quality(base, cand)

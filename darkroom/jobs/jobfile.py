@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from darkroom.jobs.checks import semantic_problems
-from darkroom.jobs.spec import JobSpec
+from darkroom.jobs.spec import JobSpec, SweepSpec
 from darkroom.platform.config import (
     Problem,
     SpecError,
@@ -37,13 +37,25 @@ def validate(data: dict[str, Any], base: str | Path = ".", overrides: Sequence[s
              deep: bool = True) -> JobSpec:
     """A JobSpec from plain data, or a SpecError listing every problem found. `deep` reads a
     prompt file whole; otherwise its first rows (a job's workers check the rest)."""
-    data = apply_overrides(copy.deepcopy(data), overrides)
+    data = apply_overrides(copy.deepcopy(data), [sweep_shorthand(o) for o in overrides])
     _absolute_sources(data, Path(base))
     spec, found = try_validate(JobSpec, data)
     found = [*problems, *found, *semantic_problems(data, spec, deep)]
     if found:
         raise SpecError(source, found)
     return spec  # type: ignore[return-value]
+
+
+def sweep_shorthand(override: str) -> str:
+    """`steps=4` -> `sweep.steps=[4]`: an override naming a sweep axis alone sets that axis
+    (a single value becomes a one-value axis). Other overrides are left as they are."""
+    key, sep, raw = override.partition("=")
+    name = key.strip()
+    if not sep or name not in SweepSpec.model_fields or name in JobSpec.model_fields:
+        return override
+    text = raw.strip()
+    one_value = not text.startswith("[") or (name == "adapters" and not text.startswith("[["))
+    return f"sweep.{name}=[{text}]" if one_value else f"sweep.{name}={text}"
 
 
 def _absolute_sources(data: dict[str, Any], base: Path) -> None:

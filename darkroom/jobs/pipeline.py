@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from darkroom.jobs import output, resume
+from darkroom.jobs.devices import device_problems
 from darkroom.jobs.lease import JobLease
 from darkroom.jobs.plan import Run, describe, expand, expansion, run_info
 from darkroom.jobs.prompts import PromptError, count_prompts
@@ -77,6 +78,7 @@ def run_job(spec: JobSpec, *, dry_run: bool = False, evaluate: bool = True,
     if dry_run:
         log(describe(spec, runs, count_prompts(spec.prompts)))
         return result
+    device_problems(spec, spec.name)  # before anything is written
     with JobLease(job_dir):
         # torch before Ray: loaded after Ray's and Arrow's libraries in a cluster job's driver,
         # libtorch_cpu failed to load ("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so")

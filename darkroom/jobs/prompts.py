@@ -49,17 +49,35 @@ class Prompt:
     control_image: str | None = None  # path of the image file
 
 
+def text_lines(data: bytes) -> list[str]:
+    """A text file's lines: split at newlines only, as Ray's `read_text` splits them (not at
+    U+2028, U+0085 and the other breaks `str.splitlines` knows, which may sit inside a JSON
+    string)."""
+    return [line.removesuffix("\r") for line in data.decode("utf-8").split("\n")]
+
+
+def checked_line(line: str, where: str) -> str:
+    """A line of a prompt file, refused when it is longer than any prompt could be."""
+    if len(line) > MAX_LINE_CHARS and len(line.encode()) > MAX_LINE_BYTES:
+        raise PromptError("prompts.file", f"{where} is longer than {MAX_LINE_BYTES >> 20} MiB; "
+                          "a prompt line holds a prompt (a few hundred characters), not a "
+                          "document", line[:80])
+    return line
+
+
 def _read_txt(data: bytes, name: str) -> list[dict[str, Any]]:
-    lines = data.decode("utf-8").splitlines()
+    lines = [checked_line(line, f"line {number} of {name}")
+             for number, line in enumerate(text_lines(data), start=1)]
     return [{"prompt": line.strip()} for line in lines if line.strip()]
 
 
 def _read_jsonl(data: bytes, name: str) -> list[dict[str, Any]]:
     records = []
-    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+    for number, line in enumerate(text_lines(data), start=1):
         if not line.strip():
             continue
-        records.append(json_record(line, f"line {number} of {name}"))
+        where = f"line {number} of {name}"
+        records.append(json_record(checked_line(line, where), where))
     return records
 
 
@@ -92,7 +110,9 @@ READERS: dict[str, Callable[[bytes, str], list[dict[str, Any]]]] = {
     ".parquet": _read_parquet,
 }
 PEEK_ROWS = 1000
-PEEK_BYTES = 1 << 20
+MAX_LINE_BYTES = 1 << 20  # one line of a .txt/.jsonl/.csv prompt file
+MAX_LINE_CHARS = MAX_LINE_BYTES // 4  # shorter lines cannot be longer in UTF-8
+PEEK_BYTES = MAX_LINE_BYTES + 1  # the first rows, and always at least one whole line
 
 
 def load_prompts(source: PromptSource) -> list[Prompt]:
@@ -144,7 +164,11 @@ def _file_bytes(path: Location, limit: int | None) -> bytes:
         fs, inner = storage.filesystem(path)
         with fs.open_input_stream(inner) as stream:
             data = stream.read(limit)
-        return data if len(data) < limit else data[: data.rfind(b"\n") + 1]
+        if len(data) < limit:
+            return data
+        if b"\n" not in data[:MAX_LINE_BYTES + 1]:
+            checked_line(data.decode("utf-8", errors="replace"), f"line 1 of {path.name}")
+        return data[: data.rfind(b"\n") + 1]
     except Exception as err:
         raise PromptError("prompts.file", f"cannot read {path.name}: {type(err).__name__}: "
                           f"{str(err)[:200]}", str(path)) from err
@@ -250,11 +274,11 @@ def prompt_of_record(record: dict[str, Any], index: int, columns: ColumnMap, nam
 
 
 def _from_folder(folder: Location, prompt: str) -> list[Prompt]:
-    entries = [] if not storage.exists(folder) else storage.list_dir(folder)
-    files = [e.loc for e in entries if not e.is_dir and e.loc.suffix.lower() in IMAGE_SUFFIXES]
-    if not entries:
+    if not storage.exists(folder):
         raise PromptError("prompts.control_images", "control image folder does not exist "
                           "(paths are relative to the job file)", str(folder))
+    entries = storage.list_dir(folder)
+    files = [e.loc for e in entries if not e.is_dir and e.loc.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise PromptError("prompts.control_images", f"no images ({suffixes}) in the folder",

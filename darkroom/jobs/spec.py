@@ -25,6 +25,8 @@ MAX_GUIDANCE = 100.0
 MAX_SIDE = 8192
 MAX_IMAGES_PER_PROMPT = 10_000
 MAX_ROWS_PER_RUN = 10_000_000  # rows per run (prompts x images_per_prompt)
+MAX_AXIS = 1000  # values on one sweep axis
+MAX_RUNS = 10_000  # runs of one job: models x every sweep axis
 
 
 # -- sections ---------------------------------------------------------------------------------
@@ -108,26 +110,39 @@ class SweepSpec(_Section):
     """The grid: every combination of these is one run (eta only for samplers that use it)."""
 
     sampler: list[SamplerEntry] = Field(
-        default_factory=lambda: [SamplerSpec(name="ddim")], min_length=1,
+        default_factory=lambda: [SamplerSpec(name="ddim")], min_length=1, max_length=MAX_AXIS,
         description="sampler names, or {name, overrides}",
     )
-    steps: list[Annotated[int, Field(ge=1, le=MAX_STEPS)]] = Field([25], min_length=1)
+    steps: list[Annotated[int, Field(ge=1, le=MAX_STEPS)]] = Field([25], min_length=1,
+                                                                     max_length=MAX_AXIS)
     guidance_scale: list[Annotated[float, Field(ge=0, le=MAX_GUIDANCE)]] = Field(
-        [5.0], min_length=1)
+        [5.0], min_length=1, max_length=MAX_AXIS)
     eta: list[Annotated[float, Field(ge=0, le=1)]] = Field(
-        [0.0], min_length=1, description="DDIM eta (Song et al. 2021); ignored by other samplers"
+        [0.0], min_length=1, max_length=MAX_AXIS,
+        description="DDIM eta (Song et al. 2021), TCD gamma; ignored by other samplers"
     )
     lora_scale: list[Annotated[float, Field(ge=-10, le=10)]] = Field(
-        [1.0], min_length=1, description="times each adapter's own scale (0: the base model); "
-        "only for models with `loras`")
+        [1.0], min_length=1, max_length=MAX_AXIS,
+        description="times each adapter's own scale (0: the base model); only for models with "
+        "`loras`")
     adapters: list[list[str]] | None = Field(
-        None, min_length=1, description="which adapter sets are active, e.g. [[], [style], "
-        "[style, detail]]; default: all of each model's adapters")
+        None, min_length=1, max_length=MAX_AXIS,
+        description="which adapter sets are active, e.g. [[], [style], [style, detail]]; "
+        "default: all of each model's adapters")
 
     @field_validator("sampler", "steps", "guidance_scale", "eta", "lora_scale", "adapters")
     @classmethod
     def _no_repeats(cls, values: list | None, info) -> list | None:
         return values if values is None else _unique(values, f"sweep.{info.field_name}")
+
+    def axes(self) -> dict[str, int]:
+        """Each axis and its number of values (eta counts only for samplers that use it, so it
+        is counted at most; adapter sets only when given)."""
+        sizes = {name: len(getattr(self, name)) for name in
+                 ("sampler", "steps", "guidance_scale", "eta", "lora_scale")}
+        if self.adapters:
+            sizes["adapters"] = len(self.adapters)
+        return sizes
 
 
 Pair = tuple[Annotated[int, Field(ge=0, le=MAX_SIDE)], Annotated[int, Field(ge=0, le=MAX_SIDE)]]

@@ -17,15 +17,24 @@ file or a folder listing: they are made on the driver and put into the object st
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from darkroom.jobs.plan import PROMPT_COLUMNS, prompts_table
-from darkroom.jobs.prompts import PromptError, json_record, load_prompts, prompt_of_record
+from darkroom.jobs.prompts import (
+    PromptError,
+    checked_line,
+    json_record,
+    load_prompts,
+    prompt_of_record,
+    text_lines,
+)
 from darkroom.jobs.spec import ColumnMap, PromptSource
 from darkroom.platform.data import storage
+from darkroom.platform.errors import cause_of_kind
 
 PROMPT_SCHEMA = pa.schema([(name, pa.string()) for name in PROMPT_COLUMNS])
 READ_BLOCKS = 16  # blocks a prompt file is read in, at least: the expansion's parallelism
@@ -127,8 +136,9 @@ def _read(source: PromptSource, path: storage.Location) -> tuple[list[Any], list
                                        quoted_strings_can_be_null=False)
         ds = ray.data.read_csv(inner, filesystem=fs, convert_options=convert,
                                override_num_blocks=READ_BLOCKS)
-    else:  # .txt and .jsonl: one row per non-empty line
-        ds = ray.data.read_text(inner, filesystem=fs, override_num_blocks=READ_BLOCKS)
+    else:  # .txt and .jsonl: one row per non-empty line, split at newlines only
+        ds = ray.data.read_binary_files(inner, filesystem=fs).map_batches(
+            _lines, batch_format="pyarrow", batch_size=None)
     ds.context.execution_options.preserve_order = True  # row numbers are prompt ids
     if source.limit:
         ds = ds.limit(source.limit)
@@ -136,7 +146,19 @@ def _read(source: PromptSource, path: storage.Location) -> tuple[list[Any], list
 
     refs = ds.materialize().to_arrow_refs()  # the blocks stay in the object store
     count = ray.remote(_num_rows)
-    return refs, ray.get([count.remote(ref) for ref in refs])
+    counts = ray.get([count.remote(ref) for ref in refs])
+    if suffix in (".txt", ".jsonl"):  # read whole: cut into READ_BLOCKS pieces to parse
+        cut = Prompts(refs, counts).split(max(1, math.ceil(sum(counts) / READ_BLOCKS)))
+        refs, counts = cut.blocks, cut.counts
+    return refs, counts
+
+
+def _lines(files: pa.Table) -> pa.Table:
+    """Task: whole text files -> their non-empty lines (not Ray's `read_text`, which splits at
+    U+2028 and the other breaks `str.splitlines` knows, even inside a JSON string)."""
+    lines = [line for data in files.column("bytes").to_pylist() for line in text_lines(data)
+             if line.strip()]
+    return pa.table({"text": pa.array(lines, pa.string())})
 
 
 def _num_rows(block: pa.Table) -> int:
@@ -165,12 +187,14 @@ def parse_block(block: pa.Table, offset: int, suffix: str, columns: dict[str, An
     PROMPT_COLUMNS; a row that cannot be a prompt raises PromptError."""
     mapping = ColumnMap.model_validate(columns)
     if suffix == ".txt":
-        texts = [line.strip() for line in block.column("text").to_pylist()]
+        texts = [checked_line(line, f"a line of {name}").strip()
+                 for line in block.column("text").to_pylist()]
         records = [{"prompt": text} for text in texts if text]
         mapping = ColumnMap()
     elif suffix == ".jsonl":
         lines = block.column("text").to_pylist()
-        records = [json_record(line, f"a line of {name}") for line in lines if line.strip()]
+        records = [json_record(checked_line(line, f"a line of {name}"), f"a line of {name}")
+                   for line in lines if line.strip()]
     else:
         records = block.to_pylist()
     # numbered as `load_prompts` numbers them, so ids without an id column agree
@@ -197,20 +221,8 @@ def first_repeated_id(*blocks: pa.Table) -> str | None:
 
 def as_prompt_error(err: BaseException, name: str) -> PromptError:
     """The PromptError behind a failed Ray task, or one saying the file cannot be read."""
-    found = user_error(err, PromptError)
+    found = cause_of_kind(err, PromptError)
     if found is not None:
         return found
     return PromptError("prompts.file", f"cannot read {name}: {type(err).__name__}: "
                        f"{str(err).splitlines()[0][:200] if str(err) else ''}", name)
-
-
-def user_error(err: BaseException, kind: type) -> Any:
-    """The first exception of type `kind` in `err`'s chain of causes (Ray wraps a task's
-    exception in its own), or None."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, kind):
-            return err
-        seen.add(id(err))
-        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
-    return None

@@ -13,6 +13,7 @@ from darkroom.jobs import output, resume
 from darkroom.jobs.plan import expand_prompts
 from darkroom.platform.data import storage
 from darkroom.platform.data.records import IMAGE_SCHEMA
+from darkroom.platform.errors import UserError
 
 # What the ImageGenerator returns: the image columns, and `error` (null unless the row failed).
 OUTPUT_SCHEMA = IMAGE_SCHEMA.append(pa.field("error", pa.string()))
@@ -63,13 +64,21 @@ class GenerateAndWrite:
             from darkroom.platform.engine.generator import ImageGenerator
 
             generator_class = ImageGenerator
-        self.generator = generator_class(dict(model), runtime=dict(runtime))
+        self.failure: UserError | None = None
+        try:
+            self.generator = generator_class(dict(model), runtime=dict(runtime))
+        except UserError as err:
+            # raised from the first call instead: Ray hands a task's exception to the driver as
+            # it is, an actor's creation error only as text (a one-line `error:` then, exit 2)
+            self.failure = err
         self.job_dir = storage.location(job_dir)
         self.invocation = invocation
         self.chunk = chunk
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Generate a call's rows, write them, return what was written."""
+        if self.failure is not None:
+            raise self.failure
         rows = batch.to_pylist()
         made: list[dict[str, Any]] = []
         for start in range(0, len(rows), self.chunk):

@@ -83,6 +83,9 @@ def parse_yaml(text: str, source: str) -> tuple[Any, list[Problem]]:
         _check_size(node, source)
         problems: list[Problem] = []
         _find_duplicates(node, [], problems)
+        keys = _complex_keys(node, [])
+        if keys:  # a list or mapping as a key cannot be constructed at all
+            raise SpecError(source, [*problems, *keys])
         data = loader.construct_document(node)
     except yaml.YAMLError as err:
         raise UserError(f"{source}: not valid YAML: {err}") from err
@@ -139,10 +142,30 @@ def _check_size(root: yaml.Node, source: str) -> None:
                                          "YAML aliases (&anchor/*alias); write the values out")])
 
 
+def _complex_keys(node: yaml.Node, path: list) -> list[Problem]:
+    """A problem for each key that is a list or a mapping (`? [a, b]`): config keys are names."""
+    found = []
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                line = key_node.start_mark.line + 1
+                what = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+                found.append(Problem(dotted(path), f"a key on line {line} is a {what}; keys "
+                                     "are plain names (write `name: value`)"))
+            else:
+                found += _complex_keys(value_node, [*path, key_node.value])
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += _complex_keys(item, [*path, i])
+    return found
+
+
 def _find_duplicates(node: yaml.Node, path: list, problems: list[Problem]) -> None:
     if isinstance(node, yaml.MappingNode):
         lines: dict[Any, int] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # reported by _complex_keys
             key = key_node.value
             line = key_node.start_mark.line + 1
             if key in lines:
@@ -192,7 +215,7 @@ def _set_path(data: Any, parts: list[str], value: Any) -> Problem | None:
         last = depth == len(parts) - 1
         here = dotted(parts[: depth + 1])
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
+            if not (part.isascii() and part.isdecimal()) or int(part) >= len(node):
                 return Problem(here, f"index must be 0..{len(node) - 1}", part)
             index: Any = int(part)
         elif isinstance(node, dict):

@@ -25,7 +25,8 @@ def write_source(path, records: list[dict]) -> None:
     if path.suffix == ".txt":
         path.write_text("\n\n".join(r["text"] for r in records) + "\n  \n")
     elif path.suffix == ".jsonl":
-        path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+        path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n",
+                        encoding="utf-8")
     elif path.suffix == ".csv":
         with path.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(records[0]))
@@ -42,8 +43,10 @@ def spec_for(tmp_path, name: str, **prompts):
 
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".csv", ".parquet"])
 def test_streamed_prompts_are_the_prompts_read_whole(ray_session, tmp_path, suffix):
-    records = [{"key": f"0{i}", "text": f"prompt, \"number\" {i}", "neg": f"blurry {i % 3}"}
-               for i in range(COUNT)]
+    # some texts hold line breaks other than a newline (U+2028, NEL): a line break to
+    # `str.splitlines`, ordinary characters inside a JSON string or a line of text
+    records = [{"key": f"0{i}", "text": f"prompt, \"number\" {i}" + ("\u2028\x85" * (i % 7 == 0)),
+                "neg": f"blurry {i % 3}"} for i in range(COUNT)]
     write_source(tmp_path / f"p{suffix}", records)
     columns = {} if suffix == ".txt" else {"prompt": "text", "id": "key",
                                            "negative_prompt": "neg"}

@@ -134,7 +134,7 @@ def test_canny_preprocessor_changes_the_conditioning():
     plain = ImageGenerator({"model": "tiny:controlnet"}, defaults={"steps": 2})
     canny = ImageGenerator({"model": "tiny:controlnet", "control": {"preprocessor": "canny"}},
                            defaults={"steps": 2})
-    control = control_image(CONTROL, 64, 64, canny.spec.control, "tiny:controlnet")
+    control, _ = control_image(CONTROL, 64, 64, canny.spec.control, "tiny:controlnet")
     assert set(np.unique(np.asarray(control))) <= {0, 255}  # an edge map
     row = request(0)
     assert np.abs(pixels(plain.generate([row])[0]) - pixels(canny.generate([row])[0])).max() > 0

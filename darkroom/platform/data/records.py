@@ -42,6 +42,8 @@ SETTINGS = [
     pa.field("model_spec", pa.string()),
     pa.field("call_options", pa.string()),  # family call options, e.g. SDXL micro-conditioning
     pa.field("adapters", pa.string()),  # JSON: the active LoRA adapters, scale and SHA-256
+    # JSON: each input image (role, SHA-256, size, mode, whether it was resized); null if none
+    pa.field("input_images", pa.string()),
 ]
 OUTPUT = [
     pa.field("image", pa.binary()),
@@ -103,6 +105,31 @@ def encode_png(image: np.ndarray | Image.Image) -> bytes:
     buffer = io.BytesIO()
     pil.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+MAX_INPUT_PIXELS = 8192 * 8192  # an input image larger than any image Darkroom makes
+
+
+def open_image(data: bytes, what: str, error: type[Exception] = ValueError,
+               max_pixels: int = MAX_INPUT_PIXELS) -> Image.Image:
+    """Encoded image bytes -> a loaded PIL image; its size is read from the header first, so a
+    decompression bomb (a huge declared size in a small file) is refused before decoding."""
+    try:
+        image = Image.open(io.BytesIO(data))  # reads the header only
+        width, height = image.size
+        if width * height > max_pixels:
+            raise error(f"{what} declares {width}x{height} pixels, more than the "
+                        f"{max_pixels} an input may have")
+        image.load()
+    except error:
+        raise
+    except Image.DecompressionBombError as err:  # PIL's own cap, met in the header
+        raise error(f"{what} declares more pixels than the {max_pixels} an input may have "
+                    f"({err})") from err
+    except Exception as err:  # any unreadable input means the same fix
+        raise error(f"{what} is not a readable image: {type(err).__name__}: "
+                    f"{str(err)[:200]}") from err
+    return image
 
 
 def decode_png(data: bytes) -> np.ndarray:

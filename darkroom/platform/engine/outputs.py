@@ -79,6 +79,7 @@ def image_row(row: RequestRow, request: Request, image: np.ndarray, settings: Se
         "call_options": json.dumps({k: list(v) for k, v in thaw(settings.call_options).items()},
                                    sort_keys=True),
         "adapters": adapters_json,
+        "input_images": json.dumps(request.inputs, sort_keys=True) if request.inputs else None,
         "image": png,
         "image_sha256": sha256(png),
         "batch_size": batch_size,

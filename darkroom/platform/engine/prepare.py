@@ -93,10 +93,10 @@ class RowPreparer:
             call_options=freeze(row.call_options),
             adapters=self._adapters(row.adapters, row.lora_scale),
         )
+        control, inputs = self._control_image(row, width, height)
         request = Request(
             prompt=row.prompt, negative_prompt=row.negative_prompt, seed=row.seed,
-            class_label=self._class_label(row),
-            control_image=self._control_image(row, width, height),
+            class_label=self._class_label(row), control_image=control, inputs=inputs,
         )
         return settings, request
 
@@ -130,11 +130,13 @@ class RowPreparer:
                            f"id or a name{hint}")
         return class_id(row.class_label, self.class_names, self.classes)
 
-    def _control_image(self, row: RequestRow, width: int, height: int) -> Any:
+    def _control_image(self, row: RequestRow, width: int, height: int
+                       ) -> tuple[Any, list[dict[str, Any]]]:
         if self.family.conditioning.name != "text+control":
-            return None
-        return control_image(row.control_image, width, height, self.spec.control,
-                             self.spec.label)
+            return None, []
+        image, found = control_image(row.control_image, width, height, self.spec.control,
+                                     self.spec.label)
+        return image, [found]
 
 
 def _first(value: Any, default: Any) -> Any:

@@ -11,7 +11,7 @@ import functools
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 Frozen = tuple[tuple[str, Any], ...]  # a mapping as sorted (key, value) pairs: hashable
@@ -58,6 +58,7 @@ class Request:
     seed: int
     class_label: int | None = None
     control_image: Any = None  # a PIL image
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # input images as given
 
 
 @dataclass

@@ -8,7 +8,6 @@ Imports only the standard library at module level: validating a file never loads
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,22 +75,29 @@ def recorded_class(label: Any) -> int | None:
     return int(text) if is_class_id(text) else None
 
 
-def control_image(data: bytes | None, width: int, height: int, control: Any, who: str) -> Any:
-    """A row's control image bytes -> the PIL image the ControlNet sees (resized to the
-    output size, edges taken when the model's `control.preprocessor` is canny)."""
+def control_image(data: bytes | None, width: int, height: int, control: Any,
+                  who: str) -> tuple[Any, dict[str, Any]]:
+    """A row's control image bytes -> (the PIL image the ControlNet sees, what it was): resized
+    to the output size unless the model's `control.resize` refuses that, edges taken when its
+    `control.preprocessor` is canny."""
     if data is None:
         raise RowError(f"{who} is a ControlNet model: the row needs `control_image`")
     import numpy as np
     from PIL import Image
 
-    try:
-        image = Image.open(io.BytesIO(data)).convert("RGB")
-    except Exception as err:  # any undecodable input is this row's problem alone
-        raise RowError(f"`control_image` is not a readable image: {err}") from err
-    image = image.resize((width, height), Image.Resampling.BICUBIC)
+    from darkroom.platform.data.records import open_image, sha256
+
+    image = open_image(data, "`control_image`", RowError)
+    found = {"role": "control", "sha256": sha256(data), "width": image.width,
+             "height": image.height, "mode": image.mode, "resized": image.size != (width, height)}
+    if found["resized"] and control.resize == "refuse":
+        raise RowError(f"`control_image` is {image.width}x{image.height}, the output "
+                       f"{width}x{height}: give control images of the output size, or set the "
+                       "model's `control.resize: stretch`")
+    image = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
     if control.preprocessor == "canny":
         import cv2
 
         edges = cv2.Canny(np.asarray(image), control.low_threshold, control.high_threshold)
         image = Image.fromarray(np.stack([edges] * 3, axis=-1))
-    return image
+    return image, found

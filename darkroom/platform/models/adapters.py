@@ -55,7 +55,53 @@ def weights_file(lora: LoraSpec, allow_pickle: bool = False) -> Path:
     if path.suffix != ".safetensors" and not allow_pickle:
         raise ModelLoadError(f"adapter `{lora.name}`: {path.name} is not safetensors; pickled "
                              "weights load only with the model's `allow_pickle: true`")
+    if path.suffix == ".safetensors":
+        problem = safetensors_problem(path)
+        if problem:
+            raise ModelLoadError(f"adapter `{lora.name}`: {path.name} {problem}")
     return path
+
+
+# safetensors' own cap on the JSON header (its reader refuses larger ones, after reading them)
+MAX_HEADER_BYTES = 100_000_000
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is not a readable set of tensors, or None: read from its header
+    alone (8 bytes of length, then JSON), so a bad file costs no memory to refuse.
+
+    The format: a little-endian u64 header length, a JSON header mapping each tensor's name to
+    its dtype, shape and [begin, end) byte offsets in the data that follows."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return "is not a safetensors file: shorter than its 8-byte header length"
+        length = int.from_bytes(head, "little")
+        if length > size - 8:
+            return (f"is not a safetensors file: its header claims {length} bytes and the "
+                    f"file holds {size}")
+        if length > MAX_HEADER_BYTES:
+            return (f"is not a safetensors file: its header claims {length} bytes, more than "
+                    f"the format's {MAX_HEADER_BYTES}")
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, ValueError):
+            return "is not a safetensors file: its header is not JSON"
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"} if isinstance(
+        header, dict) else None
+    if not tensors:
+        return "holds no tensors"
+    data = size - 8 - length
+    for name, entry in tensors.items():
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= data):
+            return f"is damaged: tensor `{name[:80]}` lies outside the file's data"
+    if not any("lora" in name.lower() for name in tensors):
+        return "holds no LoRA tensors (no name contains `lora`): not a LoRA adapter"
+    return None
 
 
 class Adapters:

@@ -8,6 +8,7 @@ fail into one clear error.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +51,11 @@ def infer_family(spec: ModelSpec) -> Family:
 
 
 def _hub_failure(model: str, err: Exception) -> str:
+    from darkroom.platform.offline import offline_reason
+
+    why = offline_reason() or f"{type(err).__name__}: {str(err)[:200]}"
     return (
-        f"cannot load model `{model}` from the hub ({type(err).__name__}: {str(err)[:200]}); "
+        f"cannot load model `{model}` from the hub ({why}); "
         "with no network, download it elsewhere, copy the folder here and set `model` to that "
         "folder (or fill HF_HOME's cache), or use tiny:sd / builtin:digits-ldm"
     )
@@ -84,8 +88,9 @@ def _from_pretrained(cls: Any, source: str, local: bool, spec: ModelSpec, **kwar
     if not local:
         try:  # a cached copy needs no network at all
             return cls.from_pretrained(source, local_files_only=True, **options)
-        except Exception:  # not cached: try the hub once below
-            pass
+        except Exception as err:  # not cached: try the hub once below, unless offline
+            if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+                raise ModelLoadError(_hub_failure(source, err)) from err
         from huggingface_hub import HfApi
 
         try:

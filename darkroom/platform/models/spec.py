@@ -27,6 +27,9 @@ class ControlSpec(BaseModel):
     low_threshold: int = Field(100, ge=0, le=255, description="Canny lower hysteresis threshold")
     high_threshold: int = Field(200, ge=0, le=255, description="Canny upper hysteresis threshold")
     conditioning_scale: float = Field(1.0, ge=0, le=100, description="ControlNet residual scale")
+    resize: Literal["stretch", "refuse"] = Field(
+        "stretch", description="a control image of another size than the output: stretch it "
+        "to the output size (recorded in the row's `input_images`), or refuse the row")
 
     @model_validator(mode="after")
     def _ordered(self) -> ControlSpec:
@@ -124,6 +127,7 @@ class ModelSpec(BaseModel):
         """The settings that define the model's images (hashed into run ids); options added
         after the first version are left out while unset, so older run ids stay valid."""
         dumped = self.model_dump(mode="json")
+        dumped["control"].pop("resize")  # refusing a row changes no image: not part of the id
         for field in LATER_OPTIONS:
             if dumped[field] == type(self).model_fields[field].get_default(
                     call_default_factory=True):
