@@ -39,6 +39,7 @@ from darkroom.platform.errors import cause_of_kind
 PROMPT_SCHEMA = pa.schema([(name, pa.string()) for name in PROMPT_COLUMNS])
 READ_BLOCKS = 16  # blocks a prompt file is read in, at least: the expansion's parallelism
 PROMPTS_PER_BLOCK = 10_000
+MIN_BLOCK_ROWS = 1000  # a small file is not cut finer than this
 
 
 @dataclass
@@ -148,7 +149,8 @@ def _read(source: PromptSource, path: storage.Location) -> tuple[list[Any], list
     count = ray.remote(_num_rows)
     counts = ray.get([count.remote(ref) for ref in refs])
     if suffix in (".txt", ".jsonl"):  # read whole: cut into READ_BLOCKS pieces to parse
-        cut = Prompts(refs, counts).split(max(1, math.ceil(sum(counts) / READ_BLOCKS)))
+        rows = max(MIN_BLOCK_ROWS, math.ceil(sum(counts) / READ_BLOCKS))
+        cut = Prompts(refs, counts).split(rows)
         refs, counts = cut.blocks, cut.counts
     return refs, counts
 
