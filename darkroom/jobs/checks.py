@@ -132,15 +132,14 @@ def _model_problems(index: int, model: ModelSpec, prompts: PromptSource | None,
     if family is None:  # a hub id: only the hub can tell its family
         return problems
     if prompts:
-        class_column = bool(prompts.columns.class_label)
-        problem = family.conditioning.source_problem(prompts.kind, class_column,
-                                                     f"{where} ({model.label})")
+        problem = family.conditioning.source_problem(prompts, f"{where} ({model.label})")
         if problem:
             problems.append(Problem(f"prompts.{prompts.kind}", problem))
         elif family.conditioning.name == "class" and loaded:
             problems += _class_problems(where, model, loaded, prompts.kind)
-        elif family.conditioning.name == "text+control" and model.control.resize == "refuse":
-            problems += _control_size_problems(where, model, loaded, generation)
+        elif family.conditioning.inputs:
+            problems += _input_image_problems(where, model, loaded, generation,
+                                              family.conditioning.inputs)
     return problems
 
 
@@ -157,6 +156,8 @@ def _asked(prompts: PromptSource | None, generation: GenerationSpec | None,
         call_options={f"generation.{name}": name for name in generation.call_options()},
         negative_prompt="generation.negative_prompt" if negatives else None,
         arguments={"sweep.eta": "eta"} if sweep and any(sweep.eta) else {},
+        edits={f"sweep.{name}": name for name in ("strength", "image_guidance_scale")
+               if sweep and getattr(sweep, name)},
     )
 
 
@@ -187,24 +188,55 @@ def _adapter_problems(where: str, model: ModelSpec, sweep: SweepSpec | None) -> 
     return problems
 
 
-def _control_size_problems(where: str, model: ModelSpec, prompts: list[Prompt],
-                           generation: GenerationSpec | None) -> list[Problem]:
-    """Control images of another size than the output, for a model that refuses to stretch
-    them (read from the files' headers; the output size must be given to tell)."""
-    if not generation or not generation.width or not generation.height:
-        return []
+def _input_image_problems(where: str, model: ModelSpec, prompts: list[Prompt],
+                          generation: GenerationSpec | None, inputs: tuple[str, ...]
+                          ) -> list[Problem]:
+    """Input images that cannot be used, read from the files' headers (no pixels decoded):
+    unreadable or truncated, declaring an absurd size, a mask of another size than its image,
+    or (for a ControlNet that refuses to stretch) a control image of another size than the
+    output."""
     from PIL import Image
 
-    wanted = (generation.width, generation.height)
+    from darkroom.platform.data.records import MAX_INPUT_PIXELS
+
+    wanted = (generation.width, generation.height) if generation and generation.width and \
+        generation.height else None
     problems = []
     for prompt in prompts:
-        data = storage.read_bytes(storage.location(prompt.control_image))
-        with Image.open(io.BytesIO(data)) as image:
-            if image.size != wanted:
-                problems.append(Problem("prompts.control_images", f"{prompt.prompt_id} is "
-                                        f"{image.width}x{image.height}, the output "
-                                        f"{wanted[0]}x{wanted[1]}, and {where} ({model.label}) "
-                                        "has `control.resize: refuse`"))
+        sizes = {}
+        for role, path in (("control", prompt.control_image), ("image", prompt.image),
+                           ("mask", prompt.mask)):
+            if path is None or (role == "control" and "control" not in inputs):
+                continue
+            field = "prompts.control_images" if role == "control" else f"prompts ({role}s)"
+            try:
+                data = storage.read_bytes(storage.location(path))
+                with Image.open(io.BytesIO(data)) as image:
+                    sizes[role] = image.size
+                    if image.width * image.height > MAX_INPUT_PIXELS:
+                        raise ValueError(f"declares {image.width}x{image.height} pixels, more "
+                                         f"than the {MAX_INPUT_PIXELS} an input may have")
+                    image.verify()  # checks the file whole without keeping its pixels
+            except Image.DecompressionBombError:
+                problems.append(Problem(field, f"prompt {prompt.prompt_id}: {role} image {path} "
+                                        f"declares more than the {MAX_INPUT_PIXELS} pixels an "
+                                        "input may have"))
+            except Exception as err:  # any unusable file: that prompt's problem
+                problems.append(Problem(field, f"prompt {prompt.prompt_id}: {role} image "
+                                        f"{path} cannot be used: {str(err)[:160]}"))
+        if "mask" in sizes and "image" in sizes and sizes["mask"] != sizes["image"]:
+            problems.append(Problem("prompts (masks)", f"prompt {prompt.prompt_id}: the mask is "
+                                    f"{'x'.join(map(str, sizes['mask']))} and the image "
+                                    f"{'x'.join(map(str, sizes['image']))}: give a mask of the "
+                                    "image's size"))
+        if ("control" in sizes and wanted and sizes["control"] != wanted
+                and model.control.resize == "refuse"):
+            problems.append(Problem("prompts.control_images", f"{prompt.prompt_id} is "
+                                    f"{sizes['control'][0]}x{sizes['control'][1]}, the output "
+                                    f"{wanted[0]}x{wanted[1]}, and {where} ({model.label}) "
+                                    "has `control.resize: refuse`"))
+        if len(problems) >= MAX_CLASS_PROBLEMS:
+            break
     return problems[:MAX_CLASS_PROBLEMS]
 
 

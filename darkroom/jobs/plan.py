@@ -37,13 +37,19 @@ class Run:
     height: int | None
     lora_scale: float = 1.0
     adapters: tuple[str, ...] | None = None  # None: all of the model's adapters
+    strength: float | None = None  # image editing; None: the pipeline's default
+    image_guidance_scale: float | None = None  # instruction editing
 
 
 def _settings(spec: JobSpec, model: ModelSpec, sampler: SamplerSpec, steps: int,
-              guidance: float, eta: float, lora: dict[str, Any]) -> dict[str, Any]:
-    """Everything that decides a run's images (not its speed): hashed into the run id."""
+              guidance: float, eta: float, lora: dict[str, Any],
+              edit: dict[str, float]) -> dict[str, Any]:
+    """Everything that decides a run's images (not its speed): hashed into the run id. Settings
+    added later (adapters, micro-conditioning, edit settings) are left out while unset, so
+    runs without them keep the ids they had."""
     return {
         **lora,
+        **edit,
         "model": model.identity(),
         "sampler": sampler.model_dump(mode="json"),
         "steps": steps,
@@ -76,14 +82,19 @@ def expand(spec: JobSpec) -> list[Run]:
         etas = sweep.eta if SAMPLERS[sampler.name].uses_eta else [0.0]
         scales = sweep.lora_scale if model.loras else [1.0]
         sets = sweep.adapters if model.loras and sweep.adapters else [None]
-        for eta, scale, adapters in itertools.product(etas, scales, sets):
+        strengths = sweep.strength or [None]
+        image_guidance = sweep.image_guidance_scale or [None]
+        for eta, scale, adapters, strength, image_scale in itertools.product(
+                etas, scales, sets, strengths, image_guidance):
             names = None if adapters is None else tuple(adapters)
+            edit = {k: v for k, v in (("strength", strength),
+                                      ("image_guidance_scale", image_scale)) if v is not None}
             settings = _settings(spec, model, sampler, steps, guidance, eta,
-                                 _lora_settings(model, scale, names))
+                                 _lora_settings(model, scale, names), edit)
             run_id = run_id_of(settings)
             runs.setdefault(run_id, Run(run_id, model, sampler, steps, guidance, eta,
                                         spec.generation.width, spec.generation.height,
-                                        scale, names))
+                                        scale, names, strength, image_scale))
     return list(runs.values())
 
 
@@ -113,7 +124,8 @@ def run_info(spec: JobSpec, run: Run, prompt_count: int) -> RunInfo:
         height=run.height, call_options=spec.generation.call_options(),
         lora_scale=run.lora_scale, adapters=None if run.adapters is None else list(run.adapters),
         seed=spec.seed, images_per_prompt=spec.prompts.images_per_prompt,
-        prompt_count=prompt_count,
+        prompt_count=prompt_count, strength=run.strength,
+        image_guidance_scale=run.image_guidance_scale,
     )
 
 
@@ -130,7 +142,11 @@ def row_id_of(run_id: str, prompt_id: str, sample_idx: int) -> str:
 
 # The prompts of a job as a table: what prompt sources become (on the driver for small sources,
 # on the workers for files) and what `expand_prompts` turns into request rows.
-PROMPT_COLUMNS = ("prompt_id", "prompt", "negative_prompt", "class_label", "control_path")
+PROMPT_COLUMNS = ("prompt_id", "prompt", "negative_prompt", "class_label", "control_path",
+                  "image_path", "mask_path")
+# prompt column -> (the request row's field with its bytes, its role in `input_paths`)
+INPUT_ROLES = {"control_path": ("control_image", "control"), "image_path": ("image", "image"),
+               "mask_path": ("mask", "mask")}
 
 
 def prompts_table(prompts: list[Prompt]) -> Any:
@@ -144,6 +160,8 @@ def prompts_table(prompts: list[Prompt]) -> Any:
         "class_label": pa.array([None if p.class_label is None else str(p.class_label)
                                  for p in prompts], pa.string()),
         "control_path": pa.array([p.control_image for p in prompts], pa.string()),
+        "image_path": pa.array([p.image for p in prompts], pa.string()),
+        "mask_path": pa.array([p.mask for p in prompts], pa.string()),
     })
 
 
@@ -166,26 +184,30 @@ def expansion(spec: JobSpec, runs: list[Run]) -> dict[str, Any]:
             "call_options": json.dumps(spec.generation.call_options(), sort_keys=True),
             "lora_scale": run.lora_scale,
             "adapters": None if run.adapters is None else list(run.adapters),
+            "strength": run.strength,
+            "image_guidance_scale": run.image_guidance_scale,
         } for run in runs],
     }
 
 
 def expand_prompts(prompts: Any, plan: dict[str, Any]) -> Any:
     """A table of prompts (PROMPT_COLUMNS) -> the request rows of every run in `plan`
-    (`expansion`), run by run, each prompt's samples together. Control images are read here,
-    from their path or URI, so they travel with the rows to the actors."""
+    (`expansion`), run by run, each prompt's samples together. Input images (control, source,
+    mask) are read here, from their path or URI, so they travel with the rows to the actors."""
     import pyarrow as pa
 
     from darkroom.platform.data import storage
 
     columns = {name: prompts.column(name).to_pylist() if name in prompts.column_names
                else [None] * prompts.num_rows for name in PROMPT_COLUMNS}
-    control_cache: dict[str, bytes] = {}
-    control = []
-    for path in columns["control_path"]:
-        if path is not None and path not in control_cache:
-            control_cache[path] = storage.read_bytes(storage.location(path))
-        control.append(None if path is None else control_cache[path])
+    cache: dict[str, bytes] = {}
+    inputs: dict[str, list[bytes | None]] = {}
+    for column in INPUT_ROLES:
+        inputs[column] = []
+        for path in columns[column]:
+            if path is not None and path not in cache:
+                cache[path] = storage.read_bytes(storage.location(path))
+            inputs[column].append(None if path is None else cache[path])
     samples = range(plan["images_per_prompt"])
     rows: dict[str, list] = {name: [] for name in request_schema().names}
     for run in plan["runs"]:
@@ -203,7 +225,11 @@ def expand_prompts(prompts: Any, plan: dict[str, Any]) -> Any:
                 rows["negative_prompt"].append(plan["negative_prompt"] if negative is None
                                                else negative)
                 rows["class_label"].append(columns["class_label"][i])
-                rows["control_image"].append(control[i])
+                for column, (field, _) in INPUT_ROLES.items():
+                    rows[field].append(inputs[column][i])
+                paths = {role: columns[column][i] for column, (_, role) in INPUT_ROLES.items()
+                         if columns[column][i] is not None}
+                rows["input_paths"].append(json.dumps(paths, sort_keys=True) if paths else None)
     return pa.table(rows, schema=request_schema())
 
 
@@ -213,8 +239,9 @@ def request_rows(spec: JobSpec, run: Run, prompts: list[Prompt],
     helper for small prompt lists; jobs expand prompts on the workers)."""
     rows = expand_prompts(prompts_table(prompts), expansion(spec, [run])).to_pylist()
     for row in rows:
-        if row["control_image"] is None:
-            del row["control_image"]
+        for field, _ in INPUT_ROLES.values():
+            if row[field] is None:
+                del row[field]
     return [row for row in rows if row["row_id"] not in skip]
 
 

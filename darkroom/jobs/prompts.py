@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,13 +41,15 @@ class PromptError(ValueError):
 
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt of a job: its id and conditioning (text, class, or a control image file)."""
+    """One prompt of a job: its id and conditioning (text, class, image files)."""
 
     prompt_id: str
     prompt: str = ""
     negative_prompt: str | None = None  # None: the job's generation.negative_prompt
     class_label: int | str | None = None
-    control_image: str | None = None  # path of the image file
+    control_image: str | None = None  # path or URI of the control image (ControlNet)
+    image: str | None = None  # path or URI of the source image (image editing)
+    mask: str | None = None  # path or URI of the mask (inpainting)
 
 
 def text_lines(data: bytes) -> list[str]:
@@ -125,6 +128,7 @@ def load_prompts(source: PromptSource) -> list[Prompt]:
         ],
         "control_images": lambda: _from_folder(storage.location(source.control_images or ""),
                                                source.control_prompt),
+        "images": lambda: _from_image_folder(source),
     }
     prompts = loaders[source.kind]()
     if not prompts:
@@ -138,7 +142,7 @@ def _from_file(path: Location, columns: ColumnMap, peek: bool = False) -> list[P
     records = _parse(path, data)
     if peek and path.suffix.lower() != ".parquet":
         records = records[:PEEK_ROWS]
-    return _prompts_of(records, columns, path.name)
+    return _prompts_of(records, columns, path.name, str(path.parent))
 
 
 def _file_bytes(path: Location, limit: int | None) -> bytes:
@@ -200,8 +204,10 @@ def _parse(path: Location, data: bytes) -> list[dict[str, Any]]:
     return records
 
 
-def _prompts_of(records: list[dict[str, Any]], columns: ColumnMap, name: str) -> list[Prompt]:
-    prompts = [prompt_of_record(record, i, columns, name) for i, record in enumerate(records)]
+def _prompts_of(records: list[dict[str, Any]], columns: ColumnMap, name: str,
+                base: str | None = None) -> list[Prompt]:
+    prompts = [prompt_of_record(record, i, columns, name, base)
+               for i, record in enumerate(records)]
     seen: set[str] = set()
     for prompt in prompts:
         if prompt.prompt_id not in seen:
@@ -253,11 +259,13 @@ def _records_of_lines(path: Location) -> Iterator[None]:
             yield from (None for line in text if line.strip())
 
 
-def prompt_of_record(record: dict[str, Any], index: int, columns: ColumnMap, name: str) -> Prompt:
-    """Row `index` (from 0) of a prompt file, read through the job's column mapping."""
+def prompt_of_record(record: dict[str, Any], index: int, columns: ColumnMap, name: str,
+                     base: str | None = None) -> Prompt:
+    """Row `index` (from 0) of a prompt file, read through the job's column mapping; image
+    paths are relative to `base`, the prompt file's folder."""
     wanted = {"prompt": columns.prompt if columns.class_label is None else None,
               "negative_prompt": columns.negative_prompt, "id": columns.id,
-              "class_label": columns.class_label}
+              "class_label": columns.class_label, "image": columns.image, "mask": columns.mask}
     for field, column in wanted.items():
         if column is not None and column not in record:
             raise PromptError(f"prompts.columns.{field}", f"column `{column}` is missing from "
@@ -270,18 +278,52 @@ def prompt_of_record(record: dict[str, Any], index: int, columns: ColumnMap, nam
     negative = record.get(columns.negative_prompt) if columns.negative_prompt else None
     prompt_id = str(record[columns.id]) if columns.id else f"{index:05d}"
     label = record.get(columns.class_label) if columns.class_label else None
-    return Prompt(prompt_id, text, None if negative is None else str(negative), label)
+    image = _image_path(record, "image", columns.image, index, name, base)
+    mask = _image_path(record, "mask", columns.mask, index, name, base)
+    return Prompt(prompt_id, text, None if negative is None else str(negative), label,
+                  image=image, mask=mask)
 
 
-def _from_folder(folder: Location, prompt: str) -> list[Prompt]:
+def _image_path(record: dict[str, Any], role: str, column: str | None, index: int, name: str,
+                base: str | None) -> str | None:
+    """A record's image path or URI; a relative path is relative to the prompt file."""
+    if column is None:
+        return None
+    value = record.get(column)
+    if not isinstance(value, str) or not value.strip():
+        raise PromptError(f"prompts.columns.{role}", f"row {index + 1} of {name} has no "
+                          f"{role} path in column `{column}`", value)
+    if base is None or re.match(r"^[a-z0-9]+://", value) or value.startswith("/"):
+        return value
+    return str(storage.location(base) / value)
+
+
+def _from_folder(folder: Location, prompt: str, field: str = "prompts.control_images"
+                 ) -> list[Prompt]:
     if not storage.exists(folder):
-        raise PromptError("prompts.control_images", "control image folder does not exist "
-                          "(paths are relative to the job file)", str(folder))
+        raise PromptError(field, "the image folder does not exist (paths are relative to the "
+                          "job file)", str(folder))
     entries = storage.list_dir(folder)
     files = [e.loc for e in entries if not e.is_dir and e.loc.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
-        raise PromptError("prompts.control_images", f"no images ({suffixes}) in the folder",
-                          str(folder))
+        raise PromptError(field, f"no images ({suffixes}) in the folder", str(folder))
     return [Prompt(p.name, prompt, control_image=str(p)) for p in sorted(files,
                                                                          key=lambda f: f.name)]
+
+
+def _from_image_folder(source: PromptSource) -> list[Prompt]:
+    """`prompts.images` (and `masks`): each image one prompt, the instruction its text."""
+    images = _from_folder(storage.location(source.images or ""), source.instruction,
+                          field="prompts.images")
+    masks = {}
+    if source.masks:
+        masks = {p.prompt_id: p.control_image for p in _from_folder(
+            storage.location(source.masks), "", field="prompts.masks")}
+        missing = [p.prompt_id for p in images if p.prompt_id not in masks]
+        if missing:
+            raise PromptError("prompts.masks", f"no mask for {', '.join(missing[:5])}"
+                              f"{' ...' if len(missing) > 5 else ''}: each image needs a mask of "
+                              "the same file name", source.masks)
+    return [Prompt(p.prompt_id, p.prompt, image=p.control_image, mask=masks.get(p.prompt_id))
+            for p in images]

@@ -75,8 +75,10 @@ def find_row(where: str | Location, row_id: str) -> tuple[Location, dict[str, An
 
 
 def request_of(row: dict[str, Any], info: RunInfo, job: dict[str, Any]) -> RequestRow:
-    """The request that made `row`: the row's own inputs and settings, and from run.json the
-    sampler overrides, the active adapters and their scale."""
+    """The request that made `row`: the row's own inputs and settings, its input images read
+    again from where the row says they came from, and from run.json the sampler overrides,
+    the active adapters and their scale."""
+    inputs = _input_images(row, job)
     return RequestRow(
         seed=row["seed"], prompt=row["prompt"] or "", negative_prompt=row["negative_prompt"] or "",
         class_label=None if row["class_label"] is None else str(row["class_label"]),
@@ -85,23 +87,42 @@ def request_of(row: dict[str, Any], info: RunInfo, job: dict[str, Any]) -> Reque
         sampler_overrides=info.sampler.overrides,
         call_options=json.loads(row.get("call_options") or "{}"),
         adapters=info.adapters, lora_scale=info.lora_scale,
-        control_image=None if row["control_image_sha256"] is None else _control_image(row, job),
+        strength=row.get("strength"), image_guidance_scale=row.get("image_guidance_scale"),
+        control_image=inputs.get("control"), image=inputs.get("image"), mask=inputs.get("mask"),
     )
 
 
-def _control_image(row: dict[str, Any], job: dict[str, Any]) -> bytes:
+def _input_images(row: dict[str, Any], job: dict[str, Any]) -> dict[str, bytes]:
+    """role -> the bytes of each input image the row was made from, each checked against the
+    SHA-256 the row recorded."""
+    recorded = json.loads(row.get("input_images") or "[]")
+    if not recorded and row.get("control_image_sha256"):  # rows written before input_images
+        recorded = [{"role": "control", "sha256": row["control_image_sha256"],
+                     "path": _control_folder_path(row, job)}]
+    found = {}
+    for entry in recorded:
+        path = entry.get("path")
+        if path is None:
+            raise UserError(f"row {row['row_id']} was made from a {entry['role']} image whose "
+                            "place it does not record: it cannot be replayed")
+        location = storage.location(path)
+        if not storage.is_file(location):
+            raise UserError(f"the {entry['role']} image of row {row['row_id']} is gone: {path}")
+        data = storage.read_bytes(location)
+        if sha256(data) != entry["sha256"]:
+            raise UserError(f"the {entry['role']} image {path} changed since row "
+                            f"{row['row_id']} was made (its SHA-256 differs): the row cannot be "
+                            "replayed from it")
+        found[entry["role"]] = data
+    return found
+
+
+def _control_folder_path(row: dict[str, Any], job: dict[str, Any]) -> str:
     folder = (job.get("prompts") or {}).get("control_images")
     if not folder:
         raise UserError(f"row {row['row_id']} was made from a control image, and the job's "
                         "job.yaml names no `prompts.control_images` folder to find it in")
-    path = storage.location(folder) / row["prompt_id"]
-    if not storage.is_file(path):
-        raise UserError(f"the control image of row {row['row_id']} is gone: {path}")
-    data = storage.read_bytes(path)
-    if sha256(data) != row["control_image_sha256"]:
-        raise UserError(f"the control image {path} changed since row {row['row_id']} was made "
-                        "(its SHA-256 differs): the row cannot be replayed from it")
-    return data
+    return str(storage.location(folder) / row["prompt_id"])
 
 
 def _check_adapters(row: dict[str, Any], generator: Any) -> None:

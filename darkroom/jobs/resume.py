@@ -18,6 +18,7 @@ another prompt, negative prompt, class or control image stops the job before any
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,15 +29,18 @@ import pyarrow.compute as pc
 from darkroom.platform.data import layout, storage
 from darkroom.platform.data.records import sha256
 from darkroom.platform.data.storage import Location
+from darkroom.platform.families.conditioning import is_class_id
 
 # What defines a row besides its id: a row written under the same id with any of these different
 # would be a different image, so a rerun refuses rather than mix them.
-ROW_INPUTS = ("prompt", "negative_prompt", "class_label", "control_image_sha256")
+ROW_INPUTS = ("prompt", "negative_prompt", "class_label", "control_image_sha256",
+              "input_images")
 DONE_SCHEMA = pa.schema([
     ("row_id", pa.string()), ("kind", pa.string()), ("prompt", pa.string()),
     ("negative_prompt", pa.string()), ("class_label", pa.int64()),
-    ("control_image_sha256", pa.string()),
+    ("control_image_sha256", pa.string()), ("input_images", pa.string()),
 ])
+EDITED = ("image", "mask")  # input images compared by their SHA-256 (control: its own column)
 FILES_PER_TASK = 16
 
 
@@ -181,6 +185,7 @@ def input_problem(requests: pa.Table, done: pa.Table) -> str | None:
         old = recorded.get(row["row_id"])
         if old is None:
             continue
+        old = recorded_inputs(old)
         for column, value in row_inputs(row).items():
             if value is not ANY and old[column] != value:
                 return (f"row {row['row_id']} was written with {column} {old[column]!r}, but the "
@@ -196,7 +201,7 @@ ANY = object()  # an expected input that cannot be told before generation (a cla
 def row_inputs(row: dict[str, Any]) -> dict[str, Any]:
     """A request row's inputs as its image row records them (ROW_INPUTS)."""
     label = row.get("class_label")
-    if label is not None and not str(label).lstrip("-").isdigit():
+    if label is not None and not is_class_id(str(label).strip()):
         recorded: Any = ANY  # a class name: the model resolves it to an id
     else:
         recorded = None if label is None else int(label)
@@ -206,4 +211,12 @@ def row_inputs(row: dict[str, Any]) -> dict[str, Any]:
         "negative_prompt": row.get("negative_prompt") or "",
         "class_label": recorded,
         "control_image_sha256": None if control is None else sha256(control),
+        "input_images": [(role, sha256(row[role])) for role in EDITED if row.get(role)],
     }
+
+
+def recorded_inputs(done: dict[str, Any]) -> dict[str, Any]:
+    """A done image row's inputs, in the form `row_inputs` gives them."""
+    images = json.loads(done.get("input_images") or "[]")
+    return {**done, "input_images": [(i["role"], i["sha256"]) for i in images
+                                     if i["role"] in EDITED]}

@@ -44,10 +44,17 @@ class ColumnMap(_Section):
     negative_prompt: str | None = Field(None, description="column with a per-row negative prompt")
     id: str | None = Field(None, description="column with a stable prompt id; default: row number")
     class_label: str | None = Field(None, description="column with a class id or name (DiT)")
+    image: str | None = Field(None, description="column with a source image's path or URI "
+                              "(image editing; relative paths: to the prompt file)")
+    mask: str | None = Field(None, description="column with a mask's path or URI (inpainting; "
+                             "white is repainted)")
+
+
+SOURCE_KINDS = ("list", "file", "classes", "control_images", "images")
 
 
 class PromptSource(_Section):
-    """Where prompts come from: exactly one of list, file, classes, control_images."""
+    """Where prompts come from: exactly one of list, file, classes, control_images, images."""
 
     list_: list[str] | None = Field(None, alias="list", description="inline prompts")
     file: str | None = Field(
@@ -59,18 +66,27 @@ class PromptSource(_Section):
         None, description="folder of control/input images (ControlNet); relative to the job file"
     )
     control_prompt: str = Field("", description="the prompt used with every control image")
+    images: str | None = Field(
+        None, description="folder of source images to edit, each one prompt (image editing); "
+        "relative to the job file")
+    masks: str | None = Field(
+        None, description="folder of masks named as the `images` they belong to (inpainting)")
+    instruction: str = Field("", description="the prompt or instruction used with every image "
+                             "of `images`")
     images_per_prompt: int = Field(1, ge=1, le=MAX_IMAGES_PER_PROMPT,
                                    description="images generated for each prompt")
     limit: int | None = Field(None, ge=1, description="use only the first N prompts (smoke runs)")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PromptSource:
-        given = [k for k in ("list", "file", "classes", "control_images") if self.source(k)]
+        given = [k for k in SOURCE_KINDS if self.source(k)]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one prompt source: list, file, classes or control_images; "
-                f"got {', '.join(given) or 'none'}"
+                f"give exactly one prompt source: {', '.join(SOURCE_KINDS)}; got "
+                f"{', '.join(given) or 'none'}"
             )
+        if self.masks and not self.images:
+            raise ValueError("`masks` belong to `images`: give the folder of images too")
         return self
 
     def source(self, kind: str) -> Any:
@@ -79,8 +95,8 @@ class PromptSource(_Section):
 
     @property
     def kind(self) -> str:
-        """Which of list, file, classes, control_images this source is."""
-        return next(k for k in ("list", "file", "classes", "control_images") if self.source(k))
+        """Which of SOURCE_KINDS this source is."""
+        return next(k for k in SOURCE_KINDS if self.source(k))
 
 
 def _sampler_entry(value: Any) -> Any:
@@ -125,12 +141,19 @@ class SweepSpec(_Section):
         [1.0], min_length=1, max_length=MAX_AXIS,
         description="times each adapter's own scale (0: the base model); only for models with "
         "`loras`")
+    strength: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        None, min_length=1, max_length=MAX_AXIS, description="image editing: how much of the "
+        "source image is noised away (1: all of it); default: the pipeline's")
+    image_guidance_scale: list[Annotated[float, Field(ge=0, le=MAX_GUIDANCE)]] | None = Field(
+        None, min_length=1, max_length=MAX_AXIS, description="instruction editing "
+        "(InstructPix2Pix-style pipelines): guidance towards the source image")
     adapters: list[list[str]] | None = Field(
         None, min_length=1, max_length=MAX_AXIS,
         description="which adapter sets are active, e.g. [[], [style], [style, detail]]; "
         "default: all of each model's adapters")
 
-    @field_validator("sampler", "steps", "guidance_scale", "eta", "lora_scale", "adapters")
+    @field_validator("sampler", "steps", "guidance_scale", "eta", "lora_scale", "adapters",
+                     "strength", "image_guidance_scale")
     @classmethod
     def _no_repeats(cls, values: list | None, info) -> list | None:
         return values if values is None else _unique(values, f"sweep.{info.field_name}")
@@ -140,8 +163,9 @@ class SweepSpec(_Section):
         is counted at most; adapter sets only when given)."""
         sizes = {name: len(getattr(self, name)) for name in
                  ("sampler", "steps", "guidance_scale", "eta", "lora_scale")}
-        if self.adapters:
-            sizes["adapters"] = len(self.adapters)
+        for name in ("strength", "image_guidance_scale", "adapters"):
+            if getattr(self, name):
+                sizes[name] = len(getattr(self, name))
         return sizes
 
 

@@ -97,7 +97,7 @@ def open_prompts(source: PromptSource) -> Prompts:
     parse = ray.remote(parse_block)
     offsets = [0, *itertools.accumulate(counts)][:-1]
     options = {"suffix": path.suffix.lower(), "columns": source.columns.model_dump(),
-               "name": path.name}
+               "name": path.name, "base": str(path.parent)}
     refs = [parse.remote(ref, offset, **options) for ref, offset in zip(refs, offsets,
                                                                          strict=True)]
     ray.wait(refs, num_returns=len(refs), fetch_local=False)
@@ -184,7 +184,7 @@ def _csv_header(fs: Any, inner: str) -> list[str]:
 
 
 def parse_block(block: pa.Table, offset: int, suffix: str, columns: dict[str, Any],
-                name: str) -> pa.Table:
+                name: str, base: str | None = None) -> pa.Table:
     """Task: raw rows of a prompt file, the first of them row `offset` of the file ->
     PROMPT_COLUMNS; a row that cannot be a prompt raises PromptError."""
     mapping = ColumnMap.model_validate(columns)
@@ -200,7 +200,7 @@ def parse_block(block: pa.Table, offset: int, suffix: str, columns: dict[str, An
     else:
         records = block.to_pylist()
     # numbered as `load_prompts` numbers them, so ids without an id column agree
-    return prompts_table([prompt_of_record(record, index, mapping, name)
+    return prompts_table([prompt_of_record(record, index, mapping, name, base)
                           for index, record in enumerate(records, start=offset)])
 
 

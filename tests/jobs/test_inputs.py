@@ -206,7 +206,7 @@ def test_an_unreachable_hub_is_found_once_and_loads_fail_at_once(tmp_path):
               "from darkroom.platform.offline import detect_offline\n"
               "reason = detect_offline()\n"
               "assert reason and os.environ['HF_HUB_OFFLINE'] == '1', reason\n"
-              "import diffusers, transformers\n"
+              "from diffusers import DiffusionPipeline  # imports, not the load, are slow\n"
               "from darkroom.platform.engine.generator import ImageGenerator\n"
               "from darkroom.platform.errors import ModelLoadError\n"
               "started = time.perf_counter()\n"
@@ -235,3 +235,78 @@ def test_a_model_error_in_an_actor_is_one_line_and_exit_2(ray_session, tmp_path,
     assert main(["run", str(path)]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: adapter `x`") and "does not fit FluxPipeline" in last
+
+
+def huge_png(side: int = 50_000) -> bytes:
+    """A PNG whose header declares side x side pixels, in a few dozen bytes."""
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (len(body).to_bytes(4, "big") + kind + body
+                + zlib.crc32(kind + body).to_bytes(4, "big"))
+
+    header = side.to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00"
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
+            + chunk(b"IEND", b""))
+
+
+def edit_folders(tmp_path: Path) -> tuple[Path, Path]:
+    """Images and masks for an inpainting job: good ones, a truncated image, a 50,000 x 50,000
+    header, a mask of the wrong size."""
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    rng = np.random.default_rng(0)
+    good = encode_png(rng.integers(0, 255, (64, 64, 3), np.uint8))
+    mask = encode_png(np.full((64, 64, 3), 255, np.uint8))
+    for name, image, its_mask in [("good.png", good, mask), ("truncated.png", good[:200], mask),
+                                  ("huge.png", huge_png(), mask),
+                                  ("wrong-mask.png", good,
+                                   encode_png(np.zeros((32, 32, 3), np.uint8)))]:
+        (images / name).write_bytes(image)
+        (masks / name).write_bytes(its_mask)
+    return images, masks
+
+
+def test_bad_source_images_and_masks_are_named_at_validate_using_little_memory(tmp_path):
+    images, masks = edit_folders(tmp_path)
+    path = job(tmp_path, prompts={"images": str(images), "masks": str(masks),
+                                  "instruction": "a lighthouse"},
+               models=[{"model": "tiny:sd-inpaint"}], sweep={"sampler": ["ddim"], "steps": [4]})
+    probe = ("import resource, sys\nfrom darkroom.cli import main\ncode = main(sys.argv[1:])\n"
+             "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+             "sys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", probe, "validate", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    err = done.stderr
+    assert "prompt truncated.png: image image" in err and "cannot be used" in err
+    assert "prompt huge.png: image image" in err and "declares more than" in err
+    assert "prompt wrong-mask.png: the mask is 32x32 and the image 64x64" in err
+    assert "good.png" not in err
+    good = job(tmp_path, prompts={"images": str(images), "masks": str(masks)},
+               models=[{"model": "tiny:sd-inpaint"}], sweep={"sampler": ["ddim"], "steps": [4]})
+    baseline = subprocess.run([sys.executable, "-c", probe, "validate", str(good),
+                               "prompts.limit=1"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+    assert baseline.returncode == 0, baseline.stderr
+    rss = [int(e.stderr.rsplit("RSS ", 1)[1]) for e in (done, baseline)]
+    assert rss[0] - rss[1] < 50_000, rss  # kilobytes: no image was decoded whole
+
+
+def test_a_row_with_a_mask_of_another_size_fails_alone():
+    from darkroom.platform.engine.generator import ImageGenerator
+
+    generator = ImageGenerator({"model": "tiny:sd-inpaint"}, runtime={"device": "cpu"},
+                               defaults={"steps": 4})
+    image = encode_png(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    rows = [{"seed": 1, "prompt": "x", "image": image,
+             "mask": encode_png(np.full((64, 64, 3), 255, np.uint8))},
+            {"seed": 2, "prompt": "x", "image": image,
+             "mask": encode_png(np.zeros((32, 32, 3), np.uint8))},
+            {"seed": 3, "prompt": "x", "image": huge_png(),
+             "mask": encode_png(np.zeros((32, 32, 3), np.uint8))}]
+    good, wrong, huge = generator.generate(rows)
+    assert good["error"] is None
+    assert "the mask is 32x32 and the image 64x64" in wrong["error"]
+    assert "declares more pixels than" in huge["error"]

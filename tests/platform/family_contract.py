@@ -26,6 +26,9 @@ from darkroom.platform.families import Family
 from darkroom.platform.samplers import SAMPLERS
 
 _GENERATORS: dict[str, ImageGenerator] = {}
+SOURCE = np.random.default_rng(1).integers(0, 255, (64, 64, 3), np.uint8)
+MASK = np.zeros((64, 64, 3), np.uint8)
+MASK[16:48, 16:48] = 255  # repaint the middle
 
 
 def kind_of(family: Family) -> str:
@@ -42,6 +45,16 @@ def stochastic_sampler(family: Family) -> str:
 def prompt_source(family: Family, tmp_path) -> dict:
     """A small prompt source of the kind the family's conditioning takes."""
     kind = family.conditioning.sources[0]
+    if kind == "images":
+        folders = {"images": tmp_path / "images"}
+        if "mask" in family.conditioning.inputs:
+            folders["masks"] = tmp_path / "masks"
+        for role, folder in folders.items():
+            folder.mkdir(exist_ok=True)
+            for name, image in (("a.png", SOURCE), ("b.png", SOURCE[::-1])):
+                (folder / name).write_bytes(encode_png(MASK if role == "masks" else image))
+        return {**{role: str(folder) for role, folder in folders.items()},
+                "instruction": "make it a lighthouse"}
     if kind == "classes":
         return {"classes": [1, 2]}
     if kind == "control_images":
@@ -54,12 +67,18 @@ def prompt_source(family: Family, tmp_path) -> dict:
     return {"list": ["a red fox", "a lighthouse at dusk"]}
 
 
+def steps_of(family: Family) -> int:
+    """Steps of the contract's calls: an edit runs int(steps x strength) of them, and some
+    pipelines' default strength is 0.3."""
+    return 4 if "strength" in family.edits else 2
+
+
 def job(family: Family, tmp_path, **changes) -> dict:
     """A minimal job file of the family's tiny model."""
     data = {"name": f"contract-{family.name}", "output": str(tmp_path / "out"),
             "prompts": prompt_source(family, tmp_path),
             "models": [{"model": f"tiny:{family.name}"}],
-            "sweep": {"sampler": [stochastic_sampler(family)], "steps": [2]},
+            "sweep": {"sampler": [stochastic_sampler(family)], "steps": [steps_of(family)]},
             "runtime": {"device": "cpu"}}
     data.update(changes)
     return data
@@ -73,8 +92,8 @@ class FamilyContract:
         if family.name not in _GENERATORS:
             _GENERATORS[family.name] = ImageGenerator(
                 {"model": f"tiny:{family.name}"}, runtime={"device": "cpu"},
-                defaults={"steps": 2, "width": 64, "height": 64} if not family.fixed_size
-                else {"steps": 2})
+                defaults={"steps": steps_of(family), "width": 64, "height": 64}
+                if not family.fixed_size else {"steps": steps_of(family)})
         return _GENERATORS[family.name]
 
     def test_a_minimal_job_validates(self, family, tmp_path):
@@ -123,6 +142,11 @@ class FamilyContract:
     @staticmethod
     def _row(family: Family, seed: int, **settings) -> dict:
         row = {"seed": seed, "prompt": "a red fox", "class_label": "1", **settings}
-        if family.conditioning.name == "text+control":
+        inputs = family.conditioning.inputs
+        if "control" in inputs:
             row["control_image"] = encode_png(np.full((64, 64, 3), 128, np.uint8))
+        if "image" in inputs:
+            row["image"] = encode_png(SOURCE)
+        if "mask" in inputs:
+            row["mask"] = encode_png(MASK)
         return row

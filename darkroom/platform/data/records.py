@@ -36,6 +36,8 @@ SETTINGS = [
     pa.field("steps", pa.int64()),
     pa.field("guidance_scale", pa.float64()),
     pa.field("eta", pa.float64()),
+    pa.field("strength", pa.float64()),  # image editing; null: none given (the pipeline's)
+    pa.field("image_guidance_scale", pa.float64()),  # instruction editing
     pa.field("runtime_options", pa.string()),
     # every model setting that changes pixels: source, revision, dtype, refiner and its switch,
     # ControlNet weights and preprocessing, sequence length, true CFG, dropped encoders (JSON)

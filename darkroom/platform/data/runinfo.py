@@ -50,6 +50,8 @@ class RunInfo(BaseModel):
     seed: int = 0
     images_per_prompt: int = 1
     prompt_count: int = 0
+    strength: float | None = None  # image editing; None: the pipeline's default
+    image_guidance_scale: float | None = None  # instruction editing
 
     @property
     def label(self) -> str:

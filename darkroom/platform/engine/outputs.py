@@ -76,6 +76,8 @@ def image_row(row: RequestRow, request: Request, image: np.ndarray, settings: Se
         "steps": settings.steps,
         "guidance_scale": settings.guidance_scale,
         "eta": settings.eta,
+        "strength": settings.strength,
+        "image_guidance_scale": settings.image_guidance_scale,
         "call_options": json.dumps({k: list(v) for k, v in thaw(settings.call_options).items()},
                                    sort_keys=True),
         "adapters": adapters_json,

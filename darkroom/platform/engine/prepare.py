@@ -22,6 +22,8 @@ from darkroom.platform.families.conditioning import (
     RowError,
     class_id,
     control_image,
+    fitted,
+    input_image,
     recorded_class,
 )
 from darkroom.platform.models.spec import ModelSpec
@@ -71,7 +73,8 @@ class RowPreparer:
         overrides = row.sampler_overrides
         if overrides is None:
             overrides = self.sampler.overrides if sampler == self.sampler.name else {}
-        width, height = self._size(row)
+        image, mask, found = self._edit_inputs(row)
+        width, height = self._size(row, image)
         steps = row.steps or self.defaults["steps"]
         if steps < 1:
             raise RowError(f"`steps` must be at least 1, got {steps}")
@@ -82,6 +85,13 @@ class RowPreparer:
             problem = self.family.negative_problem(self.spec, self.pipeline_class, self.who)
             if problem:
                 raise RowError(problem)
+        problem = self.family.strength_problem(int(steps), row.strength, self.pipeline_class)
+        if problem:
+            raise RowError(problem)
+        for name in ("strength", "image_guidance_scale"):
+            if getattr(row, name) is not None and name not in self.family.edits:
+                raise RowError(f"`{name}` is for image-editing models that take it; {self.who} "
+                               "does not: leave it unset")
         settings = Settings(
             sampler=sampler,
             sampler_overrides=freeze(overrides),
@@ -92,18 +102,48 @@ class RowPreparer:
             height=height,
             call_options=freeze(row.call_options),
             adapters=self._adapters(row.adapters, row.lora_scale),
+            strength=row.strength,
+            image_guidance_scale=row.image_guidance_scale,
         )
-        control, inputs = self._control_image(row, width, height)
+        control, control_found = self._control_image(row, width, height)
         request = Request(
             prompt=row.prompt, negative_prompt=row.negative_prompt, seed=row.seed,
-            class_label=self._class_label(row), control_image=control, inputs=inputs,
+            class_label=self._class_label(row), control_image=control,
+            image=None if image is None else fitted(image, width, height),
+            mask=None if mask is None else fitted(mask, width, height, mask=True),
+            inputs=control_found + found,
         )
         return settings, request
 
-    def _size(self, row: RequestRow) -> tuple[int, int]:
+    def _edit_inputs(self, row: RequestRow) -> tuple[Any, Any, list[dict[str, Any]]]:
+        """The source image and mask an editing model's row needs (None for other models), and
+        what they were."""
+        wanted = self.family.conditioning.inputs
+        image = mask = None
+        found = []
+        if "image" in wanted:
+            image, record = input_image(row.image, "image", self.spec.label,
+                                        row.input_paths.get("image"))
+            found.append(record)
+        if "mask" in wanted or ("mask" in self.family.conditioning.optional and row.mask):
+            mask, record = input_image(row.mask, "mask", self.spec.label,
+                                       row.input_paths.get("mask"))
+            if image is not None and mask.size != image.size:
+                raise RowError(f"the mask is {mask.width}x{mask.height} and the image "
+                               f"{image.width}x{image.height}: give a mask of the image's size")
+            found.append(record)
+        return image, mask, found
+
+    def _size(self, row: RequestRow, image: Any = None) -> tuple[int, int]:
         native = self.grid.native
-        width = row.width or self.defaults.get("width") or native
-        height = row.height or self.defaults.get("height") or native
+        if image is not None:  # an edit keeps its source's size, on the model's grid
+            step = self.grid.multiple
+            native_w = max(step, image.width // step * step)
+            native_h = max(step, image.height // step * step)
+        else:
+            native_w = native_h = native
+        width = row.width or self.defaults.get("width") or native_w
+        height = row.height or self.defaults.get("height") or native_h
         for _side, message in self.family.size_problems(width, height, self.grid, self.who):
             raise RowError(message)
         return int(width), int(height)
@@ -136,6 +176,8 @@ class RowPreparer:
             return None, []
         image, found = control_image(row.control_image, width, height, self.spec.control,
                                      self.spec.label)
+        if row.input_paths.get("control"):
+            found["path"] = row.input_paths["control"]
         return image, [found]
 
 

@@ -39,6 +39,11 @@ class RequestRow(BaseModel):
     negative_prompt: str = ""
     class_label: str | None = Field(None, description="a class id or name (as text)")
     control_image: bytes | None = Field(None, description="encoded control image (ControlNet)")
+    image: bytes | None = Field(None, description="encoded source image (image editing)")
+    mask: bytes | None = Field(None, description="encoded mask: white is repainted (inpainting)")
+    input_paths: dict[str, str] = Field(
+        default_factory=dict, description="where each input image came from (control, image, "
+        "mask -> path or URI), recorded with the row so it can be replayed")
     # settings; None: the generator's default
     sampler: str | None = None
     sampler_overrides: dict[str, Any] | None = Field(
@@ -53,6 +58,10 @@ class RequestRow(BaseModel):
     adapters: list[str] | None = Field(
         None, description="active LoRA adapters by name; None: all of the model's")
     lora_scale: float | None = Field(None, description="times each adapter's own scale")
+    strength: float | None = Field(
+        None, description="image editing: how much of the source is noised away (0..1)")
+    image_guidance_scale: float | None = Field(
+        None, description="instruction editing: guidance towards the source image")
 
     @model_validator(mode="before")
     @classmethod
@@ -62,7 +71,7 @@ class RequestRow(BaseModel):
             return {k: v for k, v in data.items() if not _missing(v)}
         return data
 
-    @field_validator("sampler_overrides", "call_options", mode="before")
+    @field_validator("sampler_overrides", "call_options", "input_paths", mode="before")
     @classmethod
     def _json_text(cls, value: Any) -> Any:
         return json.loads(value or "{}") if isinstance(value, str) else value

@@ -47,6 +47,8 @@ class Settings:
     height: int
     call_options: Frozen = ()  # family call options (SDXL micro-conditioning)
     adapters: tuple[tuple[str, float], ...] = ()  # the active LoRA adapters and their scales
+    strength: float | None = None  # image editing: how much of the source is noised away
+    image_guidance_scale: float | None = None  # instruction editing
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Request:
     seed: int
     class_label: int | None = None
     control_image: Any = None  # a PIL image
+    image: Any = None  # the source image (PIL), at the output size
+    mask: Any = None  # the mask (PIL, "L"), at the output size: white is repainted
     inputs: list[dict[str, Any]] = field(default_factory=list)  # input images as given
 
 

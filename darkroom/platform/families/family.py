@@ -84,6 +84,10 @@ class Family:
     check_loaded: Callable[[Any, Any], None] | None = None  # refuse a pipeline it cannot run
     grid_of: Callable[[Any], int] = _vae_grid  # the loaded pipeline's size multiple
     negative_field: str = ""  # the ModelSpec option that lets it honour negative prompts
+    edits: tuple[str, ...] = ()  # edit settings its call takes: strength, image_guidance_scale
+    # a family for pipeline classes outside the table: parts of class names it takes (e.g.
+    # "Inpaint"); a class no family claims is text-to-image (t2i)
+    claims: tuple[str, ...] = ()
     denoiser: Literal["unet", "transformer"] = "unet"
     # class-conditional: (label name -> id, number of classes) of a loaded pipeline
     class_table: Callable[[Any], tuple[dict[str, int], int]] | None = None
@@ -164,6 +168,29 @@ class Family:
             return None
         return f"{pipeline_class.__name__} ({who}) takes no `{argument}`; leave it unset"
 
+    def strength_problem(self, steps: int, strength: float | None,
+                         pipeline_class: type | None) -> str | None:
+        """Why an edit at `strength` (None: the pipeline's default) over `steps` steps would
+        run no denoising step at all (the pipeline runs int(steps x strength) of them)."""
+        if "strength" not in self.edits:
+            return None
+        if strength is None:
+            if pipeline_class is None:
+                return None
+            import inspect
+
+            parameter = inspect.signature(pipeline_class.__call__).parameters.get("strength")
+            strength = parameter.default if parameter is not None else None
+            if not isinstance(strength, int | float):
+                return None
+        if int(steps * strength) >= 1:
+            return None
+        import math
+
+        return (f"`strength` {strength:g} x `steps` {steps} leaves no denoising step (the "
+                f"pipeline runs int(steps x strength)): use at least "
+                f"{math.ceil(1 / strength) if strength > 0 else 'a strength above 0 and'} steps")
+
     def sampler_kind(self, scheduler_config: Mapping[str, Any] | None) -> str | None:
         """"diffusion" or "flow"; for "any" what the model's scheduler config says (None when
         it is not known yet: a hub id before loading)."""
@@ -238,4 +265,4 @@ def registered() -> dict[str, Family]:
     return _REGISTRY
 
 
-_SHARED_MODULES = {"family", "conditioning", "calling"}  # the package's non-family modules
+_SHARED_MODULES = {"family", "conditioning", "calling", "editing"}  # not family modules

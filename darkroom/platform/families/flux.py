@@ -32,9 +32,10 @@ def grid_of(pipe: Any) -> int:
     return int(getattr(pipe, "vae_scale_factor", 8)) * 2
 
 
-def build_tiny() -> Any:
+def build_tiny(in_channels: int = 64) -> Any:
     """A random-init tiny `FluxPipeline`: guidance-distilled (the guidance is an input of the
-    transformer), 2x2-packed latents, Flux.1-dev's dynamic-shift scheduler settings."""
+    transformer), 2x2-packed latents, Flux.1-dev's dynamic-shift scheduler settings
+    (`in_channels`: 384 for FLUX.1 Fill's latents, masked-image latents and mask)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
@@ -48,7 +49,8 @@ def build_tiny() -> Any:
 
     tokenizer, tokenizer_2 = byte_level_clip_tokenizer(), byte_level_clip_tokenizer()
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        patch_size=1, in_channels=in_channels, out_channels=64, num_layers=1,
+        num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=TEXT_HIDDEN, pooled_projection_dim=TEXT_HIDDEN,
         axes_dims_rope=[4, 4, 8], guidance_embeds=True,
     )

@@ -15,8 +15,9 @@ def call(pipe: Any, batch: Batch) -> Any:
                 eta=batch.settings.eta).images
 
 
-def build_tiny() -> Any:
-    """A random-init tiny `StableDiffusionPipeline`, without safety checker."""
+def build_tiny(in_channels: int = 4) -> Any:
+    """A random-init tiny `StableDiffusionPipeline`, without safety checker (`in_channels` of
+    its UNet: 9 for inpainting, 8 for instruction editing)."""
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextModel
 
@@ -31,7 +32,7 @@ def build_tiny() -> Any:
     tokenizer = byte_level_clip_tokenizer()
     return StableDiffusionPipeline(
         vae=tiny_vae(), text_encoder=CLIPTextModel(text_config(tokenizer)), tokenizer=tokenizer,
-        unet=tiny_unet(), scheduler=sd_scheduler(), safety_checker=None,
+        unet=tiny_unet(in_channels=in_channels), scheduler=sd_scheduler(), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False,
     )
 

@@ -31,9 +31,9 @@ def call(pipe: Any, batch: Batch) -> Any:
                          output_type="np").images
 
 
-def build_tiny() -> Any:
+def build_tiny(in_channels: int = 4) -> Any:
     """A random-init tiny `StableDiffusionXLPipeline`: two text encoders and the size/crop
-    micro-conditioning in the UNet."""
+    micro-conditioning in the UNet (`in_channels`: 9 for inpainting)."""
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -56,6 +56,7 @@ def build_tiny() -> Any:
         # six micro-conditioning numbers (sizes and crop) plus the pooled text embedding
         projection_class_embeddings_input_dim=6 * time_embed_dim + TEXT_HIDDEN,
         transformer_layers_per_block=1,
+        in_channels=in_channels,
     )
     return StableDiffusionXLPipeline(
         vae=tiny_vae(),

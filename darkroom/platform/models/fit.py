@@ -14,7 +14,7 @@ from typing import Any
 
 from darkroom.platform.config import Problem
 from darkroom.platform.errors import ModelLoadError
-from darkroom.platform.families import Family
+from darkroom.platform.families import Family, registered
 from darkroom.platform.models.names import local_family, pipeline_class_name, sampler_kind
 from darkroom.platform.models.spec import ModelSpec, device_problems
 
@@ -28,6 +28,7 @@ class Asked:
     call_options: Mapping[str, str] = field(default_factory=dict)  # field -> option name
     negative_prompt: str | None = None  # the field that gives one
     arguments: Mapping[str, str] = field(default_factory=dict)  # field -> call argument (eta)
+    edits: Mapping[str, str] = field(default_factory=dict)  # field -> edit setting (strength)
 
 
 def fit_problems(where: str, model: ModelSpec, runtime: Any, asked: Asked) -> list[Problem]:
@@ -65,6 +66,11 @@ def fit_problems(where: str, model: ModelSpec, runtime: Any, asked: Asked) -> li
         path = f"{where}.{family.negative_field}" if family.negative_field else \
             asked.negative_prompt
         problems.append(Problem(path, problem))
+    for path, name in asked.edits.items():
+        if name not in family.edits:
+            takers = [f.name for f in registered().values() if name in f.edits]
+            problems.append(Problem(path, f"`{name}` is for the editing models that take it "
+                                    f"({', '.join(takers)}); {who} does not: drop this axis"))
     for path, argument in asked.arguments.items():
         if problem := family.argument_problem(argument, pipeline, model.label):
             problems.append(Problem(path, problem))

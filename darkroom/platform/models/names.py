@@ -127,14 +127,19 @@ def local_family(spec: Any) -> Family | None:
 
 def family_of_pipeline(model: str, index: dict[str, Any]) -> Family:
     """The family of a pipeline from its model_index.json's `_class_name`: a row of the
-    registry, else `t2i` (any other diffusers pipeline; loading checks it takes a prompt)."""
+    registry, else the family that claims such names (`edit` for "...Img2Img...", "...Edit..."),
+    else `t2i` (any other diffusers pipeline; loading checks what its call takes)."""
     class_name = index.get("_class_name", "")
     if not class_name.endswith("Pipeline"):
         raise ModelLoadError(
             f"model `{model}`: model_index.json names no diffusers pipeline class "
             f"({class_name or 'none'}); set `family` to force one"
         )
-    return family_named(pipeline_families().get(class_name, "t2i"))
+    known = pipeline_families().get(class_name)
+    if known is None:  # outside the table: a family that claims such classes, else t2i
+        known = next((f.name for f in registered().values()
+                      if any(part in class_name for part in f.claims)), "t2i")
+    return family_named(known)
 
 
 def pipeline_class_name(spec: Any) -> str | None:

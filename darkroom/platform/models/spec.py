@@ -83,6 +83,9 @@ class ModelSpec(BaseModel):
     text_encoder_3: bool = Field(
         True, description="sd3: false (or null) drops the T5 encoder, a memory saver that "
         "changes the images")
+    keep_unmasked: bool = Field(
+        False, description="inpainting: put the source's pixels back outside the mask, so "
+        "they equal the source exactly (the pipeline repaints the whole image through its VAE)")
     loras: list[LoraSpec] = Field(
         default_factory=list, max_length=32, description="LoRA adapters, loaded once and all "
         "active at their scales unless a sweep or request picks some")
@@ -136,7 +139,8 @@ class ModelSpec(BaseModel):
 
 
 # options added after the first version: left out of run ids while unset
-LATER_OPTIONS = ("max_sequence_length", "true_cfg_scale", "text_encoder_3", "loras")
+LATER_OPTIONS = ("max_sequence_length", "true_cfg_scale", "text_encoder_3", "loras",
+                 "keep_unmasked")
 
 
 def device_problems(model: ModelSpec, device: str) -> list[tuple[str, str]]:

@@ -1,0 +1,38 @@
+"""FLUX.1 Fill (Black Forest Labs 2024): inpainting and outpainting with Flux, the packed mask
+and masked-image latents concatenated to the latents (384 input channels)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from darkroom.platform.families import editing
+from darkroom.platform.families.conditioning import MASKED
+from darkroom.platform.families.family import Family, register
+from darkroom.platform.families.flux import grid_of
+
+
+def build_tiny() -> Any:
+    """A tiny `FluxFillPipeline`: tiny:flux's parts, its transformer taking 384 channels."""
+    from diffusers import FluxFillPipeline
+
+    from darkroom.platform.families.flux import build_tiny as build_flux
+
+    return editing.from_base(FluxFillPipeline, build_flux(in_channels=384))
+
+
+FAMILY = register(Family(
+    name="flux-fill",
+    description="FLUX.1 Fill: inpainting with Flux, repainting where the mask is white",
+    pipeline="FluxFillPipeline",
+    call=editing.call,
+    tiny=build_tiny,
+    conditioning=MASKED,
+    samplers="flow",
+    unfit=("flow_heun",),
+    options=("max_sequence_length", "keep_unmasked"),
+    size_multiple=16,
+    denoiser="transformer",
+    edits=("strength",),
+    negative_rule=editing.negative_rule,
+    grid_of=grid_of,
+))
