@@ -63,7 +63,7 @@ def _absolute_sources(data: dict[str, Any], base: Path) -> None:
     the job file; made absolute for provenance."""
     prompts = data.get("prompts")
     if isinstance(prompts, dict):
-        for key in ("file", "control_images"):
+        for key in ("file", "control_images", "images", "masks"):
             value = prompts.get(key)
             if isinstance(value, str) and value and not re.match(r"^[a-z0-9]+://", value):
                 prompts[key] = str((base / Path(value).expanduser()).resolve())

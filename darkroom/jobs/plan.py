@@ -248,21 +248,31 @@ def request_rows(spec: JobSpec, run: Run, prompts: list[Prompt],
 def describe(spec: JobSpec, runs: list[Run], prompt_count: int) -> str:
     """The plan as a table: what `darkroom run --dry-run` prints."""
     per_run = prompt_count * spec.prompts.images_per_prompt
+    edits = any(r.strength is not None or r.image_guidance_scale is not None for r in runs)
     lines = [
         f"job `{spec.name}`: {len(runs)} run(s) x {prompt_count} prompt(s) x "
         f"{spec.prompts.images_per_prompt} image(s) = {per_run * len(runs)} images",
         f"{'run':<14}{'model':<20}{'sampler':<22}{'steps':>6}{'guidance':>9}{'eta':>6}"
-        f"{'images':>8}{'denoiser calls':>16}",
+        + (f"{'strength':>9}{'img-g':>6}" if edits else "")
+        + f"{'images':>8}{'denoiser calls':>16}",
     ]
     total_calls = 0
     for run in runs:
-        # classifier-free guidance runs the denoiser on a doubled batch
-        calls = per_run * run.steps * (2 if run.guidance_scale > 1 else 1)
+        # classifier-free guidance runs the denoiser on a doubled batch; an edit runs
+        # int(steps x strength) of its steps
+        steps = int(run.steps * run.strength) if run.strength is not None else run.steps
+        calls = per_run * steps * (2 if run.guidance_scale > 1 else 1)
         total_calls += calls
+        edit = (f"{_shown(run.strength):>9}{_shown(run.image_guidance_scale):>6}"
+                if edits else "")
         lines.append(
             f"{run.run_id:<14}{run.model.label[:19]:<20}{run.sampler.name[:21]:<22}"
-            f"{run.steps:>6}{run.guidance_scale:>9g}{run.eta:>6g}{per_run:>8}{calls:>16}"
+            f"{run.steps:>6}{run.guidance_scale:>9g}{run.eta:>6g}{edit}{per_run:>8}{calls:>16}"
         )
     lines.append(f"estimated work: {total_calls} denoiser evaluations (image x step, x2 with "
                  f"guidance > 1), {len(spec.models)} model load(s)")
     return "\n".join(lines)
+
+
+def _shown(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"

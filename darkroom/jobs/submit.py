@@ -103,11 +103,11 @@ def stage(job_path: str | Path, overrides: Sequence[str], folder: Path) -> dict[
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(storage.location(spec.prompts.file), target)
         prompts["file"] = str(target.relative_to(folder))
-    if spec.prompts.control_images and storage.is_local(
-            storage.location(spec.prompts.control_images)):
-        shutil.copytree(storage.location(spec.prompts.control_images),
-                        folder / "inputs" / "control_images")
-        prompts["control_images"] = "inputs/control_images"
+    for key in ("control_images", "images", "masks"):  # folders of input images
+        value = getattr(spec.prompts, key)
+        if value and storage.is_local(storage.location(value)):
+            shutil.copytree(storage.location(value), folder / "inputs" / key)
+            prompts[key] = f"inputs/{key}"
     (folder / "job.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return data
 
