@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        if args.command in HUB_COMMANDS:
+        if args.command in HUB_COMMANDS and not getattr(args, "dry_run", False):
             from darkroom.platform.offline import detect_offline
 
             reason = detect_offline()

@@ -65,9 +65,10 @@ def build_tiny(in_channels: int = 64) -> Any:
     )
 
 
-def build_flux_dev() -> Any:
+def build_flux_dev(in_channels: int = 64) -> Any:
     """FLUX.1-dev: 19 double- and 38 single-stream blocks, guidance embedding (11.9B
-    parameters); CLIP-L and T5-XXL; dynamic-shift rectified flow."""
+    parameters); CLIP-L and T5-XXL; dynamic-shift rectified flow (`in_channels`: 384 for
+    FLUX.1 Fill)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
@@ -76,7 +77,8 @@ def build_flux_dev() -> Any:
 
     tokenizer, tokenizer_2 = byte_level_clip_tokenizer(), byte_level_clip_tokenizer()
     transformer = make(
-        FluxTransformer2DModel, patch_size=1, in_channels=64, num_layers=19,
+        FluxTransformer2DModel, patch_size=1, in_channels=in_channels, out_channels=64,
+        num_layers=19,
         num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
         joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
         axes_dims_rope=(16, 56, 56),

@@ -7,7 +7,7 @@ from typing import Any
 
 from darkroom.platform.families import editing
 from darkroom.platform.families.conditioning import MASKED
-from darkroom.platform.families.family import Family, register
+from darkroom.platform.families.family import Family, FullSize, register
 from darkroom.platform.families.flux import grid_of
 
 
@@ -20,12 +20,22 @@ def build_tiny() -> Any:
     return editing.from_base(FluxFillPipeline, build_flux(in_channels=384))
 
 
+def build_flux_dev_fill() -> Any:
+    """FLUX.1 Fill [dev] with random weights (384 input channels)."""
+    from diffusers import FluxFillPipeline
+
+    from darkroom.platform.families.flux import build_flux_dev
+
+    return editing.from_base(FluxFillPipeline, build_flux_dev(in_channels=384))
+
+
 FAMILY = register(Family(
     name="flux-fill",
     description="FLUX.1 Fill: inpainting with Flux, repainting where the mask is white",
     pipeline="FluxFillPipeline",
     call=editing.call,
     tiny=build_tiny,
+    fullsize=(FullSize("flux-dev-fill", build_flux_dev_fill),),
     conditioning=MASKED,
     samplers="flow",
     unfit=("flow_heun",),

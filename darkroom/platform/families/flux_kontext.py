@@ -7,7 +7,7 @@ from typing import Any
 
 from darkroom.platform.families import editing
 from darkroom.platform.families.conditioning import IMAGE
-from darkroom.platform.families.family import Family, register
+from darkroom.platform.families.family import Family, FullSize, register
 from darkroom.platform.families.flux import grid_of
 
 
@@ -20,12 +20,22 @@ def build_tiny() -> Any:
     return editing.from_base(FluxKontextPipeline, build_flux())
 
 
+def build_flux_dev_kontext() -> Any:
+    """FLUX.1 Kontext [dev] with random weights (FLUX.1-dev's architecture)."""
+    from diffusers import FluxKontextPipeline
+
+    from darkroom.platform.families.flux import build_flux_dev
+
+    return editing.from_base(FluxKontextPipeline, build_flux_dev())
+
+
 FAMILY = register(Family(
     name="flux-kontext",
     description="FLUX.1 Kontext: instruction editing (the prompt says what to change)",
     pipeline="FluxKontextPipeline",
     call=editing.call,
     tiny=build_tiny,
+    fullsize=(FullSize("flux-dev-kontext", build_flux_dev_kontext),),
     conditioning=IMAGE,
     samplers="flow",
     unfit=("flow_heun",),

@@ -37,8 +37,9 @@ def build_tiny(in_channels: int = 4) -> Any:
     )
 
 
-def build_sd15() -> Any:
-    """SD 1.5 (Rombach et al. 2022) with random weights; PNDM scheduler, no safety checker."""
+def build_sd15(in_channels: int = 4) -> Any:
+    """SD 1.5 (Rombach et al. 2022) with random weights; PNDM scheduler, no safety checker
+    (`in_channels`: 9 for SD 1.5 inpainting)."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -47,7 +48,8 @@ def build_sd15() -> Any:
 
     tokenizer = byte_level_clip_tokenizer()
     unet = make(
-        UNet2DConditionModel, sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        UNet2DConditionModel, sample_size=64, in_channels=in_channels, out_channels=4,
+        layers_per_block=2,
         block_out_channels=(320, 640, 1280, 1280),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,

@@ -7,7 +7,7 @@ from typing import Any
 
 from darkroom.platform.families import editing
 from darkroom.platform.families.conditioning import MASKED
-from darkroom.platform.families.family import Family, register
+from darkroom.platform.families.family import Family, FullSize, register
 
 
 def build_tiny() -> Any:
@@ -19,12 +19,22 @@ def build_tiny() -> Any:
     return editing.from_base(StableDiffusionInpaintPipeline, build_sd(in_channels=9))
 
 
+def build_sd15_inpaint() -> Any:
+    """SD 1.5 inpainting with random weights (a 9-channel UNet)."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from darkroom.platform.families.sd import build_sd15
+
+    return editing.from_base(StableDiffusionInpaintPipeline, build_sd15(in_channels=9))
+
+
 FAMILY = register(Family(
     name="sd-inpaint",
     description="Stable Diffusion inpainting: repaints where the mask is white",
     pipeline="StableDiffusionInpaintPipeline",
     call=editing.call,
     tiny=build_tiny,
+    fullsize=(FullSize("sd15-inpaint", build_sd15_inpaint),),
     conditioning=MASKED,
     options=("keep_unmasked",),
     edits=("strength",),

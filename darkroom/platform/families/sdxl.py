@@ -71,8 +71,9 @@ def build_tiny(in_channels: int = 4) -> Any:
     )
 
 
-def build_sdxl() -> Any:
-    """SDXL base with random weights: CLIP-L and OpenCLIP bigG, Euler."""
+def build_sdxl(in_channels: int = 4) -> Any:
+    """SDXL base with random weights: CLIP-L and OpenCLIP bigG, Euler (`in_channels`: 9 for
+    SDXL inpainting)."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -81,7 +82,8 @@ def build_sdxl() -> Any:
 
     tokenizer, tokenizer_2 = byte_level_clip_tokenizer(), byte_level_clip_tokenizer(pad_token="!")
     unet = make(
-        UNet2DConditionModel, sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+        UNet2DConditionModel, sample_size=128, in_channels=in_channels, out_channels=4,
+        layers_per_block=2,
         block_out_channels=(320, 640, 1280),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
