@@ -3,6 +3,8 @@ images within 1/255, whatever settings they were made with (one job read from S3
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from darkroom.cli import main
@@ -22,6 +24,23 @@ def a_row(job_dir, run_dir=None) -> str:
     run_dir = run_dir or layout.run_dirs(job_dir)[0]
     ids = layout.read_table(run_dir / layout.IMAGES, ["row_id"]).column("row_id").to_pylist()
     return sorted(ids)[-1]
+
+
+def adapters_runs(spec, job_dir) -> None:
+    """A sweep of adapter sets and scales: four runs of the same prompts and seeds, each row
+    recording its adapters at their scales; a rerun generates nothing."""
+    rows = {run_dir.name: sorted(layout.read_table(run_dir / layout.IMAGES).to_pylist(),
+                                 key=lambda r: r["row_id"].split("/", 1)[1])
+            for run_dir in layout.run_dirs(job_dir)}
+    assert len(rows) == 4
+    identities = {tuple((r["prompt_id"], r["sample_idx"], r["seed"]) for r in run)
+                  for run in rows.values()}
+    assert len(identities) == 1
+    recorded = {tuple((a["name"], a["scale"]) for a in json.loads(run[0]["adapters"]))
+                for run in rows.values()}
+    assert recorded == {(("style", 0.5),), (("style", 1.0),),
+                        (("style", 0.5), ("detail", 0.5)), (("style", 1.0), ("detail", 1.0))}
+    assert run_job(spec).generated == 0
 
 
 def test_replay_reproduces_every_setting_a_row_records(ray_session, tmp_path, s3, capsys):
@@ -52,6 +71,8 @@ def test_replay_reproduces_every_setting_a_row_records(ray_session, tmp_path, s3
         spec = validate({"name": name, **COMMON, **job}, base=tmp_path)
         run_job(spec)
         job_dir = storage.location(spec.output) / name
+        if name == "adapters":
+            adapters_runs(spec, job_dir)
         for run_dir in layout.run_dirs(job_dir):
             found = replay(job_dir, a_row(job_dir, run_dir))
             checked[f"{name}/{run_dir.name}"] = found.max_difference
