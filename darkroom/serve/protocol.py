@@ -17,6 +17,12 @@ from darkroom.platform.engine.rows import RequestRow
 from darkroom.platform.errors import did_you_mean
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+# the same bounds as job files'
+MAX_STEPS = 1000
+MAX_SIDE = 8192
+MAX_GUIDANCE = 100.0
+MAX_N = 256
+MAX_PROMPT_CHARS = 100_000
 SIZE_PATTERN = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 MiB = 2**20
 # the most bytes one character of a prompt can take in a JSON body (an escaped surrogate pair)
@@ -26,17 +32,21 @@ JSON_BYTES_PER_CHAR = 12
 class Limits(BaseModel):
     """What one request may ask for; anything larger is a 400 that names the field."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    max_n: int = Field(8, ge=1, description="images per request")
-    max_steps: int = Field(100, ge=1, description="denoising steps per image")
-    max_side: int = Field(1024, ge=8, description="width and height in pixels")
+    max_n: int = Field(8, ge=1, le=MAX_N, description="images per request")
+    max_steps: int = Field(100, ge=1, le=MAX_STEPS, description="denoising steps per image")
+    max_side: int = Field(1024, ge=8, le=MAX_SIDE, description="width and height in pixels")
     max_prompt_chars: int = Field(
-        2000, ge=1, description="characters in prompt and negative_prompt"
+        2000, ge=1, le=MAX_PROMPT_CHARS, description="characters in prompt and negative_prompt"
     )
     max_request_bytes: int = Field(
         MiB, ge=4096, le=64 * MiB,
         description="bytes of a request body; a larger one is refused (413) before it is read",
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, le=300,
+        description="seconds a request's body may take to arrive; a slower one gets 408",
     )
 
     @model_validator(mode="after")
@@ -80,7 +90,8 @@ class ImageRequest(BaseModel):
                                      description="times the adapter's own scale; default 1")
     steps: int | None = Field(None, ge=1, le=Limits().max_steps, description="denoising steps")
     guidance_scale: float | None = Field(
-        None, ge=0, le=100, allow_inf_nan=False, description="classifier-free guidance scale"
+        None, ge=0, le=MAX_GUIDANCE, allow_inf_nan=False,
+        description="classifier-free guidance scale"
     )
     seed: int | None = Field(
         None, ge=0, le=SEED_MAX, description="seed of the first image; image i uses seed + i"
