@@ -27,6 +27,8 @@ SIZE_PATTERN = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 MiB = 2**20
 # the most bytes one character of a prompt can take in a JSON body (an escaped surrogate pair)
 JSON_BYTES_PER_CHAR = 12
+# the image sizes OpenAI's schema lets an images response name in `size`
+OPENAI_SIZES = ("1024x1024", "1024x1536", "1536x1024")
 
 
 class Limits(BaseModel):
@@ -101,6 +103,14 @@ class ImageRequest(BaseModel):
         None, description="class id or name, for class-conditional models (DiT)"
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _unicode(cls, value: Any) -> Any:
+        if isinstance(value, str) and not is_text(value):
+            raise ValueError("is not Unicode text: it holds a lone surrogate (an escape such as "
+                             "\\ud800 without its pair); send UTF-8 text")
+        return value
+
     @field_validator("size")
     @classmethod
     def _size(cls, size: str | None) -> str | None:
@@ -164,7 +174,7 @@ def request_model(
         @field_validator("sampler", mode="before")
         @classmethod
         def _known_sampler(cls, name: Any) -> Any:
-            if samplers and isinstance(name, str) and name not in samplers:
+            if samplers and isinstance(name, str) and is_text(name) and name not in samplers:
                 raise ValueError(f"unknown sampler `{name}`;{did_you_mean(name, samplers)}")
             return name
 
@@ -182,12 +192,14 @@ def request_model(
 
 
 class ImageData(BaseModel):
-    """One image: OpenAI's `b64_json`, plus its seed, the safety verdict and the batch it ran in."""
+    """One image: OpenAI's `b64_json`, plus its seed, the safety verdict and the batch it ran in.
+    No `revised_prompt`: prompts are used as given (OpenAI's schema takes no null there)."""
 
-    b64_json: str | None = Field(description="base64 PNG; null when the safety filter withheld it")
-    revised_prompt: str | None = None
+    b64_json: str = Field(description="base64 PNG; a black image of the same size when the "
+                          "safety filter withheld it (`flagged`)")
     seed: int = Field(description="the seed that reproduces this image")
-    flagged: bool = Field(False, description="withheld by the safety filter")
+    flagged: bool = Field(False, description="withheld by the safety filter: `b64_json` is a "
+                          "black image in its place")
     safety_score: float | None = Field(None, description="the safety checker's score in [0, 1]")
     batch_size: int = Field(description="images in the pipeline call that made this one")
 
@@ -198,7 +210,12 @@ class ImagesResponse(BaseModel):
     created: int = Field(description="Unix time")
     data: list[ImageData]
     model: str
-    size: str = Field(description="WIDTHxHEIGHT of the images")
+    output_format: Literal["png"] = "png"
+    size: str | None = Field(None, exclude_if=lambda size: size is None,
+                             description="WIDTHxHEIGHT, only when it is one of OpenAI's sizes "
+                             f"({', '.join(OPENAI_SIZES)}); see `width` and `height`")
+    width: int = Field(description="of the images, in pixels")
+    height: int = Field(description="of the images, in pixels")
 
 
 class ModelCard(BaseModel):
@@ -230,6 +247,15 @@ class ErrorResponse(BaseModel):
     """OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`."""
 
     error: ErrorBody
+
+
+def is_text(value: str) -> bool:
+    """Whether a string is Unicode text that UTF-8 can carry (no lone surrogate)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def adapter_of(row: RequestRow) -> str:
