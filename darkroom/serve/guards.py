@@ -1,83 +1,187 @@
-"""What stands in front of the ingress's routes: the request-size limit and the drain on stop.
+"""What stands in front of the ingress's routes: the request-size limit, the API key, the body
+deadline and the drain on stop.
 
-Both are plain ASGI middlewares on the FastAPI app, so they act before a route reads the body,
-and every refusal is an OpenAI-shaped error. The stop signal is a small Ray actor that
-`darkroom serve` creates and every ingress replica waits on.
+All are plain ASGI middlewares on the FastAPI app, so they act before a route reads the body,
+and every refusal is an OpenAI-shaped error. In order: a declared size over the limit is refused
+(413), then a request without the key (401), both before a byte of the body is read; then the
+body is read whole, within the size limit and a deadline (408), before the app sees it. So a
+client without the key holds nothing past its headers, and a slow one holds a slot for at most
+the deadline. The stop signal is a small Ray actor that `darkroom serve` creates and every
+ingress replica waits on.
 """
 
 # No `from __future__ import annotations`: Ray reads the actor's method signatures.
 
 import asyncio
+import hashlib
+import hmac
 import logging
 from typing import Any
 
 import ray
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("ray.serve")
 # After the drain, how long the gate keeps answering 503 before it reports drained: requests
 # sent before the drain may still be on their way through Serve's proxy and the replica's queue
 SETTLE_S = 1.0
+NO_KEY = "missing or wrong API key: send `Authorization: Bearer KEY`"
 
 
 def openai_error(
     status: int, message: str, kind: str, param: str | None = None,
     code: str | None = None, headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    """OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    """OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`, in valid UTF-8
+    whatever the message quotes."""
+    body = {"error": {"message": printable(message), "type": kind,
+                      "param": None if param is None else printable(param), "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-# -- the request-size limit --------------------------------------------------------------------
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: a lone surrogate (JSON's `"\\ud800"` decodes to one, and no
+    encoder takes it) is shown as its escape, so an error can quote what it was sent."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-class BodyTooLarge(StarletteHTTPException):
-    """Raised from `receive` once the body read so far passes the limit; the app answers 413."""
+def key_matches(authorization: str | None, digest: str) -> bool:
+    """Whether an `Authorization` header carries the bearer key of SHA-256 `digest` (compared
+    in constant time)."""
+    scheme, _, key = (authorization or "").partition(" ")
+    given = hashlib.sha256(key.strip().encode("utf-8", "backslashreplace")).hexdigest()
+    return scheme.lower() == "bearer" and hmac.compare_digest(given, digest)
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, too_large(limit))
+
+def _header(scope: Scope, name: bytes) -> bytes:
+    return dict(scope["headers"]).get(name, b"")
+
+
+def _has_body(scope: Scope) -> bool:
+    declared = _header(scope, b"content-length")
+    return (declared.isdigit() and int(declared) > 0) or bool(_header(scope, b"transfer-encoding"))
+
+
+# -- the request-size limit and the body deadline ----------------------------------------------
 
 
 def too_large(limit: int) -> str:
     return f"the request body is larger than this server's limit of {limit} bytes"
 
 
-class BodyLimit:
-    """Refuses a request body over `max_bytes` (413) without reading the rest of it.
+def _too_large(limit: int) -> JSONResponse:
+    # the rest of the body is never read: the connection cannot carry another request
+    return openai_error(413, too_large(limit), "invalid_request_error", code="request_too_large",
+                        headers={"Connection": "close"})
 
-    A Content-Length over the limit is refused before the body is touched; a body without one
-    (chunked) is counted as the app reads it, and reading stops at the first chunk past the
-    limit. Answering is what stops the body: Serve forwards it only while the request lasts.
-    """
+
+class SizeLimit:
+    """Refuses a declared Content-Length over `max_bytes` (413) before anything else is done,
+    the API key included; a body without one is counted by `BodyReader`."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared = _header(scope, b"content-length") if scope["type"] == "http" else b""
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await _too_large(self.max_bytes)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class KeyCheck:
+    """Refuses a request without the API key (401) from its headers, before its body is read:
+    a client without the key holds a slot only for the time of that answer. `open_paths`
+    (health, API docs) need no key."""
+
+    def __init__(self, app: ASGIApp, digest: str, open_paths: set[str]) -> None:
+        self.app = app
+        self.digest = digest
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or _route_path(scope) in self.open_paths or key_matches(
+                _header(scope, b"authorization").decode("latin-1"), self.digest):
+            await self.app(scope, receive, send)
+            return
+        headers = {"WWW-Authenticate": "Bearer"}
+        if _has_body(scope):  # left unread: the connection cannot carry another request
+            headers["Connection"] = "close"
+        await openai_error(401, NO_KEY, "authentication_error", headers=headers)(
+            scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path inside the app (Serve mounts it under its route prefix, the `root_path`)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return (path[len(root):] or "/") if root and path.startswith(root) else path
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyReader:
+    """Reads a request's whole body before the app sees it: at most `max_bytes` (413 at the
+    first chunk past it), and all of it within `timeout_s` of the request's start (408). A
+    client that sends its body slowly, or stops halfway, holds a slot for at most that long;
+    the ingress never holds more than the limit plus one chunk."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await openai_error(413, too_large(self.max_bytes), "invalid_request_error",
-                               code="request_too_large")(scope, receive, send)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                body = await self._read(receive)
+        except TimeoutError:
+            message = f"the request body did not arrive within {self.timeout_s:g} s"
+            await openai_error(408, message, "invalid_request_error", code="request_timeout",
+                               headers={"Connection": "close"})(scope, receive, send)
             return
+        except _TooLarge:
+            await _too_large(self.max_bytes)(scope, receive, send)
+            return
+        if body is None:  # the client went away
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, receive: Receive) -> bytes | None:
+        chunks: list[bytes] = []
         read = 0
-
-        async def counted() -> Message:
-            nonlocal read
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                read += len(message.get("body", b""))
-                if read > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
-            return message
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            read += len(chunk)
+            if read > self.max_bytes:
+                raise _TooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
-        await self.app(scope, counted, send)
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The app's `receive`: the body read ahead, then the client's own (its disconnect)."""
+    given = False
+
+    async def replayed() -> Message:
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
 
 
 # -- the drain ---------------------------------------------------------------------------------

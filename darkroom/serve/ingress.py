@@ -2,7 +2,8 @@
 
 It holds no model: each image is one call to the model deployment, whose replicas batch them.
 Overload there (its `max_queued_requests` reached) becomes a 503 with `Retry-After` here. In
-front of the routes: the request-size limit and the drain on stop (`guards.py`).
+front of the routes (`guards.py`): the request-size limit, the API key, the body deadline and
+the drain on stop.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime, and the
@@ -10,8 +11,8 @@ front of the routes: the request-size limit and the drain on stop (`guards.py`).
 
 import asyncio
 import base64
-import hashlib
-import hmac
+import functools
+import io
 import logging
 import math
 import secrets
@@ -32,8 +33,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import darkroom
 from darkroom.platform.engine.rows import RequestRow
 from darkroom.platform.errors import did_you_mean
-from darkroom.serve.guards import BodyLimit, BodyTooLarge, Gate, drain_on_signal, openai_error
+from darkroom.serve.guards import (
+    NO_KEY,
+    BodyReader,
+    Gate,
+    KeyCheck,
+    SizeLimit,
+    drain_on_signal,
+    key_matches,
+    openai_error,
+)
 from darkroom.serve.protocol import (
+    OPENAI_SIZES,
     SEED_MAX,
     ErrorResponse,
     ImageData,
@@ -53,7 +64,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, text in [
         (400, "bad input: the message names the field"),
         (401, "missing or wrong API key"),
+        (408, "the body did not arrive within the server's `limits.body_timeout_s`"),
         (413, "the request body is larger than the server's `limits.max_request_bytes`"),
+        (500, "the server failed on an image (never bad input)"),
         (503, "overloaded or shutting down: retry after the Retry-After header's seconds"),
     ]
 }
@@ -87,6 +100,10 @@ class BadRequest(Exception):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class ImageFailed(Exception):
+    """The model replica failed on an image of the request (not its input): 500."""
 
 
 @serve.deployment(name="Ingress")
@@ -138,12 +155,22 @@ def build_api(
         version=darkroom.__version__,
         description=f"OpenAI-compatible image generation with `{settings.model_id}`.",
     )
-    # Middlewares run in reverse order of adding: the gate first, then the size limit. (Not
-    # FastAPI's own `max_body_size`: it checks Content-Length only once the body is read, and
-    # answers in plain text outside a route.)
-    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_request_bytes)
+    # Middlewares run in reverse order of adding: the gate, the declared size, the key (both
+    # before the body), then the body read whole within its deadline. (Not FastAPI's own
+    # `max_body_size`: it checks Content-Length only once the body is read, and answers in
+    # plain text outside a route.)
+    limits = settings.limits
+    app.add_middleware(BodyReader, max_bytes=limits.max_request_bytes,
+                       timeout_s=limits.body_timeout_s)
+    if settings.api_key_sha256:
+        open_paths = {"/healthz", app.openapi_url, app.docs_url, app.redoc_url,
+                      app.swagger_ui_oauth2_redirect_url}
+        app.add_middleware(KeyCheck, digest=settings.api_key_sha256, open_paths=open_paths)
+    app.add_middleware(SizeLimit, max_bytes=limits.max_request_bytes)
     if gate is not None:
         app.add_middleware(gate.middleware)
+    # the key is checked by KeyCheck already; the dependency puts it in the API docs and keeps
+    # every route closed should the app be mounted without the middleware
     auth = [Depends(_auth(settings.api_key_sha256))] if settings.api_key_sha256 else []
     retry_after = str(math.ceil(settings.retry_after_s))
 
@@ -157,13 +184,13 @@ def build_api(
         kind = "authentication_error" if err.status_code == 401 else "invalid_request_error"
         return openai_error(err.status_code, str(err.detail), kind, headers=err.headers)
 
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(_, err: BodyTooLarge) -> JSONResponse:
-        return openai_error(413, str(err.detail), "invalid_request_error", code="request_too_large")
-
     @app.exception_handler(BadRequest)
     async def _bad(_, err: BadRequest) -> JSONResponse:
         return openai_error(400, str(err), "invalid_request_error", err.param)
+
+    @app.exception_handler(ImageFailed)
+    async def _image_failed(_, err: ImageFailed) -> JSONResponse:
+        return openai_error(500, str(err), "server_error", code="image_failed")
 
     @app.exception_handler(Overloaded)
     async def _overloaded(_, err: Overloaded) -> JSONResponse:
@@ -198,17 +225,24 @@ def build_api(
         rows = _rows(body, settings)
         results = await generate(rows)
         failed = next((r for r in results if r["error"]), None)
+        if failed and failed.get("status", 400) >= 500:
+            raise ImageFailed(failed["error"])
         if failed:
             raise BadRequest(failed["error"], failed.get("param"))
         response.headers[BATCH_HEADER] = str(max(r["batch_size"] for r in results))
-        first = results[0]
+        width, height = results[0]["width"], results[0]["height"]
+        size = f"{width}x{height}"
         return ImagesResponse(
             created=int(time.time()),
             model=settings.model_id,
-            size=f"{first['width']}x{first['height']}",
+            size=size if size in OPENAI_SIZES else None,
+            width=width,
+            height=height,
             data=[
                 ImageData(
-                    b64_json=None if r["image"] is None else base64.b64encode(r["image"]).decode(),
+                    # a flagged image's own bytes never left the replica: a blank in its place
+                    b64_json=base64.b64encode(r["image"] if r["image"] is not None
+                                              else blank_png(r["width"], r["height"])).decode(),
                     seed=r["seed"],
                     flagged=r["flagged"],
                     safety_score=r["safety_score"],
@@ -267,16 +301,23 @@ def _adapter_of(body: ImageRequest, settings: IngressSettings) -> str | None:
     return lora
 
 
+@functools.lru_cache(maxsize=16)
+def blank_png(width: int, height: int) -> bytes:
+    """A black PNG of the given size: what a flagged image is returned as."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _auth(digest: str) -> Callable[..., None]:
     bearer = HTTPBearer(auto_error=False, description="the key held in the server's api_key_env")
 
     def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        given = hashlib.sha256((credentials.credentials if credentials else "").encode())
-        if credentials is None or not hmac.compare_digest(given.hexdigest(), digest):
-            raise HTTPException(
-                401, "missing or wrong API key: send `Authorization: Bearer KEY`",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        header = f"Bearer {credentials.credentials}" if credentials else None
+        if not key_matches(header, digest):
+            raise HTTPException(401, NO_KEY, headers={"WWW-Authenticate": "Bearer"})
 
     return check
 
@@ -291,6 +332,11 @@ def _describe(problems: list[dict[str, Any]]) -> tuple[str, str | None]:
             by_field.setdefault("", []).append(
                 f"the body is not valid JSON: {problem.get('ctx', {}).get('error', '')}"
             )
+            continue
+        if not loc and problem.get("type") == "string_unicode":  # a key, not a value
+            by_field.setdefault("", []).append(
+                f"a field name is not Unicode text (got {problem.get('input')!r:.60}); send "
+                "UTF-8 text")
             continue
         if not loc:
             by_field.setdefault("", []).append("the body must be a JSON object with `prompt`")

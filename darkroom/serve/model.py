@@ -4,6 +4,9 @@ One call is one image (a request row). Concurrent calls on a replica form a batc
 split into groups of equal settings (sampler, steps, size, guidance), and each group is one
 pipeline call. Groups run cheapest first, and a group's callers are answered as soon as their
 group is done, so a request never waits for a more expensive, incompatible neighbour's images.
+A row the pipeline or the safety checker fails on, for whatever reason, fails alone: the call is
+split until the rows that fail are on their own (`contained`), and their callers get an error
+while their batch-mates get their images.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from ray import serve
@@ -22,14 +26,26 @@ from ray import serve
 from darkroom.platform.engine.generator import ImageGenerator
 from darkroom.platform.engine.rows import RequestRow
 from darkroom.platform.models.runtime import configure_threads
-from darkroom.serve.protocol import adapter_of
+from darkroom.serve.adapters import ServedAdapters
 from darkroom.serve.spec import ServeSpec
 
+logger = logging.getLogger("ray.serve")
 PENDING = "pending"  # a batch member whose group has not run yet
+Item = TypeVar("Item")
+Out = TypeVar("Out")
+
+
+class Verdict(NamedTuple):
+    """The safety checker's word on one image; `failed` when it could not give one."""
+
+    score: float | None = None
+    flagged: bool = False
+    failed: bool = False
 
 
 class GroupFailed:
-    """A group's pipeline call raised: its callers re-raise, the rest of the batch goes on."""
+    """A group failed outside the pipeline call and the check (which contain their own
+    failures): its callers re-raise, the rest of the batch goes on."""
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
@@ -50,17 +66,8 @@ class ImageModel:
                 "steps": self.spec.defaults.steps,
                 "guidance_scale": self.spec.defaults.guidance_scale,
             },
-            preload_adapters=False,  # each when first asked for, at most the cap at a time
+            preload_adapters=False,  # each when first asked for (ServedAdapters)
         )
-        self.adapter_loads: dict[str, int] = {}  # name -> times its weights were read
-
-        async def adapter(name: str) -> Any:
-            return await self._load_adapter(name)
-
-        # Serve's model multiplexing: the least recently used adapter is dropped past the cap,
-        # and requests for an adapter are routed to a replica that has it loaded
-        self._adapter = serve.multiplexed(
-            max_num_models_per_replica=self.spec.max_adapters_per_replica)(adapter)
         self.conditioning = self.generator.family.conditioning.name
         self.class_conditional = self.conditioning == "class"
         self.checker = _safety_checker(self.spec) if self.spec.safety.on else None
@@ -74,6 +81,8 @@ class ImageModel:
             initargs=(self.spec.runtime, self.generator.device),
         )
         self.safety = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safety")
+        self.adapters = ServedAdapters(self.generator, self.spec.model.loras, self.pipeline,
+                                       self.spec.max_adapters_per_replica)
         # Serve splits a formed batch by adapter (multiplexed model id): room for a full batch
         # of each adapter a replica holds, plus the base model; the ImageGenerator still calls the
         # pipeline with at most max_batch_size rows
@@ -91,9 +100,8 @@ class ImageModel:
     async def generate(self, row: RequestRow | dict[str, Any]) -> dict[str, Any]:
         """One request row in, one answer out (see `_answer`)."""
         row = row if isinstance(row, RequestRow) else RequestRow.model_validate(row)
-        adapter = serve.get_multiplexed_model_id() or adapter_of(row)
-        if adapter:
-            await self._adapter(adapter)
+        if row.adapters is None:  # a served row names its adapters; none named: the base model
+            row = row.model_copy(update={"adapters": []})
         if self.class_conditional and row.class_label is None:
             row = row.model_copy(update={"class_label": row.prompt})
         if not self.class_conditional and row.class_label is not None:
@@ -103,17 +111,20 @@ class ImageModel:
                 f"`class_label` is for class-conditional models; {self.spec.model_id} is "
                 f"{self.conditioning}-conditioned: describe the image in `prompt`",
             )
-        self._batched.set_batch_wait_timeout_s(self._batch_wait_s())
-        ticket = next(self._tickets)
-        self._waiting.add(ticket)
-        result: Any = PENDING
-        try:
-            # consume the whole stream, so no batch future is left unread
-            async for item in self._batched((row, ticket)):
-                if not isinstance(item, str):
-                    result = item
-        finally:  # also when the caller went away before its batch started
-            self._waiting.discard(ticket)
+        key = self._settings_key(row)  # here, not in the batch: a bad row fails only itself
+        # its adapters stay loaded until it is answered, even if Serve drops one meanwhile
+        async with self.adapters.held(row.adapters):
+            self._batched.set_batch_wait_timeout_s(self._batch_wait_s())
+            ticket = next(self._tickets)
+            self._waiting.add(ticket)
+            result: Any = PENDING
+            try:
+                # consume the whole stream, so no batch future is left unread
+                async for item in self._batched((row, ticket, key)):
+                    if not isinstance(item, str):
+                        result = item
+            finally:  # also when the caller went away before its batch started
+                self._waiting.discard(ticket)
         if isinstance(result, GroupFailed):
             raise result.error
         return result
@@ -134,12 +145,13 @@ class ImageModel:
         return max(self._wait_s, busy_s)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05, max_concurrent_batches=2)
-    async def _batched(self, items: list[tuple[RequestRow, int]]) -> AsyncIterator[list[Any]]:
-        rows = [row for row, _ in items]
-        tickets = [ticket for _, ticket in items]
+    async def _batched(self, items: list[tuple[RequestRow, int, tuple]]
+                       ) -> AsyncIterator[list[Any]]:
+        rows = [row for row, _, _ in items]
+        tickets = [ticket for _, ticket, _ in items]
         groups: dict[tuple, list[int]] = {}
-        for index, row in enumerate(rows):
-            groups.setdefault(self._settings_key(row), []).append(index)
+        for index, (_, _, key) in enumerate(items):
+            groups.setdefault(key, []).append(index)
         order = sorted(groups, key=_cost)
         calls = {key: next(self._tickets) for key in order}
         for key in order:
@@ -176,24 +188,11 @@ class ImageModel:
             # answered callers end their stream now, not after the next group
             yield [StopIteration if i in finished else PENDING for i in range(len(rows))]
 
-    async def _load_adapter(self, name: str) -> Any:
-        """Load an adapter on the pipeline thread; the handle Serve keeps unloads it there."""
-        lora = next((a for a in self.spec.model.loras if a.name == name), None)
-        if lora is None:  # the ingress checks names first; a direct caller may not
-            raise ValueError(f"unknown adapter `{name}`")
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.pipeline, self.generator.adapters.load, lora)
-        self.adapter_loads[name] = self.adapter_loads.get(name, 0) + 1
-
-        async def unload() -> None:
-            await loop.run_in_executor(self.pipeline, self.generator.adapters.unload, name)
-
-        return _LoadedAdapter(name, unload)
-
-    def loaded_adapters(self) -> dict[str, Any]:
+    async def loaded_adapters(self) -> dict[str, Any]:
         """Which adapters this replica holds, and how often each was loaded (for tests)."""
-        return {"loaded": sorted(self.generator.adapters.loaded) if self.generator.adapters
-                else [], "loads": dict(self.adapter_loads)}
+        if self.generator.adapters is None:
+            return {"loaded": [], "loads": {}}
+        return await self.adapters.state()
 
     def _settings_key(self, row: RequestRow) -> tuple:
         native = self.generator.native_size
@@ -216,7 +215,7 @@ class ImageModel:
         started = time.monotonic()
         self._busy_until = started + self._seconds_per_work * work
         try:
-            out = self.generator.generate(rows)
+            out = contained(self.generator.generate, rows, _failed_row)
         finally:
             self._busy_until = 0.0
         if any(row["error"] is None for row in out):  # rows refused up front cost no time
@@ -224,47 +223,71 @@ class ImageModel:
         return out
 
     def _check(self, out: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """On the safety thread: score the group's images; flagged ones are withheld."""
+        """On the safety thread: score the group's images; flagged ones are withheld, and so
+        is an image the checker fails on (that image's error)."""
         made = [i for i, row in enumerate(out) if row["error"] is None]
-        scores: dict[int, float] = {}
-        flags: dict[int, bool] = {}
+        verdicts: dict[int, Verdict] = {}
         if self.checker is not None and made:
-            images = [_decode(out[i]["image"]) for i in made]
-            score = np.asarray(self.checker.score(images), dtype=float)
-            flag = np.asarray(self.checker.flags(score), dtype=bool)
-            scores = dict(zip(made, score.tolist(), strict=True))
-            flags = dict(zip(made, flag.tolist(), strict=True))
-        return [_answer(row, scores.get(i), flags.get(i, False)) for i, row in enumerate(out)]
+            found = contained(self._verdicts, [out[i] for i in made], _unchecked)
+            verdicts = dict(zip(made, found, strict=True))
+        return [_answer(row, verdicts.get(i, Verdict())) for i, row in enumerate(out)]
+
+    def _verdicts(self, rows: list[dict[str, Any]]) -> list[Verdict]:
+        score = np.asarray(self.checker.score([_decode(row["image"]) for row in rows]),
+                           dtype=float)
+        flag = np.asarray(self.checker.flags(score), dtype=bool)
+        return [Verdict(s, f) for s, f in zip(score.tolist(), flag.tolist(), strict=True)]
 
 
-class _LoadedAdapter:
-    """What Serve's multiplexing keeps per adapter; when Serve evicts it, it calls the `__del__`
-    given here (an instance attribute: Python's own finaliser never runs it)."""
+def contained(run: Callable[[list[Item]], list[Out]], items: list[Item],
+              failed: Callable[[Item, Exception], Out]) -> list[Out]:
+    """`run(items)`; when it raises, each half on its own, down to single items, so that an
+    error fails only the items that cause it (`failed` answers for each of those)."""
+    try:
+        return run(items)
+    except Exception as err:
+        if len(items) == 1:
+            logger.exception("an image failed on its own")
+            return [failed(items[0], err)]
+        half = len(items) // 2
+        return contained(run, items[:half], failed) + contained(run, items[half:], failed)
 
-    def __init__(self, name: str, unload: Any) -> None:
-        self.name = name
-        self.__del__ = unload
+
+def _failed_row(row: RequestRow, err: Exception) -> dict[str, Any]:
+    """The image row of a row the pipeline failed on: a 500 for its request alone."""
+    return {"image": None, "error": f"the server failed on an image of this request "
+            f"({type(err).__name__}); the error is in the server's log", "status": 500,
+            "seed": row.seed, "width": row.width, "height": row.height, "batch_size": 0}
 
 
-def _answer(row: dict[str, Any], score: float | None, flagged: bool) -> dict[str, Any]:
-    """What goes back to the ingress; a flagged image's bytes never leave the replica."""
+def _unchecked(row: dict[str, Any], err: Exception) -> Verdict:
+    return Verdict(failed=True)
+
+
+def _answer(row: dict[str, Any], verdict: Verdict) -> dict[str, Any]:
+    """What goes back to the ingress; a flagged image's bytes never leave the replica, nor do
+    those of an image the checker failed on (a 500 for it)."""
+    error, status = row["error"], row.get("status", 400)
+    if verdict.failed:
+        error, status = "the safety check failed on this image; it is withheld", 500
     return {
-        "image": None if flagged else row["image"],
-        "error": row["error"],
+        "image": None if verdict.flagged or error else row["image"],
+        "error": error,
+        "status": status,  # of an error: 400 the row's input, 500 the server failed on it
         "param": None,  # the request field an error is about, when one is
         "seed": row["seed"],
         "width": row["width"],
         "height": row["height"],
         "batch_size": row["batch_size"],
-        "flagged": flagged,
-        "safety_score": score,
+        "flagged": verdict.flagged,
+        "safety_score": verdict.score,
     }
 
 
 def _refused(row: RequestRow, param: str, message: str) -> dict[str, Any]:
     """The answer for a row refused before generation: a 400 that names `param`."""
     return {
-        "image": None, "error": message, "param": param, "seed": row.seed,
+        "image": None, "error": message, "status": 400, "param": param, "seed": row.seed,
         "width": row.width, "height": row.height, "batch_size": 0,
         "flagged": False, "safety_score": None,
     }

@@ -17,26 +17,38 @@ from darkroom.platform.engine.rows import RequestRow
 from darkroom.platform.errors import did_you_mean
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+# the same bounds as job files'
+MAX_STEPS = 1000
+MAX_SIDE = 8192
+MAX_GUIDANCE = 100.0
+MAX_N = 256
+MAX_PROMPT_CHARS = 100_000
 SIZE_PATTERN = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 MiB = 2**20
 # the most bytes one character of a prompt can take in a JSON body (an escaped surrogate pair)
 JSON_BYTES_PER_CHAR = 12
+# the image sizes OpenAI's schema lets an images response name in `size`
+OPENAI_SIZES = ("1024x1024", "1024x1536", "1536x1024")
 
 
 class Limits(BaseModel):
     """What one request may ask for; anything larger is a 400 that names the field."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    max_n: int = Field(8, ge=1, description="images per request")
-    max_steps: int = Field(100, ge=1, description="denoising steps per image")
-    max_side: int = Field(1024, ge=8, description="width and height in pixels")
+    max_n: int = Field(8, ge=1, le=MAX_N, description="images per request")
+    max_steps: int = Field(100, ge=1, le=MAX_STEPS, description="denoising steps per image")
+    max_side: int = Field(1024, ge=8, le=MAX_SIDE, description="width and height in pixels")
     max_prompt_chars: int = Field(
-        2000, ge=1, description="characters in prompt and negative_prompt"
+        2000, ge=1, le=MAX_PROMPT_CHARS, description="characters in prompt and negative_prompt"
     )
     max_request_bytes: int = Field(
         MiB, ge=4096, le=64 * MiB,
         description="bytes of a request body; a larger one is refused (413) before it is read",
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, le=300,
+        description="seconds a request's body may take to arrive; a slower one gets 408",
     )
 
     @model_validator(mode="after")
@@ -80,7 +92,8 @@ class ImageRequest(BaseModel):
                                      description="times the adapter's own scale; default 1")
     steps: int | None = Field(None, ge=1, le=Limits().max_steps, description="denoising steps")
     guidance_scale: float | None = Field(
-        None, ge=0, le=100, allow_inf_nan=False, description="classifier-free guidance scale"
+        None, ge=0, le=MAX_GUIDANCE, allow_inf_nan=False,
+        description="classifier-free guidance scale"
     )
     seed: int | None = Field(
         None, ge=0, le=SEED_MAX, description="seed of the first image; image i uses seed + i"
@@ -89,6 +102,14 @@ class ImageRequest(BaseModel):
     class_label: int | str | None = Field(
         None, description="class id or name, for class-conditional models (DiT)"
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _unicode(cls, value: Any) -> Any:
+        if isinstance(value, str) and not is_text(value):
+            raise ValueError("is not Unicode text: it holds a lone surrogate (an escape such as "
+                             "\\ud800 without its pair); send UTF-8 text")
+        return value
 
     @field_validator("size")
     @classmethod
@@ -153,7 +174,7 @@ def request_model(
         @field_validator("sampler", mode="before")
         @classmethod
         def _known_sampler(cls, name: Any) -> Any:
-            if samplers and isinstance(name, str) and name not in samplers:
+            if samplers and isinstance(name, str) and is_text(name) and name not in samplers:
                 raise ValueError(f"unknown sampler `{name}`;{did_you_mean(name, samplers)}")
             return name
 
@@ -171,12 +192,14 @@ def request_model(
 
 
 class ImageData(BaseModel):
-    """One image: OpenAI's `b64_json`, plus its seed, the safety verdict and the batch it ran in."""
+    """One image: OpenAI's `b64_json`, plus its seed, the safety verdict and the batch it ran in.
+    No `revised_prompt`: prompts are used as given (OpenAI's schema takes no null there)."""
 
-    b64_json: str | None = Field(description="base64 PNG; null when the safety filter withheld it")
-    revised_prompt: str | None = None
+    b64_json: str = Field(description="base64 PNG; a black image of the same size when the "
+                          "safety filter withheld it (`flagged`)")
     seed: int = Field(description="the seed that reproduces this image")
-    flagged: bool = Field(False, description="withheld by the safety filter")
+    flagged: bool = Field(False, description="withheld by the safety filter: `b64_json` is a "
+                          "black image in its place")
     safety_score: float | None = Field(None, description="the safety checker's score in [0, 1]")
     batch_size: int = Field(description="images in the pipeline call that made this one")
 
@@ -187,7 +210,12 @@ class ImagesResponse(BaseModel):
     created: int = Field(description="Unix time")
     data: list[ImageData]
     model: str
-    size: str = Field(description="WIDTHxHEIGHT of the images")
+    output_format: Literal["png"] = "png"
+    size: str | None = Field(None, exclude_if=lambda size: size is None,
+                             description="WIDTHxHEIGHT, only when it is one of OpenAI's sizes "
+                             f"({', '.join(OPENAI_SIZES)}); see `width` and `height`")
+    width: int = Field(description="of the images, in pixels")
+    height: int = Field(description="of the images, in pixels")
 
 
 class ModelCard(BaseModel):
@@ -219,6 +247,15 @@ class ErrorResponse(BaseModel):
     """OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`."""
 
     error: ErrorBody
+
+
+def is_text(value: str) -> bool:
+    """Whether a string is Unicode text that UTF-8 can carry (no lone surrogate)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def adapter_of(row: RequestRow) -> str:

@@ -39,14 +39,24 @@ from darkroom.platform.models.fit import Asked, fit_problems
 from darkroom.platform.models.runtime import RuntimeSpec
 from darkroom.platform.models.spec import ModelSpec
 from darkroom.platform.samplers import SamplerSpec
-from darkroom.serve.protocol import Limits
+from darkroom.serve.protocol import MAX_GUIDANCE, MAX_STEPS, Limits
 
 # `darkroom serve` stops within 20 s of a signal: the drain, then removing the app (see commands)
 MAX_DRAIN_S = 12.0
+# Upper bounds of every number, as in job files: past them no server does anything useful, and
+# an unbounded one (a wait of .inf) would leave requests without an answer
+MAX_BATCH = 1024
+MAX_REPLICAS = 1000
+MAX_IN_FLIGHT = 100_000  # images a replica holds, or waiting for one
+MAX_DELAY_S = 3600.0
+MAX_CPUS = 1024.0
+MAX_GPUS = 64.0
+MAX_MEMORY_GB = 16384.0
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # finite numbers only: YAML's .inf and .nan are refused, naming the field
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DefaultsSpec(_Spec):
@@ -56,8 +66,9 @@ class DefaultsSpec(_Spec):
     sampler_overrides: dict[str, Any] = Field(
         default_factory=dict, description="scheduler config keys for the default sampler"
     )
-    steps: int = Field(25, ge=1, description="denoising steps")
-    guidance_scale: float = Field(5.0, ge=0, description="classifier-free guidance scale")
+    steps: int = Field(25, ge=1, le=MAX_STEPS, description="denoising steps")
+    guidance_scale: float = Field(5.0, ge=0, le=MAX_GUIDANCE,
+                                  description="classifier-free guidance scale")
 
     @model_validator(mode="after")
     def _sampler_known(self) -> DefaultsSpec:
@@ -73,23 +84,25 @@ class DefaultsSpec(_Spec):
 class BatchingSpec(_Spec):
     """Dynamic batching (`@serve.batch`): concurrent requests share one pipeline call."""
 
-    max_batch_size: int = Field(16, ge=1, description="images per pipeline call at most")
+    max_batch_size: int = Field(16, ge=1, le=MAX_BATCH, description="images per pipeline call "
+                                "at most")
     batch_wait_timeout_s: float = Field(
-        0.05, ge=0, description="how long a batch waits to fill before it runs"
+        0.05, ge=0, le=10, description="how long a batch waits to fill before it runs"
     )
 
 
 class AutoscalingSpec(_Spec):
     """Ray Serve autoscaling of the model replicas (keys as in Serve's autoscaling_config)."""
 
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    initial_replicas: int | None = Field(None, ge=0)
-    target_ongoing_requests: float = Field(8, gt=0, description="images in flight per replica")
-    upscale_delay_s: float | None = Field(None, ge=0)
-    downscale_delay_s: float | None = Field(None, ge=0)
-    look_back_period_s: float | None = Field(None, gt=0)
-    metrics_interval_s: float | None = Field(None, gt=0)
+    min_replicas: int = Field(1, ge=0, le=MAX_REPLICAS)
+    max_replicas: int = Field(1, ge=1, le=MAX_REPLICAS)
+    initial_replicas: int | None = Field(None, ge=0, le=MAX_REPLICAS)
+    target_ongoing_requests: float = Field(8, gt=0, le=MAX_IN_FLIGHT,
+                                           description="images in flight per replica")
+    upscale_delay_s: float | None = Field(None, ge=0, le=MAX_DELAY_S)
+    downscale_delay_s: float | None = Field(None, ge=0, le=MAX_DELAY_S)
+    look_back_period_s: float | None = Field(None, gt=0, le=MAX_DELAY_S)
+    metrics_interval_s: float | None = Field(None, gt=0, le=MAX_DELAY_S)
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoscalingSpec:
@@ -108,9 +121,10 @@ class AutoscalingSpec(_Spec):
 class ResourcesSpec(_Spec):
     """What one model replica reserves on the cluster."""
 
-    num_cpus: float = Field(1, ge=0)
-    num_gpus: float = Field(0, ge=0)
-    memory_gb: float | None = Field(None, gt=0, description="memory reserved per replica")
+    num_cpus: float = Field(1, ge=0, le=MAX_CPUS)
+    num_gpus: float = Field(0, ge=0, le=MAX_GPUS)
+    memory_gb: float | None = Field(None, gt=0, le=MAX_MEMORY_GB,
+                                    description="memory reserved per replica")
     accelerator_type: str | None = Field(None, description="e.g. A100, L4 (Ray's names)")
 
     def ray_actor_options(self) -> dict[str, Any]:
@@ -153,8 +167,8 @@ class HttpSpec(_Spec):
 class IngressSpec(_Spec):
     """The HTTP front replicas: validation, auth, fan-out of `n` images; no model."""
 
-    replicas: int = Field(1, ge=1)
-    num_cpus: float = Field(0.25, ge=0)
+    replicas: int = Field(1, ge=1, le=MAX_REPLICAS)
+    num_cpus: float = Field(0.25, ge=0, le=MAX_CPUS)
 
 
 class ServeSpec(_Spec):
@@ -167,12 +181,15 @@ class ServeSpec(_Spec):
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     max_ongoing_requests: int = Field(
-        32, ge=1, description="images a model replica works on or holds in its batch queue"
+        32, ge=1, le=MAX_IN_FLIGHT,
+        description="images a model replica works on or holds in its batch queue"
     )
     max_queued_requests: int = Field(
-        64, ge=1, description="images waiting for a replica; beyond it, 503 with Retry-After"
+        64, ge=1, le=MAX_IN_FLIGHT,
+        description="images waiting for a replica; beyond it, 503 with Retry-After"
     )
-    retry_after_s: float = Field(1.0, ge=0, description="Retry-After sent with a 503")
+    retry_after_s: float = Field(1.0, ge=0, le=MAX_DELAY_S,
+                                 description="Retry-After sent with a 503")
     max_adapters_per_replica: int = Field(
         4, ge=1, le=256, description="LoRA adapters a replica keeps loaded; past it the least "
         "recently used is dropped (Serve model multiplexing)")
@@ -229,8 +246,9 @@ def validate_spec(data: dict[str, Any], source: str = "serve file",
 
 def semantic_problems(data: dict[str, Any], spec: ServeSpec | None) -> list[Problem]:
     """The problems beyond types of each section valid on its own: the model against the
-    runtime and default sampler, the runtime against the device, the default steps against
-    the limits."""
+    runtime and default sampler, the runtime against the device and the batch bound (the
+    runtime section, shared with job files, leaves its batch size open), the default steps
+    against the limits."""
     model = spec.model if spec else _section(ModelSpec, data.get("model"))
     runtime = spec.runtime if spec else _section(RuntimeSpec, data.get("runtime", {}))
     defaults = spec.defaults if spec else _section(DefaultsSpec, data.get("defaults", {}))
@@ -244,6 +262,9 @@ def semantic_problems(data: dict[str, Any], spec: ServeSpec | None) -> list[Prob
         asked = Asked(samplers={"defaults.sampler": defaults.sampler} if defaults else {})
         problems += [p for p in fit_problems("model", model, runtime, asked)
                      if p.path != "model.model"]
+    if runtime and isinstance(runtime.batch_size, int) and not 1 <= runtime.batch_size <= MAX_BATCH:
+        problems.append(Problem("runtime.batch_size", f"must be in 1..{MAX_BATCH} (or auto), got "
+                                f"{runtime.batch_size}"))
     if defaults and limits and defaults.steps > limits.max_steps:
         problems.append(Problem("defaults.steps", f"{defaults.steps} exceeds `limits.max_steps` "
                                 f"({limits.max_steps}); lower it or raise the limit"))

@@ -24,6 +24,7 @@ from PIL import Image
 
 from darkroom.serve.app import build_app
 from darkroom.serve.ingress import BATCH_HEADER
+from tests.serve.openai_schema import assert_error_response, assert_images_response
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -63,7 +64,8 @@ def sd(serve_url):
         yield deploy(serve_url, "sd", {
             "model": {"model": "tiny:sd"},
             "defaults": {"sampler": "ddim", "steps": 2, "guidance_scale": 3.0},
-            "limits": {"max_n": 4, "max_steps": 4, "max_side": 64, "max_prompt_chars": 200},
+            "limits": {"max_n": 4, "max_steps": 4, "max_side": 64, "max_prompt_chars": 200,
+                       "body_timeout_s": 2},
             "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.2},
             "max_ongoing_requests": 16,
             "resources": SMALL,
@@ -80,8 +82,8 @@ def dit(serve_url):
         "model": {"model": "tiny:dit"},
         "defaults": {"steps": 4},
         "batching": {"max_batch_size": 2, "batch_wait_timeout_s": 0.01},
-        "max_ongoing_requests": 4,
-        "max_queued_requests": 2,
+        "max_ongoing_requests": 8,
+        "max_queued_requests": 16,  # room for a burst of 16 at once; 40 overload it
         "retry_after_s": 2,
         "resources": SMALL,
         "runtime": {"device": "cpu"},
@@ -250,15 +252,18 @@ def body_of(total: int, chunk: int = MiB):
         yield block
 
 
-@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
-def test_a_100_mb_body_is_refused_before_it_is_read(sd, declared) -> None:
-    """No API key, 100 MB: a 413 in OpenAI's shape, at once, and the ingress does not hold the
-    body (Serve's proxy and replica move only what arrives before the answer)."""
+@pytest.mark.parametrize(("declared", "keyed"), [(True, False), (False, True), (False, False)],
+                         ids=["content-length", "chunked", "chunked-without-the-key"])
+def test_a_100_mb_body_is_refused_before_it_is_read(sd, declared, keyed) -> None:
+    """100 MB: a 413 in OpenAI's shape, at once, and the ingress does not hold the body (Serve's
+    proxy and replica move only what arrives before the answer). A declared size is refused
+    before the API key is checked; a body of no declared size (chunked) from a client without
+    the key gets its 401 before a byte of it is read."""
     url = f"{sd}/v1/images/generations"
     assert httpx.post(url, json={"prompt": "x"}).status_code == 401  # warm: routes, connections
     processes = {"ingress": ray_process("ray::ServeReplica:sd:Ingress"),
                  "proxy": ray_process("ray::ProxyActor")}
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **(AUTH if keyed else {})}
     if declared:
         headers["Content-Length"] = str(100 * MiB + len(b'{"prompt": "'))
     with PeakRss(processes) as rss:
@@ -269,10 +274,14 @@ def test_a_100_mb_body_is_refused_before_it_is_read(sd, declared) -> None:
     print(f"\n{'Content-Length' if declared else 'chunked'}: {response.status_code} in "
           f"{took:.2f} s; peak RSS growth MiB {grown}; before MiB "
           f"{ {n: round(b / MiB) for n, b in rss.before.items()} }")
-    assert response.status_code == 413, response.text
-    assert response.json()["error"] == {
-        "message": "the request body is larger than this server's limit of 1048576 bytes",
-        "type": "invalid_request_error", "param": None, "code": "request_too_large"}
+    if declared or keyed:
+        assert response.status_code == 413, response.text
+        assert response.json()["error"] == {
+            "message": "the request body is larger than this server's limit of 1048576 bytes",
+            "type": "invalid_request_error", "param": None, "code": "request_too_large"}
+    else:
+        assert response.status_code == 401, response.text
+        assert response.json()["error"]["type"] == "authentication_error"
     assert took < 20
     # A body read whole would add 100 MiB or more. What is added is what Serve's proxy and
     # replica moved ahead of the app before the 413: at loopback speed 0-15 MiB with a
@@ -280,6 +289,115 @@ def test_a_100_mb_body_is_refused_before_it_is_read(sd, declared) -> None:
     assert grown["ingress"] < 64, grown
     # the next request on a new connection is served as usual
     assert httpx.post(url, json={"prompt": "x"}, headers=AUTH, timeout=60).status_code == 200
+
+
+# -- faults: bad rows, slow clients -------------------------------------------------------------
+
+
+async def post_raw(url: str, bodies: list[bytes], headers: dict) -> list[httpx.Response]:
+    """Bodies sent as they are (JSON with escapes such as \\ud800 that httpx would not write)."""
+    async with httpx.AsyncClient(timeout=120) as http:
+        return await asyncio.gather(*(http.post(
+            url, content=b, headers={**headers, "Content-Type": "application/json"})
+            for b in bodies))
+
+
+def test_a_bad_request_among_many_fails_alone(sd, dit) -> None:
+    """Bad requests sent at once with 35 legitimate ones: each bad one gets its own 400 in
+    OpenAI's shape, every legitimate one its image. Past the ingress's checks (the model
+    deployment called directly), rows the pipeline fails on (its tokenizer refuses a lone
+    surrogate) are a 500 for those rows alone, never for their batch-mates."""
+    from ray import serve
+
+    url = f"{sd}/v1/images/generations"
+    bad = {field: json.dumps({"prompt": "a lighthouse", field: "\ud800"}).encode()
+           for field in ("prompt", "negative_prompt", "sampler", "lora")}
+    good = [json.dumps({"prompt": "a lighthouse", "seed": i}).encode() for i in range(35)]
+    bodies = good[:10] + list(bad.values()) + good[10:]
+    responses = asyncio.run(post_raw(url, bodies, AUTH))
+    answered = dict(zip(bodies, responses, strict=True))
+    for field, body in bad.items():
+        response = answered[body]
+        assert response.status_code == 400, (field, response.text)
+        assert_error_response(response.json())
+        assert response.json()["error"]["param"] == field
+    served = [answered[body] for body in good]
+    assert [r.status_code for r in served] == [200] * 35, [r.text for r in served][:3]
+    for response in served:
+        assert_images_response(response.json())
+    assert max(r.json()["data"][0]["batch_size"] for r in served) > 1  # they were batched
+
+    model = serve.get_deployment_handle("ImageModel", app_name="sd")
+    rows = [{"seed": i, "prompt": "a lighthouse", "adapters": []} for i in range(12)]
+    rows[4] = {"seed": 4, "prompt": "\ud800", "adapters": []}
+    rows[9] = {"seed": 9, "prompt": "a lighthouse", "negative_prompt": "\udfff", "adapters": []}
+    answers = [call.result(timeout_s=120) for call in
+               [model.generate.remote(row) for row in rows]]
+    failed = [i for i, answer in enumerate(answers) if answer["error"]]
+    assert failed == [4, 9], [a["error"] for a in answers]
+    assert {answers[i]["status"] for i in failed} == {500}
+    assert all(answers[i]["image"] for i in range(12) if i not in failed)
+    assert max(a["batch_size"] for a in answers) > 1
+
+    # a class-conditional model: "²" and "①" are digits to str.isdigit, but no class ids
+    classes = [{"prompt": label, "seed": i} for i, label in enumerate(["seven", "3"] * 6)]
+    classes[3:3] = [{"prompt": "²"}]
+    classes[9:9] = [{"class_label": "①", "prompt": "x"}]
+    responses = asyncio.run(post_many(f"{dit}/v1/images/generations", classes))
+    codes = [r.status_code for r in responses]
+    assert [i for i, code in enumerate(codes) if code != 200] == [3, 9], [r.text for r in responses]
+    assert {codes[3], codes[9]} == {400}
+    assert all("class name" in responses[i].json()["error"]["message"] for i in (3, 9))
+    assert max(r.json()["data"][0]["batch_size"] for r in responses if r.status_code == 200) > 1
+
+
+def read_answer(sock: socket.socket, seconds: float) -> bytes:
+    """What a raw socket got within `seconds` (up to the end of its headers and a little)."""
+    sock.settimeout(seconds)
+    got = b""
+    try:
+        while b"\r\n\r\n" not in got:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    except TimeoutError:
+        pass
+    return got
+
+
+def test_slow_bodies_never_lock_out_clients_with_the_key(sd) -> None:
+    """300 raw sockets send headers and 11 bytes of a declared 1,000-byte body without the key,
+    then idle: each gets its 401 at once, and a client with the key is served meanwhile. A
+    client with the key whose body stalls gets a 408 after `limits.body_timeout_s` (2 s)."""
+    address = httpx.URL(sd)
+    where = (address.host, address.port)
+    head = (f"POST {address.path}/v1/images/generations HTTP/1.1\r\nHost: {address.host}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000\r\n")
+    slow = []
+    try:
+        for _ in range(300):
+            sock = socket.create_connection(where, timeout=30)
+            sock.sendall(f"{head}\r\n".encode() + b'{"prompt": ')
+            slow.append(sock)
+        started = time.monotonic()
+        response = httpx.post(f"{sd}/v1/images/generations", json={"prompt": "x"},
+                              headers=AUTH, timeout=30)
+        assert response.status_code == 200, response.text
+        assert time.monotonic() - started < 20
+        answers = [read_answer(sock, 10) for sock in slow]
+        assert all(a.startswith(b"HTTP/1.1 401") for a in answers), {a[:12] for a in answers}
+        keyed = socket.create_connection(where, timeout=30)
+        slow.append(keyed)
+        started = time.monotonic()
+        keyed.sendall(f"{head}Authorization: Bearer {KEY}\r\n\r\n".encode() + b'{"prompt": ')
+        answer = read_answer(keyed, 20)
+        took = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert 1.5 < took < 15, took
+    finally:
+        for sock in slow:
+            sock.close()
 
 
 # -- batching ----------------------------------------------------------------------------------
@@ -323,11 +441,17 @@ def test_incompatible_requests_are_not_mixed(sd) -> None:
 
 
 def test_safety_filter_withholds_flagged_images(dit) -> None:
+    """A flagged image is withheld: a black PNG of its size in its place (OpenAI's schema has
+    no null there, and the docs' decode line must work), with `flagged` and its score."""
     response = httpx.post(f"{dit}/v1/images/generations", json={"prompt": "three", "n": 2},
                           timeout=60)
     assert response.status_code == 200, response.text
+    assert_images_response(response.json())
     data = response.json()["data"]
-    assert [(d["b64_json"], d["flagged"]) for d in data] == [(None, True), (None, True)]
+    assert [d["flagged"] for d in data] == [True, True]
+    for item in data:
+        image = decode(item["b64_json"])
+        assert image.shape == (64, 64, 3) and not image.any(), "the image itself was sent"
     assert all(0.0 <= d["safety_score"] <= 1.0 for d in data)
     wrong = httpx.post(f"{dit}/v1/images/generations", json={"prompt": "a fox"}, timeout=60)
     assert wrong.status_code == 400 and "class name" in wrong.json()["error"]["message"]
@@ -631,6 +755,36 @@ def test_requests_get_their_adapter_and_batches_never_mix_them(lora_app, adapter
     results = asyncio.run(post_many(f"{url}/v1/images/generations", bodies))
     assert all(r.status_code == 200 for r in results)
     assert max(r.json()["data"][0]["batch_size"] for r in results) <= 4
+
+
+def test_adapters_stay_loaded_for_their_queued_batches(lora_app, adapters) -> None:
+    """60 requests at once for three adapters on a replica that keeps two: Serve drops the least
+    recently used adapter while requests for it are still queued (before, 3 of 160 got a 500,
+    "not in the list of present adapters"). Each gets its own adapter's image, and once they
+    are done the replica holds at most two again."""
+    from ray import serve
+
+    from darkroom.platform.engine.generator import ImageGenerator
+
+    url, spec = lora_app
+    direct = ImageGenerator(spec["model"], runtime={"device": "cpu"}, defaults=spec["defaults"])
+    expected = {}
+    for lora in adapters:
+        (out,) = direct.generate([{"seed": 11, "prompt": "a lighthouse", "width": 32,
+                                   "height": 32, "adapters": json.dumps([lora])}])
+        expected[lora] = np.asarray(Image.open(io.BytesIO(out["image"])).convert("RGB"))
+    loras = list(adapters) * 20
+    body = {"prompt": "a lighthouse", "size": "32x32", "seed": 11}
+    results = asyncio.run(post_many(f"{url}/v1/images/generations",
+                                    [{**body, "lora": lora} for lora in loras]))
+    assert [r.status_code for r in results] == [200] * 60, {r.text for r in results
+                                                             if r.status_code != 200}
+    for lora, response in zip(loras, results, strict=True):
+        got = decode(response.json()["data"][0]["b64_json"]).astype(int)
+        assert np.abs(got - expected[lora]).max() <= 1, lora
+    model = serve.get_deployment_handle("ImageModel", app_name="lora")
+    state = model.loaded_adapters.remote().result()
+    assert len(state["loaded"]) <= 2, state
 
 
 def test_a_loaded_adapter_is_never_loaded_again_and_the_cap_holds(lora_app) -> None:

@@ -199,3 +199,55 @@ def test_the_drain_fits_in_the_stop(tmp_path, capsys) -> None:
     assert "drain_timeout_s" in capsys.readouterr().err
     limit = ServeSpec.model_fields["drain_timeout_s"].metadata
     assert max(m.le for m in limit if hasattr(m, "le")) + 4 <= STOP_SECONDS < 20
+
+
+def numeric_fields(model: type, prefix: tuple[str, ...] = ()) -> list[tuple[str, type]]:
+    """Every int and float setting of a serve file, by dotted path, found in the models
+    themselves (a new number is covered without touching this test)."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    found = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is (
+            typing.Union)
+        for kind in typing.get_args(annotation) if union else (annotation,):
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                found += numeric_fields(kind, (*prefix, field.alias or name))
+            elif kind in (int, float):
+                found.append((".".join((*prefix, field.alias or name)), kind))
+    return found
+
+
+NUMBERS = numeric_fields(ServeSpec)
+
+
+def test_the_serve_file_has_the_numbers_this_test_walks() -> None:
+    paths = {path for path, _ in NUMBERS}
+    assert {"batching.batch_wait_timeout_s", "limits.max_n", "limits.body_timeout_s",
+            "autoscaling.upscale_delay_s", "resources.memory_gb", "runtime.batch_size",
+            "retry_after_s"} <= paths, paths
+
+
+@pytest.mark.parametrize(("path", "kind"), NUMBERS, ids=[path for path, _ in NUMBERS])
+def test_every_number_in_a_serve_file_is_finite_and_bounded(tmp_path, capsys, path, kind):
+    """`.inf`, `.nan` and numbers no server can use are refused like in job files: exit 2 from
+    the dry run, naming the field (`batching.batch_wait_timeout_s: .inf` left concurrent
+    requests without an answer)."""
+    import yaml
+
+    values = [float("inf"), float("-inf"), float("nan"), 1e300] if kind is float else [10**18]
+    for value in values:
+        data: dict = {"model": {"model": "tiny:dit"}}
+        *sections, key = path.split(".")
+        place = data
+        for section in sections:
+            place = place.setdefault(section, {})
+        place[key] = value
+        path_file = write(tmp_path, yaml.safe_dump(data))
+        assert main(["serve", str(path_file), "--dry-run"]) == 2, (path, value)
+        err = capsys.readouterr().err
+        assert f"  {path}" in err and "Traceback" not in err, (path, value, err)
