@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,7 +27,7 @@ class RuntimeSpec(BaseModel):
     torch_threads: int | None = Field(
         None, ge=1, le=1024, description="torch threads on CPU; default 1 per actor"
     )
-    batch_size: int | Literal["auto"] | None = Field(
+    batch_size: Annotated[int, Field(ge=1, le=4096)] | Literal["auto"] | None = Field(
         None, description="most rows per pipeline call; auto: halve on GPU out-of-memory and "
         "remember the size that fits; none: as many as a batch brings",
     )
