@@ -206,7 +206,10 @@ def _input_image_problems(where: str, model: ModelSpec, prompts: list[Prompt],
         sizes = {}
         for role, path in (("control", prompt.control_image), ("image", prompt.image),
                            ("mask", prompt.mask)):
-            if path is None or (role == "control" and "control" not in inputs):
+            # control images: a bad one fails its rows within the error budget, as before;
+            # here only their size, for a ControlNet that refuses to stretch them
+            if path is None or (role == "control" and not (wanted and
+                                                           model.control.resize == "refuse")):
                 continue
             field = "prompts.control_images" if role == "control" else f"prompts ({role}s)"
             try:

@@ -112,7 +112,8 @@ def test_split_done_and_changed_inputs():
     done = pa.table({"row_id": ["r/0/0", "r/1/0"], "kind": ["images", "errors"],
                      "prompt": ["a fox", None], "negative_prompt": ["", None],
                      "class_label": pa.array([None, None], pa.int64()),
-                     "control_image_sha256": pa.array([None, None], pa.string())}
+                     "control_image_sha256": pa.array([None, None], pa.string()),
+                     "input_images": pa.array([None, None], pa.string())}
                     ).cast(resume.DONE_SCHEMA)
     requests = pa.Table.from_pylist([{"row_id": f"r/{i}/0", "prompt": p, "negative_prompt": ""}
                                      for i, p in enumerate(["a fox", "x", "y"])])

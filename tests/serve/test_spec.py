@@ -215,6 +215,8 @@ def numeric_fields(model: type, prefix: tuple[str, ...] = ()) -> list[tuple[str,
         union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is (
             typing.Union)
         for kind in typing.get_args(annotation) if union else (annotation,):
+            if typing.get_origin(kind) is typing.Annotated:  # constrained: Annotated[int, ...]
+                kind = typing.get_args(kind)[0]
             if isinstance(kind, type) and issubclass(kind, BaseModel):
                 found += numeric_fields(kind, (*prefix, field.alias or name))
             elif kind in (int, float):

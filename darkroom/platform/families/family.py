@@ -101,7 +101,9 @@ class Family:
     def option_problems(self, spec: Any) -> list[tuple[str, str]]:
         """(field, message) for each family-specific option set on a model of this family that
         only other families take."""
-        families = registered().values()
+        # the families that take an option, the text-to-image ones first
+        families = sorted(registered().values(), key=lambda f: (bool(f.conditioning.inputs),
+                                                                f.name))
         takers = {option: [f.name for f in families if option in f.options]
                   for f in families for option in f.options}
         problems = []
@@ -112,7 +114,7 @@ class Family:
             unset = type(spec).model_fields[option].get_default(call_default_factory=True)
             if getattr(spec, option) != unset and option not in self.options:
                 problems.append((option, f"`{option}` applies to "
-                                         f"{' and '.join(takers.get(option, []))} models only; "
+                                         f"{_listing(takers.get(option, []))} models only; "
                                          f"`{spec.model}` is {self.name}"))
         return problems
 
@@ -228,6 +230,11 @@ class Family:
         takers = [f.name for f in registered().values() if cache.kind in f.caches]
         return (f"`runtime.cache` {cache.kind} does not work on {self.name} models; it does on "
                 f"{', '.join(takers)}")
+
+
+def _listing(names: list[str]) -> str:
+    """a, b and c"""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 # -- the registry -------------------------------------------------------------------------------
