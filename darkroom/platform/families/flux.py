@@ -95,6 +95,12 @@ def build_flux_dev(in_channels: int = 64) -> Any:
     )
 
 
+# what every Flux-based family (img2img, Fill, Kontext) shares with FLUX.1 itself
+TRAITS: dict[str, Any] = dict(
+    samplers="flow", unfit=("flow_heun",),  # Flux's schedule takes no custom sigmas (Heun)
+    size_multiple=16, denoiser="transformer", grid_of=grid_of,
+)
+
 FAMILY = register(Family(
     name="flux",
     description="FLUX.1 dev / schnell: guidance-distilled rectified flow (Black Forest Labs "
@@ -102,14 +108,10 @@ FAMILY = register(Family(
     pipeline="FluxPipeline",
     call=call,
     tiny=build_tiny,
-    samplers="flow",
-    unfit=("flow_heun",),  # its schedule takes no custom sigmas
+    **TRAITS,
     options=("max_sequence_length", "true_cfg_scale"),
-    size_multiple=16,
-    denoiser="transformer",
     caches=("first_block", "taylorseer", "magcache", "faster", "pab"),
     negative_rule=negative_rule,
     negative_field="true_cfg_scale",
-    grid_of=grid_of,
     fullsize=(FullSize("flux-dev", build_flux_dev),),
 ))

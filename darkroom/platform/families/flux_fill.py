@@ -5,28 +5,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from darkroom.platform.families import editing
+from darkroom.platform.families import editing, flux
 from darkroom.platform.families.conditioning import MASKED
 from darkroom.platform.families.family import Family, FullSize, register
-from darkroom.platform.families.flux import grid_of
 
 
 def build_tiny() -> Any:
     """A tiny `FluxFillPipeline`: tiny:flux's parts, its transformer taking 384 channels."""
     from diffusers import FluxFillPipeline
 
-    from darkroom.platform.families.flux import build_tiny as build_flux
-
-    return editing.from_base(FluxFillPipeline, build_flux(in_channels=384))
+    return editing.from_base(FluxFillPipeline, flux.build_tiny(in_channels=384))
 
 
 def build_flux_dev_fill() -> Any:
     """FLUX.1 Fill [dev] with random weights (384 input channels)."""
     from diffusers import FluxFillPipeline
 
-    from darkroom.platform.families.flux import build_flux_dev
-
-    return editing.from_base(FluxFillPipeline, build_flux_dev(in_channels=384))
+    return editing.from_base(FluxFillPipeline, flux.build_flux_dev(in_channels=384))
 
 
 FAMILY = register(Family(
@@ -37,12 +32,8 @@ FAMILY = register(Family(
     tiny=build_tiny,
     fullsize=(FullSize("flux-dev-fill", build_flux_dev_fill),),
     conditioning=MASKED,
-    samplers="flow",
-    unfit=("flow_heun",),
+    **flux.TRAITS,
     options=("max_sequence_length", "keep_unmasked"),
-    size_multiple=16,
-    denoiser="transformer",
     edits=("strength",),
     negative_rule=editing.negative_rule,
-    grid_of=grid_of,
 ))

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from darkroom.platform.families import editing
+from darkroom.platform.families import editing, flux
 from darkroom.platform.families.conditioning import IMAGE
 from darkroom.platform.families.family import Family, register
-from darkroom.platform.families.flux import grid_of
 
 
 def build_tiny() -> Any:
     """A tiny `FluxImg2ImgPipeline` with tiny:flux's weights."""
     from diffusers import FluxImg2ImgPipeline
 
-    from darkroom.platform.families.flux import build_tiny as build_flux
-
-    return editing.from_base(FluxImg2ImgPipeline, build_flux())
+    return editing.from_base(FluxImg2ImgPipeline, flux.build_tiny())
 
 
 FAMILY = register(Family(
@@ -27,13 +24,9 @@ FAMILY = register(Family(
     call=editing.call,
     tiny=build_tiny,
     conditioning=IMAGE,
-    samplers="flow",
-    unfit=("flow_heun",),
+    **flux.TRAITS,
     options=("max_sequence_length", "true_cfg_scale"),
-    size_multiple=16,
-    denoiser="transformer",
     edits=("strength",),
     negative_rule=editing.negative_rule,
     negative_field="true_cfg_scale",
-    grid_of=grid_of,
 ))
