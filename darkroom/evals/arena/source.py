@@ -89,9 +89,10 @@ class Runs:
                                 f"{did_you_mean(unknown[0], found)}")
             found = {r: found[r] for r in run_ids}
         if len(found) < 2:
-            raise UserError(f"{job_dir} has {len(found)} run folder(s): a rating round compares "
-                            "at least two runs of one job (give a job folder written by "
-                            "`darkroom run`, or --runs with two or more of its run ids)")
+            raise UserError(f"JOB_OR_RUNS: {job_dir} has {len(found)} run folder(s) to rate: "
+                            "a round compares at least two runs of one job (give a job folder "
+                            "written by `darkroom run`, or --runs with two or more of its run "
+                            "ids)")
         self.job_dir = job_dir
         self.dirs = found
         self.ids = sorted(found)
@@ -102,8 +103,9 @@ class Runs:
         self.rows = {r: read_rows(d) for r, d in found.items()}
         self._shared: dict[tuple[str, str], list[Key]] = {}
         if not any(self.shared(a, b) for a, b in self.run_pairs()):
-            raise UserError(f"the runs of {job_dir} share no image: no (prompt_id, sample_idx) "
-                            "with the same seed in two runs; rate runs of one job")
+            raise UserError(f"JOB_OR_RUNS: the runs of {job_dir} share no image: no "
+                            "(prompt_id, sample_idx) with the same seed in two runs; rate runs "
+                            "of one job")
 
     def run_pairs(self) -> list[tuple[str, str]]:
         """Every unordered pair of runs (a < b)."""
