@@ -44,7 +44,7 @@ RATE = """<!doctype html>
 #prompt {{ font-size: 1.25em; margin: .8em 0; min-height: 1.5em; }}
 #pair {{ display: flex; gap: 1.5em; justify-content: center; }}
 figure {{ margin: 0; text-align: center; }}
-figure img {{ width: min(44vw, 512px); height: auto; background: #eee; display: block; }}
+figure img {{ width: min(44vw, 52vh, 512px); height: auto; background: #eee; display: block; }}
 figure img.small {{ image-rendering: pixelated; }}
 .question {{ margin: 1em 0; padding: .6em; border: 1px solid #ddd; opacity: .45; }}
 .question.active {{ border-color: #36c; opacity: 1; }}
