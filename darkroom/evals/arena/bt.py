@@ -13,10 +13,15 @@ multinomial logit, its log-likelihood concave, and Newton's method converges in 
 small ridge on θ keeps a run that never loses at a finite strength and puts the scale's origin at
 the average run (Σθ = 0).
 
-Intervals come from the pigeonhole bootstrap (Owen 2007, "The pigeonhole bootstrap", Ann. Appl.
-Stat.): prompts and raters are both drawn with replacement and each vote is weighted by its
-prompt's count times its rater's count, so the interval holds for other prompts and other raters,
-not only for more votes of the same ones. Owen shows this errs on the wide side.
+Votes are crossed by prompt and by rater: a prompt can favour one run for every rater, a rater
+can favour one run on every prompt. Intervals must hold for other prompts and other raters, so
+both are resampled. Resampling both at once (the pigeonhole bootstrap, Owen 2007, "The pigeonhole
+bootstrap", Ann. Appl. Stat.) counts the vote-to-vote noise about three times over; instead three
+bootstraps are run, by prompt, by rater and by single vote, and their variances combined as
+Vp + Vr - Vv, which under a two-way random-effects model estimates prompt, rater and vote
+variance once each (never less than the larger of Vp and Vr). The interval is θ ± 1.96 standard
+errors. `standard_errors` does this; the recovery test in tests/evals/arena shows it covering
+with and without raters of their own taste.
 """
 
 from __future__ import annotations

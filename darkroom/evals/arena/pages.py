@@ -245,7 +245,7 @@ def _question(result: QuestionResult, results: Results) -> str:
                 f'{"left" if pos.share > 0.5 else "right"} side</span>') if pos.flagged \
             else "no position bias detected"
         low, high = pos.interval or (None, None)
-        out.append(f"<li>Left side chosen in {pos.share:.1%} {_interval(low, high, 3)} of "
+        out.append(f"<li>Left side chosen in {pos.share:.1%} {_pct_interval(low, high)} of "
                    f"{pos.decided} decided votes (p = {pos.p_value:.3g} against 50%): "
                    f"{flag}.</li>")
     if result.order_effect is not None:
@@ -253,12 +253,13 @@ def _question(result: QuestionResult, results: Results) -> str:
         out.append(f"<li>Order effect in the model (γ, 1 = none): {_num(g)} "
                    f"{_interval(low, high)}; tie parameter ν = {_num(result.tie)}.</li>")
     out.append("</ul>")
-    if result.judges:
+    judged = [j for j in result.judges if j.agreement.units]
+    if judged:
         rows = "".join(
             f"<tr><td>{esc(j.name)}</td><td>{esc(j.kind)}</td>"
             f"<td class=num>{_pct(j.agreement.value)}</td><td class=num>"
-            f"{_pct_interval(j.agreement.interval)}</td><td class=num>{j.agreement.units}</td>"
-            "</tr>" for j in result.judges)
+            f"{_pct_interval(*_bounds(j.agreement.interval))}</td>"
+            f"<td class=num>{j.agreement.units}</td></tr>" for j in judged)
         out.append("<h3>Judges against the human majority</h3><table class=judges><tr>"
                    "<th>judge</th><th>kind</th><th>agreement</th><th>95% interval</th>"
                    f"<th>pairs</th></tr>{rows}</table>")
@@ -269,8 +270,12 @@ def _pct(value: float) -> str:
     return "" if math.isnan(value) else f"{value:.0%}"
 
 
-def _pct_interval(ci) -> str:
-    return "" if ci is None else f"[{ci.low:.0%}, {ci.high:.0%}]"
+def _bounds(ci) -> tuple[float | None, float | None]:
+    return (None, None) if ci is None else (ci.low, ci.high)
+
+
+def _pct_interval(low: float | None, high: float | None) -> str:
+    return "" if low is None or high is None else f"[{low:.0%}, {high:.0%}]"
 
 
 def results_page(results: Results) -> str:
@@ -312,10 +317,11 @@ def results_text(results: Results) -> str:
             pos = q.position
             low, high = pos.interval or (None, None)
             verdict = "POSITION BIAS" if pos.flagged else "no position bias detected"
-            lines.append(f"  left side chosen {pos.share:.1%} {_interval(low, high, 3)} of "
+            lines.append(f"  left side chosen {pos.share:.1%} {_pct_interval(low, high)} of "
                          f"{pos.decided} (p = {pos.p_value:.3g}): {verdict}")
-        for j in q.judges:
+        for j in (j for j in q.judges if j.agreement.units):
             lines.append(f"  judge {j.name} ({j.kind}): agrees with the human majority "
-                         f"{_pct(j.agreement.value)} {_pct_interval(j.agreement.interval)} "
+                         f"{_pct(j.agreement.value)} "
+                         f"{_pct_interval(*_bounds(j.agreement.interval))} "
                          f"on {j.agreement.units} pairs")
     return "\n".join(lines)

@@ -185,3 +185,19 @@ def test_a_store_is_shared_by_rounds_and_keeps_tokens_across_restarts(job, tmp_p
     assert other.tokens()["alice"] != tokens["alice"]  # a token is for one round
     assert VoteStore(store_url(tmp_path)).raters("rounds") == {
         "alice": "rater", "bob": "rater", "carol": "rater", "owner": "viewer"}
+
+
+def test_arena_help_loads_no_web_framework_database_or_model_library():
+    import subprocess
+    import sys
+
+    probe = ("import atexit, sys\n"
+             "heavy = ('torch', 'diffusers', 'transformers', 'ray', 'fastapi', 'sqlalchemy')\n"
+             "atexit.register(lambda: print('LOADED', *[m for m in heavy if m in sys.modules],"
+             " file=sys.stderr))\n"
+             "from darkroom.cli import main\n"
+             "sys.exit(main(['arena', '--help']))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "LOADED"
