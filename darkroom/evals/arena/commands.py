@@ -4,6 +4,7 @@ framework, no database library, no torch); the command loads them when it runs."
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import socket
 import sys
@@ -239,7 +240,8 @@ def _offline(args: argparse.Namespace, arena, job: dict[str, Any]) -> int:
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port; a port in use is a UserError."""
+    """A listening socket on host:port; a port in use or a host that is not this machine's is
+    a UserError."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -247,8 +249,12 @@ def listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as err:
         sock.close()
-        raise UserError(f"--port: port {port} on {host} is in use or not available "
-                        f"({err.strerror}); give another with --port") from err
+        why = err.strerror or str(err)
+        if err.errno == errno.EADDRINUSE:
+            raise UserError(f"--port: port {port} on {host} is in use ({why}); give another "
+                            "with --port (0: any free one)") from err
+        raise UserError(f"--host: cannot listen on {host} port {port} ({why}); give an "
+                        "address of this machine (127.0.0.1, 0.0.0.0)") from err
     sock.listen(128)
     return sock
 

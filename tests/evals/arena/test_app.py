@@ -4,13 +4,10 @@ never shown twice, two question sets, 20 concurrent raters, the active design an
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
-import random
 from collections import Counter
 
-import httpx
 import pytest
 from PIL import Image
 
@@ -19,6 +16,7 @@ from darkroom.evals.arena.rounds import Round
 from darkroom.evals.arena.source import Runs
 from darkroom.evals.arena.spec import ArenaSpec, Question
 from darkroom.evals.arena.store import VoteStore, now
+from tests.evals.arena.raters import check_once, vote_concurrently
 
 TWO = (Question(id="prompt", text="Which follows the prompt better?"),
        Question(id="looks", text="Which looks better?"))
@@ -156,36 +154,8 @@ def test_twenty_concurrent_raters_cast_2000_votes_none_lost_or_duplicated(make_j
     job = make_job(tmp_path, runs=4, prompts=6, per_prompt=3)  # 6 x 18 = 108 pairs a rater
     raters = [f"rater{i:02d}" for i in range(20)]
     arena, app, tokens = open_round(job, tmp_path, raters=raters)
-    acknowledged: list[tuple[str, int]] = []
-
-    async def rate(client: httpx.AsyncClient, rater: str, rng: random.Random) -> None:
-        headers = {"Authorization": f"Bearer {tokens[rater]}"}
-        for n in range(100):
-            shown = (await client.get("/api/next", headers=headers)).json()
-            body = {"ticket": shown["ticket"], "question": "overall",
-                    "answer": rng.choice(["left", "right", "tie", "both_bad"])}
-            for _ in range(2 if n % 10 == 0 else 1):  # every tenth vote is sent twice
-                answer = await client.post("/api/vote", headers=headers, json=body)
-                assert answer.status_code == 200, answer.text
-            acknowledged.append((rater, answer.json()["vote_id"]))
-
-    async def everyone() -> None:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://arena",
-                                     timeout=120) as client:
-            await asyncio.gather(*(rate(client, r, random.Random(i))
-                                   for i, r in enumerate(raters)))
-
-    asyncio.run(everyone())
-    votes = arena.store.votes("rounds")
-    assert len(votes) == len(acknowledged) == 2000
-    assert {(v["rater"], v["vote_id"]) for v in votes} == set(acknowledged)
-    assert len({(v["ticket"], v["question"]) for v in votes}) == 2000
-    for rater in raters:
-        mine = [v for v in votes if v["rater"] == rater]
-        pairs = {(v["prompt_id"], v["sample_idx"], *sorted((v["left_run"], v["right_run"])))
-                 for v in mine}
-        assert len(mine) == len(pairs) == 100, rater
+    acknowledged = vote_concurrently(app, tokens, raters, 100)
+    check_once(arena.store.votes("rounds"), acknowledged, raters, 100)
 
 
 def _vote(store, rater: str, pair: tuple, left: str, answer: str) -> None:

@@ -24,14 +24,15 @@ def store_url(tmp_path) -> str:
 
 
 @pytest.mark.parametrize("case", ["one run", "two jobs", "unknown run", "question", "store",
-                                  "driver", "rater name", "no raters", "resamples", "port"])
+                                  "driver", "rater name", "no raters", "resamples", "port",
+                                  "host"])
 def test_bad_input_is_exit_2_naming_the_field(case, job, tmp_path, capsys):
     args = ["arena", str(job), "--store", store_url(tmp_path), "--raters", "alice"]
     expected = {"one run": "JOB_OR_RUNS", "two jobs": "different job folders",
                 "unknown run": "--runs: no run `run-9`", "question": "--question takes ID=TEXT",
                 "store": "--store", "driver": "driver", "rater name": "--raters",
                 "no raters": "--raters alice,bob", "resamples": "--resamples",
-                "port": "is in use"}[case]
+                "port": "--port: port", "host": "--host: cannot listen on 192.0.2.1"}[case]
     holder = None
     if case == "one run":
         args[1] = str(job / "run-0")
@@ -59,6 +60,8 @@ def test_bad_input_is_exit_2_naming_the_field(case, job, tmp_path, capsys):
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         args += ["--port", str(holder.getsockname()[1])]
+    elif case == "host":
+        args += ["--host", "192.0.2.1", "--port", "0"]  # TEST-NET-1: no machine's own address
     try:
         assert main(args) == 2
     finally:
