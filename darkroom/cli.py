@@ -18,6 +18,7 @@ from darkroom.platform.errors import UserError, user_error_in
 COMMAND_MODULES = [
     "darkroom.jobs.commands",
     "darkroom.evals.commands",
+    "darkroom.evals.arena.commands",
     "darkroom.serve.commands",
     "darkroom.platform.commands",
 ]

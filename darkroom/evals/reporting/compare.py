@@ -14,7 +14,7 @@ from pathlib import Path
 
 from darkroom.evals import registry
 from darkroom.evals.metrics.compute import CI_HIGH, CI_LOW, higher_is_better
-from darkroom.evals.reporting import tracking
+from darkroom.evals.reporting import human, tracking
 from darkroom.evals.reporting.naming import distinct_names
 from darkroom.evals.reporting.paired import (
     Comparison,
@@ -133,6 +133,7 @@ def table_rows(rows: list[RunRow], key: str, real: RealBaseline | None = None
     extra = [k for k in QUALITY if k != key and any(r.value(k) is not None for r in rows)]
     extra += sorted({k for r in rows for k in r.metrics
                      if k.startswith("fid_category.") and not k.endswith((CI_LOW, CI_HIGH))})
+    extra += [k for k in human.columns(rows) if k != key]  # from rating rounds (arena)
     header = ["run", "model", "sampler", "steps", "guidance", "images", key, SPEED, *extra]
     body = []
     for r in rows:
@@ -316,9 +317,10 @@ def compare(experiment: str, metric: str | None = None, html_path: str | Path | 
         return text, None
     path = Path(html_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    page = report_html(client, experiment, rows, key, table, against, real_row)
-    path.write_text(page)
     exp = tracking.experiment_id(client, experiment)
+    page = report_html(client, experiment, rows, key, table, against, real_row,
+                       human.section(client, exp))
+    path.write_text(page)
     with tracking.run_scope(client, exp, tracking.path_key("compare", experiment), "compare",
                             {tracking.KIND: "compare", "darkroom.compare.metric": key}) as run:
         tracking.log_files(client, run, {"report.html": page, "table.txt": text + "\n"})

@@ -145,9 +145,10 @@ def _table(header: list[str], body: list[list[str]], classes: list[str] | None =
 def report_html(client, experiment: str, rows: list[Any], key: str,
                 table: tuple[list[str], list[list[str]]],
                 baseline: tuple[str, list[str], list[list[str]], list[str]] | None = None,
-                real: Any = None) -> str:
+                real: Any = None, humans: str = "") -> str:
     """The self-contained page. `table`: the runs' header and cells; `baseline`: (title,
-    header, cells, each row's verdict); `real`: the real-vs-real baseline or None."""
+    header, cells, each row's verdict); `real`: the real-vs-real baseline or None; `humans`:
+    the human-preference section (`human.section`)."""
     esc = html.escape
     sheets = []
     for r in rows:
@@ -183,6 +184,7 @@ figure {{ margin: 0; }} figure img {{ width: 768px; max-width: 100%; }}
 half the width of their 95% bootstrap interval (images resampled by prompt). Made {when}.</p>
 {_table(*table, ["real" if c[0].startswith("real vs real") else "" for c in table[1]])}
 {against}
+{humans}
 <h2>Contact sheets</h2><div class="sheets">{''.join(sheets)}</div>
 <h2>Quality and speed</h2>
 <div class="plots">{scatter_svg(rows, key, real)}{steps_svg(rows, key, real)}</div>
