@@ -2,8 +2,9 @@
 
 One row per image (row_id, image_sha256, features). A cache file is reused when every current
 image row of the run is in it with the same image hash (or was left out as unreadable last
-time), so adding a metric, evaluating again or comparing runs never extracts features twice; a
-changed extractor (network, weights, preprocessing) has another protocol hash and another file.
+time) and every value in it is finite, so adding a metric, evaluating again or comparing runs
+never extracts features twice; a changed extractor (network, weights, preprocessing) has another
+protocol hash and another file. A damaged cache (NaN or infinite values) is extracted again.
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ def features_path(run_dir: Location, extractor: str, protocol: dict[str, Any]) -
 
 
 def write_features(run_dir: Location, extractor: str, protocol: dict[str, Any],
-                   row_ids: np.ndarray, features: np.ndarray) -> Location:
-    """Keep a run's features (rows in `row_ids` order) with each row's image hash."""
-    hashes = image_hashes(run_dir)
+                   row_ids: np.ndarray, features: np.ndarray) -> Location | None:
+    """Keep a run's features (rows in `row_ids` order) with each row's image hash; features
+    that are not all finite are not kept (None)."""
     features = np.asarray(features, np.float32)
+    if not np.isfinite(features).all():
+        return None
+    hashes = image_hashes(run_dir)
     flat = pa.array(features.reshape(-1), pa.float32())
     table = pa.table({
         "row_id": pa.array([str(r) for r in row_ids], pa.string()),
@@ -67,6 +71,8 @@ def read_features(run_dir: Location, extractor: str, protocol: dict[str, Any],
     if any(cached.get(row) != sha and row not in skipped for row, sha in hashes.items()):
         return None
     values = np.asarray(table.column("features").combine_chunks().flatten(), np.float32)
+    if not np.isfinite(values).all():  # a damaged cache: extract again
+        return None
     values = values.reshape(len(ids), -1)
     return {row: values[i] for i, row in enumerate(ids)}
 

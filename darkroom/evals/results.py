@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.evals import registry
 from darkroom.evals.metrics.base import RunScores
-from darkroom.evals.outputs import read_timing
+from darkroom.evals.outputs import SpecRows, read_timing
 from darkroom.evals.units import ERROR_PREFIX, FEATURES, Part, error_column
 from darkroom.platform.data import layout, storage
 from darkroom.platform.data.runinfo import RunInfo, read_run_info
@@ -49,6 +50,7 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)  # row_id -> why it was left out
     mlflow_run_id: str | None = None
+    rows: SpecRows = field(default_factory=SpecRows)  # the rows its current spec asks for
 
     def summary(self) -> dict[str, Any]:
         """The result as plain data (what `darkroom eval --json` prints)."""
@@ -59,18 +61,19 @@ class RunResult:
 
 class PendingResults:
     """Computed metrics not yet in MLflow: `<job>/eval_pending.json`, valid while the runs'
-    image files and the eval settings are those it was computed from."""
+    image files, their run.json and the eval settings are those it was computed from."""
 
     def __init__(self, job_dir: Location, run_dirs: list[Location], spec: Any) -> None:
         self.path = job_dir / PENDING_FILE
         files = []
         for d in run_dirs:
+            files.append((d.name, storage.read_text(d / layout.RUN_INFO)))  # what it asks for
             for f in layout.parquet_files(d / layout.IMAGES):
                 found = storage.info(f)
                 files.append((f"{d.name}/{f.name}", found and found.size, found and found.mtime))
         self.key = hashlib.sha256(json.dumps(
             [spec.model_dump(mode="json"), [d.name for d in run_dirs], files],
-            sort_keys=True).encode()).hexdigest()
+            sort_keys=True, default=str).encode()).hexdigest()
 
     def save(self, results: list[RunResult], protocol: dict) -> None:
         """Write the results and protocol (atomically) before anything is logged."""
@@ -181,9 +184,22 @@ def write_record(run_dir: Location, record: dict[str, Any]) -> Location:
     return target
 
 
+class EvalRecord(BaseModel):
+    """The shape of `scores/eval.json`, checked before it is used."""
+
+    model_config = ConfigDict(extra="allow")
+
+    spec: dict[str, Any]
+    protocols: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    references: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
 def read_record(run_dir: Location) -> dict[str, Any] | None:
-    """The run's eval record, or None when it has not been evaluated (by this version)."""
+    """The run's eval record, or None when it has not been evaluated (by this version) or the
+    file is not an eval record (damaged or edited: a list, `protocols` a string, ...)."""
     try:
-        return json.loads(storage.read_bytes(run_dir / layout.SCORES / RECORD_FILE))
-    except (OSError, ValueError):
+        record = json.loads(storage.read_bytes(run_dir / layout.SCORES / RECORD_FILE))
+        EvalRecord.model_validate(record)
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
         return None
+    return record

@@ -17,7 +17,7 @@ from darkroom.evals.categories import attach_categories, prompt_categories
 from darkroom.evals.feature_cache import align, read_features, write_features
 from darkroom.evals.metrics.base import Context, RunScores, feature_column
 from darkroom.evals.metrics.compute import statistics, with_intervals
-from darkroom.evals.outputs import image_hashes, read_rows, read_timing
+from darkroom.evals.outputs import SpecRows, image_hashes, read_rows, read_timing, spec_rows
 from darkroom.evals.reference import reference_stats
 from darkroom.evals.reporting import tracking as track
 from darkroom.evals.results import (
@@ -61,13 +61,23 @@ def evaluate_job(job_dir: str | Location, eval_spec: EvalSpec, tracking: Trackin
     pending = PendingResults(job_dir, runs, eval_spec)
     saved = pending.load()
     if saved is None:
-        results, protocol = evaluate_runs(runs, eval_spec, prompt_categories(job_spec))
+        results, protocol = evaluate_runs(runs, eval_spec, prompt_categories(job_spec), job_spec)
         pending.save(results, protocol)
     else:
         results, protocol = saved
+        for result in results:
+            result.rows = spec_rows(result.run_dir, result.info, job_spec)[0]
         log.warning("logging the metrics an earlier evaluation computed (%s)", pending.path)
-    track.log_job(results, protocol, job_dir, tracking, experiment=experiment,
-                  job_spec=job_spec, eval_spec=eval_spec)
+    try:
+        track.log_job(results, protocol, job_dir, tracking, experiment=experiment,
+                      job_spec=job_spec, eval_spec=eval_spec)
+    except Exception as err:  # the store went away (or refused) after the check
+        first = (str(err).splitlines() or [""])[0][:300]
+        raise track.TrackingFailed(
+            f"MLflow ({tracking.uri or 'the default store'}) failed while the metrics were "
+            f"logged ({type(err).__name__}: {first}); they are kept in {pending.path}: "
+            f"`darkroom eval {job_dir}` again once it answers logs them without computing "
+            "them again") from err
     storage.delete(pending.path)
     return [r.summary() for r in results]
 
@@ -95,15 +105,19 @@ def _ensure_ray() -> None:
 
 
 def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
-                  categories: tuple[dict[str, str] | None, str] = (None, "")
-                  ) -> tuple[list[RunResult], dict]:
+                  categories: tuple[dict[str, str] | None, str] = (None, ""),
+                  job_spec: dict | None = None) -> tuple[list[RunResult], dict]:
     """1. plan the per-image parts; 2. reference statistics per feature extractor; 3. the passes
     over the runs' images on actors (features already cached for a run are not extracted
     again); 4. per run: scores, features, metrics with bootstrap intervals, the eval record.
 
-    `categories`: (prompt_id -> category, or None with the reason), for per-category FID.
+    `categories`: (prompt_id -> category, or None with the reason), for per-category FID;
+    `job_spec` (job.yaml) with each run.json says which of a run's rows its spec asks for.
     """
     results = [RunResult(d.name, d, read_run_info(d), read_timing(d)) for d in run_dirs]
+    row_notes: dict[str, list[str]] = {}
+    for result in results:
+        result.rows, row_notes[result.run_id] = spec_rows(result.run_dir, result.info, job_spec)
     shared = Context(spec)  # the references, and warnings about them
     plan, skipped = plan_parts(spec)
 
@@ -137,7 +151,8 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
     for parts, members in needs.items():
         if not parts:  # everything it needs is cached: no images are read
             for result in members:
-                scored[result.run_id] = (*_from_disk(result.run_dir, bad_files), False)
+                scored[result.run_id] = (*_from_disk(result.run_dir, bad_files, result.rows),
+                                         False)
             continue
         files, groups = [], []
         for result in members:
@@ -145,8 +160,10 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
                 files.append(str(f))
                 groups.append(result.run_id)
         _ensure_ray()
-        columns = score_dataset(images_dataset(files, groups, bad_files), plan.only(list(parts)),
-                                spec.actors, spec.batch_size, spec.gpus_per_actor)
+        keep = {result.run_id: result.rows.select for result in members}
+        columns = score_dataset(images_dataset(files, groups, bad_files, keep),
+                                plan.only(list(parts)), spec.actors, spec.batch_size,
+                                spec.gpus_per_actor)
         for result in members:
             scored[result.run_id] = (*run_scores(result.run_id, columns, parts), True)
 
@@ -166,10 +183,14 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
         attach_categories(scores.columns, categories[0])
         ctx = Context(spec, shared.references, warnings=list(shared.warnings))
         ctx.memo["category_reason"] = categories[1]
-        ctx.warnings += _unreadable_warnings(result, bad_files)
+        ctx.warnings += row_notes[result.run_id] + _unreadable_warnings(result, bad_files)
         stats, result.missing = statistics(scores, ctx, spec.metrics, skipped)
         counts = scores.counts(spec.bootstrap.resamples, spec.bootstrap.seed)
-        result.metrics = with_intervals(stats, counts, spec.bootstrap.level)
+        zero_width: dict[str, str] = {}
+        result.metrics = with_intervals(stats, counts, spec.bootstrap.level, zero_width)
+        for why in dict.fromkeys(zero_width.values()):
+            keys = ", ".join(k for k, w in zero_width.items() if w == why)
+            ctx.warnings.append(f"{result.run_id}: the interval of {keys} has zero width: {why}")
         result.warnings = list(ctx.warnings)
         for name, reason in result.missing.items():
             log.warning("%s: %s missing: %s", result.run_id, name, reason)
@@ -186,7 +207,7 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
 def _needed(result: RunResult, plan: ScorePlan, protocols: dict[str, dict[str, Any]],
             cached: dict[str, dict[str, np.ndarray]]) -> tuple[Part, ...]:
     """The parts a run still needs; features found in its cache go into `cached`."""
-    hashes = image_hashes(result.run_dir)
+    hashes = image_hashes(result.run_dir, result.rows)
     need = []
     for part in plan.keys():
         if part.scorer == FEATURES:
@@ -198,12 +219,14 @@ def _needed(result: RunResult, plan: ScorePlan, protocols: dict[str, dict[str, A
     return tuple(need)
 
 
-def _from_disk(run_dir: Location, bad_files: list[tuple[str, str]]
+def _from_disk(run_dir: Location, bad_files: list[tuple[str, str]], rows: SpecRows
                ) -> tuple[RunScores, dict[str, str]]:
     """A run's rows without reading images (all its features are cached): identity and request
-    columns from the image files, less the rows the last evaluation left out as unreadable."""
+    columns of the spec's rows from the image files, less the rows the last evaluation left out
+    as unreadable."""
     skipped = left_out(run_dir)
-    columns = read_rows(run_dir, skipped, bad_files) or {"row_id": np.array([], dtype=object)}
+    columns = (read_rows(run_dir, skipped, bad_files, rows)
+               or {"row_id": np.array([], dtype=object)})
     return RunScores(run_dir.name, columns), skipped
 
 

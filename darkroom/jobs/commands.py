@@ -110,8 +110,23 @@ def _run(args: argparse.Namespace) -> int:
 
     # the workers read and check the prompt file whole; here only its first rows
     spec = load(args.job, args.overrides, deep=False)
-    run_job(spec, dry_run=args.dry_run, evaluate=not args.no_eval)
+    result = run_job(spec, dry_run=args.dry_run, evaluate=not args.no_eval)
+    if result.metrics:
+        _print_evaluation(result.metrics, spec.tracking.experiment or spec.name,
+                          spec.tracking.uri)
     return 0
+
+
+def _print_evaluation(results: list[dict], experiment: str, uri: str | None) -> None:
+    """The evaluation's ranked table, missing metrics and warnings, as `darkroom compare`
+    shows them; the job is done either way, so a store that cannot be read back is a note."""
+    from darkroom.evals.reporting.compare import evaluation_report
+
+    try:
+        print(evaluation_report(results, experiment, uri))
+    except Exception as err:  # the metrics are logged; only showing them failed
+        print(f"note: the evaluation is logged, but reading it back from MLflow failed "
+              f"({type(err).__name__}: {err}); see `darkroom compare --experiment {experiment}`")
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -180,15 +180,24 @@ def format_gate(result: GateResult) -> str:
              f"images compared: {result.images}; PSNR mean {result.psnr_mean:.2f} dB, min "
              f"{result.psnr_min:.2f}; SSIM mean {result.ssim_mean:.4f}, min {result.ssim_min:.4f}"]
     for key, change in result.metrics.items():
-        ci = change.get("baseline_ci")
-        inside = "" if ci is None else (
-            f"  baseline 95% interval [{ci[0]:.4g}, {ci[1]:.4g}]: candidate "
-            f"{'inside' if ci[0] <= change['candidate'] <= ci[1] else 'outside'}")
         lines.append(f"  {key:<20} {change['baseline']:>12.4g} -> {change['candidate']:<12.4g} "
-                     f"({change['delta']:+.4g}){inside}")
+                     f"({change['delta']:+.4g}){_against_interval(change)}")
     lines.append("gate: FAILED\n  " + "\n  ".join(result.failures) if result.failures
                  else "gate: passed")
     return "\n".join(lines)
+
+
+def _against_interval(change: dict[str, Any]) -> str:
+    """Where the candidate falls in the baseline's interval; an interval of zero width (the
+    resamples could not vary) judges nothing, and says so."""
+    ci = change.get("baseline_ci")
+    if ci is None:
+        return ""
+    if ci[0] == ci[1]:
+        return (f"  baseline 95% interval of zero width at {ci[0]:.4g}: it cannot judge the "
+                "change (the run's warnings say why)")
+    where = "inside" if ci[0] <= change["candidate"] <= ci[1] else "outside"
+    return f"  baseline 95% interval [{ci[0]:.4g}, {ci[1]:.4g}]: candidate {where}"
 
 
 def _log_to_mlflow(spec: JobSpec, result: GateResult, gate: GateSpec) -> None:

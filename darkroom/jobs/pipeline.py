@@ -92,7 +92,8 @@ def run_job(spec: JobSpec, *, dry_run: bool = False, evaluate: bool = True,
         #    pass: the rows still missing, and no done row whose inputs changed. A refused
         #    spec leaves the folder (job.yaml included) as it was.
         states = resume.scan(job_dir, [r.run_id for r in runs], spec.storage_options, log)
-        rows, missing = _check(spec, runs, prompts, states)
+        rows, missing, made = _check(spec, runs, prompts, states)
+        _count_spec_rows(states, rows, missing, made)
         output.write_job_files(job_dir, spec.dump(),
                                [run_info(spec, r, prompts.count) for r in runs])
         total = sum(rows.values())
@@ -158,12 +159,13 @@ def _done(states: dict[str, resume.RunState], runs: list[Run]) -> list[Any]:
     return [ref for run in runs for ref in states[run.run_id].done]
 
 
-def _check(spec: JobSpec, runs: list[Run], prompts: Prompts,
-           states: dict[str, resume.RunState]) -> tuple[dict[str, int], dict[str, int]]:
-    """The check pass on the workers: per run, its rows and how many are missing; a done row
-    whose inputs changed is refused (exit code 2)."""
+def _check(spec: JobSpec, runs: list[Run], prompts: Prompts, states: dict[str, resume.RunState]
+           ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """The check pass on the workers: per run, its rows, how many are missing and how many are
+    already images; a done row whose inputs changed is refused (exit code 2)."""
     rows: dict[str, int] = defaultdict(int)
     missing: dict[str, int] = defaultdict(int)
+    made: dict[str, int] = defaultdict(int)
     for model_runs in _by_model(spec, runs).values():
         if not _done(states, model_runs):  # nothing written yet: every row is missing
             for run in model_runs:
@@ -180,7 +182,22 @@ def _check(spec: JobSpec, runs: list[Run], prompts: Prompts,
                     raise UserError(row["problem"])
                 rows[row["run_id"]] += row["rows"]
                 missing[row["run_id"]] += row["missing"]
-    return rows, missing
+                made[row["run_id"]] += row["done_images"]
+    return rows, missing, made
+
+
+def _count_spec_rows(states: dict[str, resume.RunState], rows: dict[str, int],
+                     missing: dict[str, int], made: dict[str, int]) -> None:
+    """Count only the rows the spec asks for (summary, timing.json, error budget): a folder can
+    hold more, made before the job was narrowed (a lower `limit` or `images_per_prompt`). Their
+    actor seconds are taken at the run's mean per image."""
+    for run_id, state in states.items():
+        done = rows[run_id] - missing[run_id]
+        if state.images + state.errors <= done:
+            continue
+        images = made[run_id]
+        state.seconds = state.seconds * images / state.images if state.images else 0.0
+        state.images, state.errors = images, done - images
 
 
 def _generate_all(spec: JobSpec, runs: list[Run], prompts: Prompts,

@@ -11,15 +11,16 @@ import pyarrow as pa
 
 from darkroom.jobs import output, resume
 from darkroom.jobs.plan import expand_prompts
-from darkroom.platform.data import storage
+from darkroom.platform.data import layout, storage
 from darkroom.platform.data.records import IMAGE_SCHEMA
 from darkroom.platform.errors import UserError
 
 # What the ImageGenerator returns: the image columns, and `error` (null unless the row failed).
 OUTPUT_SCHEMA = IMAGE_SCHEMA.append(pa.field("error", pa.string()))
-# What the check pass returns per block of prompts.
+# What the check pass returns per block of prompts (`done_images`: rows already made as images).
 CHECK_SCHEMA = pa.schema([("run_id", pa.string()), ("rows", pa.int64()),
-                          ("missing", pa.int64()), ("problem", pa.string())])
+                          ("missing", pa.int64()), ("done_images", pa.int64()),
+                          ("problem", pa.string())])
 
 
 def expand_missing(prompts: pa.Table, plan: dict[str, Any], done: list[Any]) -> pa.Table:
@@ -38,12 +39,16 @@ def check_block(prompts: pa.Table, plan: dict[str, Any], done: list[Any]) -> pa.
     done_table = resume.done_rows(done)
     missing, already = resume.split_done(requests, done_table)
     problem = resume.input_problem(already, done_table)
+    images = done_table.filter(pc.equal(done_table.column("kind"), layout.IMAGES)).column("row_id")
+    made = already.filter(pc.is_in(already.column("row_id"), value_set=images))
     out = []
     for run in plan["runs"]:
         run_id = run["run_id"]
         rows = pc.sum(pc.equal(requests.column("run_id"), run_id)).as_py() or 0
         left = pc.sum(pc.equal(missing.column("run_id"), run_id)).as_py() or 0
-        out.append({"run_id": run_id, "rows": rows, "missing": left, "problem": problem})
+        done = pc.sum(pc.equal(made.column("run_id"), run_id)).as_py() or 0
+        out.append({"run_id": run_id, "rows": rows, "missing": left, "done_images": done,
+                    "problem": problem})
         problem = None  # reported once per block
     return pa.Table.from_pylist(out, schema=CHECK_SCHEMA)
 

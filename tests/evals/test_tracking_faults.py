@@ -111,3 +111,40 @@ def test_metrics_computed_before_the_store_went_away_are_logged_later(sd_job, tm
     finally:
         os.killpg(server.pid, signal.SIGCONT)
         os.killpg(server.pid, signal.SIGTERM)
+
+
+def test_a_store_killed_mid_way_fails_the_evaluation_in_seconds(sd_job, tmp_path):
+    """With MLflow's own retry settings (7 retries, about four minutes of backoff for a refused
+    connection), a server killed while the images are scored fails `darkroom eval` in seconds,
+    with exit code 1, the metrics kept and the way to log them named."""
+    job_dir = tmp_path / "smoke"
+    shutil.copytree(sd_job, job_dir)
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_server(f"sqlite:///{tmp_path}/mlflow.db", port, tmp_path)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_", "MLFLOW_HTTP_REQUEST_"))}
+    try:
+        evaluation = subprocess.Popen(eval_command(job_dir, uri), env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in evaluation.stdout:  # the store answered the check; scoring has begun
+            lines.append(line)
+            if "Started a local Ray instance" in line:
+                os.killpg(server.pid, signal.SIGKILL)  # the store is gone for good
+                killed = time.monotonic()
+                break
+        rest, _ = evaluation.communicate(timeout=600)
+        output = "".join(lines) + rest
+        assert evaluation.returncode == 1, output[-3000:]
+        assert time.monotonic() - killed < 120, output[-3000:]  # scoring included; not minutes
+        assert "MLflow (" in output and "failed while the metrics were logged" in output
+        assert f"kept in {job_dir / 'eval_pending.json'}" in output
+        assert "Traceback" not in output
+        pending = json.loads((job_dir / "eval_pending.json").read_text())
+        assert all("nsfw_rate" in r["metrics"] for r in pending["results"])
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -9,7 +9,10 @@ prompts come in classes or categories (a prompt set built with so many prompts p
 are resampled within each (the stratified bootstrap, ibid. section 3.2.2), so a resample keeps
 the set's balance: corpus metrics react strongly to how many images each class has, and a
 resample that changed it would widen the interval with a variation the prompt set, by design,
-does not have.
+does not have. A class with a single prompt (`prompts.classes` makes one prompt per class) has
+no prompts to draw from: its images are drawn instead, one by one, as the second stage of a
+two-stage bootstrap does (ibid. section 3.8); its images differ only in their seeds, so there
+the interval counts the seeds as the sample and the prompt as fixed.
 
 The interval is the percentile interval (Efron & Tibshirani 1993, chapter 13) of the resampled
 values. For statistics that drift under resampling it is shifted so that the resampled values'
@@ -42,24 +45,27 @@ def resample_counts(groups: np.ndarray, resamples: int, seed: int,
     Rows with the same group (prompt) are drawn together: the groups are drawn with replacement,
     as many as there are, and each row takes its group's count. With `strata` (one per row, the
     same for all rows of a group), the groups of each stratum are drawn from that stratum only,
-    as many as it has. With one row per group this is the ordinary bootstrap over rows.
+    as many as it has. A stratum (or, without strata, a run) of a single group has its rows drawn
+    instead, as many as it has. With one row per group this is the ordinary bootstrap over rows.
     """
     groups = np.asarray(groups).astype(str)
     if resamples < 1 or len(groups) == 0:
         return np.zeros((0, len(groups)), np.int64)
     _, inverse = np.unique(groups, return_inverse=True)
-    count = int(inverse.max()) + 1
-    layer = np.zeros(count, dtype=np.int64)  # the stratum of each group
+    layer = np.zeros(len(groups), dtype=np.int64)  # the stratum of each row
     if strata is not None:
-        _, codes = np.unique(np.asarray(strata).astype(str), return_inverse=True)
-        layer[inverse] = codes
+        _, layer = np.unique(np.asarray(strata).astype(str), return_inverse=True)
     rng = np.random.default_rng(seed)
-    drawn = np.zeros((resamples, count), dtype=np.int64)
+    counts = np.zeros((resamples, len(groups)), dtype=np.int64)
     for stratum in np.unique(layer):
-        members = np.flatnonzero(layer == stratum)
-        drawn[:, members] = rng.multinomial(len(members), np.full(len(members), 1 / len(members)),
-                                            size=resamples)
-    return drawn[:, inverse]
+        rows = np.flatnonzero(layer == stratum)
+        members, unit = np.unique(inverse[rows], return_inverse=True)
+        if len(members) == 1:  # one prompt: nothing to draw but its images
+            unit = np.arange(len(rows))
+        size = int(unit.max()) + 1
+        drawn = rng.multinomial(size, np.full(size, 1 / size), size=resamples)
+        counts[:, rows] = drawn[:, unit]
+    return counts
 
 
 @dataclass(frozen=True)
@@ -76,12 +82,15 @@ def interval(value: float, replicates: np.ndarray, level: float = 0.95,
              bounds: tuple[float, float] = (-np.inf, np.inf), shift: bool = False
              ) -> Interval | None:
     """The percentile interval of `replicates` (shifted onto `value` when `shift`: statistics
-    that drift under resampling), clipped to the metric's range (`bounds`); None when fewer than
-    10 resamples gave a finite value."""
+    that drift under resampling), clipped to the metric's range (`bounds`); [value, value] when
+    the replicates do not vary (round-off aside); None when fewer than 10 resamples gave a
+    finite value."""
     reps = np.asarray(replicates, dtype=np.float64)
     reps = reps[np.isfinite(reps)]
     if len(reps) < 10 or not np.isfinite(value):
         return None
+    if np.ptp(reps) <= 1e-9 * max(1.0, abs(value)):  # the resamples do not vary (round-off)
+        return Interval(float(value), float(value), level, len(reps))
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(reps, [tail, 1.0 - tail]) + (value - reps.mean() if shift else 0.0)
     low, high = max(low, bounds[0]), min(high, bounds[1])

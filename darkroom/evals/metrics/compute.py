@@ -48,22 +48,43 @@ def statistics(scores: RunScores, ctx: Context, names: list[str],
             missing[name] = reason
             continue
         try:
-            out.update(metric.compute(scores, ctx))
+            computed = metric.compute(scores, ctx)
         except Unavailable as err:
             missing[name] = str(err)
+            continue
+        bad = sorted(k for k, stat in computed.items() if not np.isfinite(stat.value))
+        if metric.key in bad or len(bad) == len(computed):
+            missing[name] = (f"its value came out {computed[bad[0]].value} (not a finite "
+                             "number); nothing is logged for it")
+            continue
+        if bad:
+            ctx.warnings.append(f"{scores.run_id}: {', '.join(bad)} came out non-finite and "
+                                "were left out")
+        out.update({k: v for k, v in computed.items() if k not in bad})
     return out, missing
 
 
-def with_intervals(stats: dict[str, Statistic], counts: np.ndarray,
-                   level: float) -> dict[str, float]:
+def with_intervals(stats: dict[str, Statistic], counts: np.ndarray, level: float,
+                   zero_width: dict[str, str] | None = None) -> dict[str, float]:
     """The values, and `<key>_ci_low` / `<key>_ci_high` for every key that can be resampled
-    (none when `counts` has no rows: bootstrap off)."""
+    (none when `counts` has no rows: bootstrap off). An interval of zero width is kept (it is
+    what the resamples say) and `zero_width` gets the key with the reason."""
     values: dict[str, float] = {}
     for key, stat in stats.items():
         values[key] = stat.value
         if stat.resample is None or not len(counts):
             continue
         ci = interval(stat.value, stat.resample(counts), level, stat.bounds, stat.drifts)
-        if ci is not None:
-            values[key + CI_LOW], values[key + CI_HIGH] = ci.low, ci.high
+        if ci is None:
+            continue
+        values[key + CI_LOW], values[key + CI_HIGH] = ci.low, ci.high
+        if ci.low == ci.high and zero_width is not None:
+            zero_width[key] = _why_zero_width(counts)
     return values
+
+
+def _why_zero_width(counts: np.ndarray) -> str:
+    if (counts == counts[0]).all():
+        return ("nothing to resample: every class (or the run) holds a single image, so every "
+                "resample draws the same images")
+    return "every resample gives the same value (the images all score alike)"

@@ -49,6 +49,10 @@ def generated_features(scores: RunScores, ctx: Context, extractor: str,
     features = np.asarray(scores.column(feature_column(extractor)), dtype=np.float64)
     if len(features) < 2:
         raise Unavailable(f"{metric} needs at least 2 images, this run has {len(features)}")
+    broken = int((~np.isfinite(features).reshape(len(features), -1).all(axis=1)).sum())
+    if broken:
+        raise Unavailable(f"{broken} image(s) have non-finite (NaN or infinite) {extractor} "
+                          "features; evaluate the run again, or check the extractor's weights")
     ref = ctx.reference(extractor)
     if features.shape[1] != ref.mu.shape[0]:
         raise Unavailable(f"feature sizes differ: {features.shape[1]} generated vs "

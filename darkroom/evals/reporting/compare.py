@@ -200,7 +200,8 @@ def _read_run(row: RunRow) -> RunData | str:
             return (f"its output folder {folder} is not on this machine"
                     if storage.is_local(where) else f"its output folder {folder} is not there")
         return load_run(row.display, where)
-    except (OSError, ValueError) as err:  # unreachable, no credentials, a bad URI or file
+    except (OSError, ValueError, TypeError, KeyError) as err:  # unreachable, no credentials,
+        # a bad URI, a damaged or edited file
         return f"its output folder {folder} cannot be read here ({type(err).__name__}: {err})"
 
 
@@ -245,6 +246,48 @@ def baseline_table(comparisons: list[Comparison], key: str) -> tuple[list[str], 
             body.append([c.run, name, "missing", "", reason, ""])
             verdicts.append("")
     return header, body, verdicts
+
+
+# -- after an evaluation -------------------------------------------------------------------------
+
+
+def ui_command(uri: str) -> str:
+    """How to open a tracking store in MLflow's UI (a server is its own UI)."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    if uri.startswith("sqlite:///"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).expanduser().resolve())
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def evaluation_report(results: list[dict], experiment: str, uri: str | None = None,
+                      shown_warnings: int = 10) -> str:
+    """What `darkroom run` prints after a job's evaluation: its runs ranked as `darkroom
+    compare` prints them (each value ± half its 95% interval), every missing metric with its
+    reason, the warnings, and how to open the runs in MLflow's UI."""
+    client = tracking.client(uri)
+    with tracking.bounded_requests():
+        ids = {r["mlflow_run_id"] for r in results}
+        rows = [r for r in load_runs(client, experiment) if r.run_id in ids]
+    if not rows:
+        return f"no evaluated run of experiment `{experiment}` found at {client.tracking_uri}"
+    key = pick_metric(rows, None)
+    names = {r.run_id: r.display for r in rows}
+    lines = [f"evaluation: {len(rows)} run(s) of experiment `{experiment}`, best {key} first",
+             format_table(*table_rows(rank(rows, key), key))]
+    missing: dict[tuple[str, str], list[str]] = {}
+    for result in results:
+        for name, reason in result["missing"].items():
+            missing.setdefault((name, reason), []).append(names.get(result["mlflow_run_id"], ""))
+    for (name, reason), runs in missing.items():
+        lines.append(f"missing: {name} in {len(runs)} run(s): {reason}")
+    warnings = list(dict.fromkeys(w for r in results for w in r["warnings"]))
+    lines += [f"warning: {w}" for w in warnings[:shown_warnings]]
+    if len(warnings) > shown_warnings:
+        lines.append(f"... {len(warnings) - shown_warnings} more warning(s) in the runs' "
+                     "`darkroom.warnings` tags")
+    lines.append(f"Open the runs in MLflow's UI:  {ui_command(client.tracking_uri)}")
+    return "\n".join(lines)
 
 
 # -- the command ----------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ import textwrap
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from darkroom.evals.outputs import SpecRows
 from darkroom.evals.results import SCORES_FILE
+from darkroom.evals.scorers.images import decode_checked
 from darkroom.platform.data import layout, storage
-from darkroom.platform.data.records import decode_png
 from darkroom.platform.data.storage import Location
 
 CELL = 96  # pixels per image: 16 px digits upscale 6x, 512 px images shrink
@@ -83,10 +84,14 @@ def flagged_rows(run_dir: Location) -> set[str]:
                               table.column("nsfw_flag").to_pylist(), strict=True) if f}
 
 
-def contact_sheet_png(run_dir: Location, count: int) -> bytes:
-    """`count` images spread over the run's prompts, captioned, as PNG bytes."""
-    columns = ["row_id", "prompt_id", "sample_idx", "image", "prompt", "class_label"]
+def contact_sheet_png(run_dir: Location, count: int, rows: SpecRows | None = None) -> bytes:
+    """`count` images spread over the run's prompts (those of `rows`, when given), captioned,
+    as PNG bytes."""
+    columns = ["row_id", "prompt_id", "sample_idx", "image", "prompt", "class_label", "width",
+               "height"]
     table = layout.read_table(run_dir / layout.IMAGES, columns=columns)
+    if table is not None and rows is not None:
+        table = rows.select(table)
     images, captions = [], []
     if table is not None and len(table):
         flagged = flagged_rows(run_dir)
@@ -99,7 +104,7 @@ def contact_sheet_png(run_dir: Location, count: int) -> bytes:
                 caption = f"withheld: {caption}"
             else:
                 try:
-                    image = decode_png(row["image"])
+                    image = decode_checked(row["image"], row["width"], row["height"])
                 except Exception:  # left out of the metrics; shown as a grey tile here
                     caption = f"unreadable: {caption}"
             images.append(image)

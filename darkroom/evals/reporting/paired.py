@@ -23,12 +23,14 @@ from darkroom.evals.metrics.base import Context, RunScores, feature_column
 from darkroom.evals.metrics.bootstrap import Difference, difference, resample_counts
 from darkroom.evals.metrics.compute import higher_is_better, statistics, with_intervals
 from darkroom.evals.metrics.distances import Stats
-from darkroom.evals.outputs import read_job_file, read_rows
+from darkroom.evals.outputs import image_hashes, read_job_file, read_rows, spec_rows
 from darkroom.evals.reference import load_npz
 from darkroom.evals.results import SCORES_FILE, left_out, read_record
 from darkroom.evals.spec import EvalSpec
 from darkroom.platform.data import layout, storage
+from darkroom.platform.data.runinfo import read_run_info
 from darkroom.platform.data.storage import Location
+from darkroom.platform.errors import UserError
 
 
 @dataclass
@@ -49,10 +51,20 @@ def load_run(name: str, folder: Location) -> RunData | str:
     be compared."""
     record = read_record(folder)
     if record is None:
-        return (f"{folder} has no eval record (scores/eval.json): evaluate it again with this "
-                "version (`darkroom eval`)")
-    spec = EvalSpec.model_validate(record["spec"])
-    columns = read_rows(folder, left_out(folder))
+        return (f"{folder} has no eval record (scores/eval.json is missing or not readable): "
+                "evaluate it again with this version (`darkroom eval`)")
+    try:
+        spec = EvalSpec.model_validate(record["spec"])
+    except ValueError as err:  # settings this version does not know
+        return (f"{folder}: the eval settings in scores/eval.json are not valid here "
+                f"({str(err).splitlines()[0][:200]}): evaluate it again (`darkroom eval`)")
+    try:
+        info = read_run_info(folder)
+    except UserError as err:
+        return str(err)
+    job_spec = read_job_file(folder.parent)
+    rows = spec_rows(folder, info, job_spec)[0]  # the rows its current spec asks for
+    columns = read_rows(folder, left_out(folder), rows=rows)
     if columns is None:
         return f"{folder} holds no readable image files"
     scores_file = folder / layout.SCORES / SCORES_FILE
@@ -65,8 +77,9 @@ def load_run(name: str, folder: Location) -> RunData | str:
                                             for r in columns["row_id"]], dtype=object)
     scores = RunScores(name, columns)
     data = RunData(name, scores, spec, {}, {})
+    hashes = image_hashes(folder, rows)
     for extractor, protocol in (record.get("protocols") or {}).items():
-        cache = read_features(folder, extractor, protocol)
+        cache = read_features(folder, extractor, protocol, hashes)
         aligned = None if cache is None else align(cache, columns["row_id"])
         info = (record.get("references") or {}).get(extractor) or {}
         path = Path(info.get("cache") or info.get("source") or "")
@@ -80,7 +93,7 @@ def load_run(name: str, folder: Location) -> RunData | str:
             scores.columns[feature_column(extractor)] = aligned.astype(np.float64)
             data.references[extractor] = load_npz(path)[0]
             data.identities[extractor] = f"{protocol}|{info.get('fingerprint') or path}"
-    attach_categories(columns, prompt_categories(read_job_file(folder.parent))[0])
+    attach_categories(columns, prompt_categories(job_spec)[0])
     return data
 
 

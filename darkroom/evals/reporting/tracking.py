@@ -44,29 +44,50 @@ def client(uri: str | None = None):
     return MlflowClient(tracking_uri=uri)
 
 
-def check_reachable(uri: str | None) -> str:
-    """Fail fast, before hours of scoring, when the tracking store cannot be reached: one quick
-    request with no retries (MLflow's default retries take minutes). Returns the store's URI."""
-    from darkroom.platform.errors import UserError
+# MLflow's own default retries a refused request 7 times with exponential backoff, about four
+# minutes before it gives up; a store that went away should fail the command in seconds. These
+# apply where the environment does not set MLflow's variables itself.
+RETRIES, TIMEOUT_S = 2, 30
+RETRIES_ENV, TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"
 
-    mlflow_client = client(uri)
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    saved = {k: os.environ.get(k) for k in quick}
-    os.environ.update(quick)
+
+@contextmanager
+def bounded_requests(retries: int = RETRIES, timeout_s: int = TIMEOUT_S,
+                     force: bool = False) -> Iterator[None]:
+    """MLflow HTTP requests in the body retry `retries` times and wait at most `timeout_s` for
+    an answer (unless the environment says otherwise and not `force`)."""
+    wanted = {RETRIES_ENV: str(retries), TIMEOUT_ENV: str(timeout_s)}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update({k: v for k, v in wanted.items() if force or saved[k] is None})
     try:
-        mlflow_client.search_experiments(max_results=1)
-    except Exception as err:  # any failure means the same fix
-        raise UserError(
-            f"cannot reach the MLflow tracking store {mlflow_client.tracking_uri} "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); start it, or give "
-            "another with --tracking-uri / `tracking.uri`"
-        ) from err
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+class TrackingFailed(RuntimeError):
+    """The tracking store stopped answering while results were logged (exit code 1)."""
+
+
+def check_reachable(uri: str | None) -> str:
+    """Fail fast, before hours of scoring, when the tracking store cannot be reached: one quick
+    request with no retries (MLflow's default retries take minutes). Returns the store's URI."""
+    from darkroom.platform.errors import UserError
+
+    mlflow_client = client(uri)
+    try:
+        with bounded_requests(0, 10, force=True):
+            mlflow_client.search_experiments(max_results=1)
+    except Exception as err:  # any failure means the same fix
+        raise UserError(
+            f"cannot reach the MLflow tracking store {mlflow_client.tracking_uri} "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); start it, or give "
+            "another with --tracking-uri / `tracking.uri`"
+        ) from err
     return mlflow_client.tracking_uri
 
 
@@ -210,7 +231,16 @@ def to_json(value: Any) -> str:
 
 def log_job(results: list[RunResult], protocol: dict, job_dir: Path, tracking_spec: TrackingSpec,
             *, experiment: str, job_spec: dict, eval_spec: EvalSpec) -> None:
-    """A parent run for this invocation (job folder + spec hash), a child run per result."""
+    """A parent run for this invocation (job folder + spec hash), a child run per result;
+    requests bounded (`bounded_requests`)."""
+    with bounded_requests():
+        _log_job(results, protocol, job_dir, tracking_spec, experiment=experiment,
+                 job_spec=job_spec, eval_spec=eval_spec)
+
+
+def _log_job(results: list[RunResult], protocol: dict, job_dir: Path,
+             tracking_spec: TrackingSpec, *, experiment: str, job_spec: dict,
+             eval_spec: EvalSpec) -> None:
     mlflow_client = client(tracking_spec.uri)
     exp = experiment_id(mlflow_client, tracking_spec.experiment or experiment)
     digest = spec_hash(job_spec)
@@ -256,7 +286,8 @@ def _log_run(mlflow_client, exp: str, parent: str, result: RunResult, protocol: 
         log_metrics(mlflow_client, run, metrics, result.missing, stale)
         mlflow_client.set_tag(run, "darkroom.warnings", "\n".join(result.warnings)[:5000] or "none")
         log_files(mlflow_client, run, {
-            "contact_sheet.png": contact_sheet_png(result.run_dir, eval_spec.contact_sheet),
+            "contact_sheet.png": contact_sheet_png(result.run_dir, eval_spec.contact_sheet,
+                                                   result.rows),
             "job_spec.json": to_json(job_spec),
             "run.json": to_json(info.dump()),
             "metrics.json": to_json({**result.summary(), "logged": metrics}),

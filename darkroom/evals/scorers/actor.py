@@ -7,7 +7,7 @@ back in an `error_<part>` column and the metrics that need it are recorded as mi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,8 +19,10 @@ from darkroom.evals.scorers.plan import ScorePlan
 from darkroom.evals.units import Part, PartFn, PlannedPart, error_column
 from darkroom.platform.errors import UserError
 
+Select = Callable[[pa.Table], pa.Table]  # the rows of a table that are wanted
 INPUT_COLUMNS = ["row_id", "image", "prompt", "class_label"]
 META_COLUMNS = ["prompt_id", "sample_idx", "seed"]  # passed through when the files have them
+SIZE_COLUMNS = ["width", "height"]  # what an image's header is checked against before decoding
 
 
 def build_part(planned: PlannedPart, device: str = "cpu") -> PartFn:
@@ -51,11 +53,12 @@ class ScoringActor:
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Decode a batch's images and run every part on them; unloadable parts as errors.
 
-        An image that does not decode does not sink the batch: a blank stand-in takes its
-        place in the parts (so every column keeps one value per row) and its `unreadable`
-        column gives the reason; the driver leaves such rows out of every metric.
+        An image that does not decode, or declares more pixels than its row's size, does not
+        sink the batch: a blank stand-in takes its place in the parts (so every column keeps one
+        value per row) and its `unreadable` column gives the reason; the driver leaves such rows
+        out of every metric.
         """
-        images, unreadable = decode_all(batch["image"])
+        images, unreadable = decode_all(batch["image"], batch.get("width"), batch.get("height"))
         out = {k: np.asarray(batch[k]) for k in ("row_id", "group", "prompt", "class_label",
                                                  *META_COLUMNS) if k in batch}
         out["unreadable"] = unreadable
@@ -91,8 +94,11 @@ def score_dataset(ds, plan: ScorePlan, actors: int = 1, batch_size: int = 32,
 
 
 def images_dataset(files: Sequence[str], groups: Sequence[str],
-                   skipped: list[tuple[str, str]] | None = None):
-    """A Ray dataset over image Parquet files (local paths or URIs); `group` names the file's run.
+                   skipped: list[tuple[str, str]] | None = None,
+                   keep: Mapping[str, Select] | None = None):
+    """A Ray dataset over image Parquet files (local paths or URIs); `group` names the file's run,
+    and `keep[group]` picks the rows of a table its spec asks for (`outputs.SpecRows.select`;
+    the others are not scored).
 
     The files are read by Ray tasks on the workers, from where they are (the driver gets a few
     bytes per file back; the images stay in the object store), and all of them are read before
@@ -107,7 +113,8 @@ def images_dataset(files: Sequence[str], groups: Sequence[str],
 
     read = ray.remote(read_image_files).options(num_returns=2)
     entries = list(zip(map(str, files), groups, strict=True))
-    pending = [read.remote(entries[i:i + FILES_PER_READ], storage.registered())
+    wanted = ray.put(dict(keep or {}))  # once, however many read tasks
+    pending = [read.remote(entries[i:i + FILES_PER_READ], storage.registered(), wanted)
                for i in range(0, len(entries), FILES_PER_READ)]
     tables = []
     for summary, table in pending:
@@ -121,27 +128,31 @@ def images_dataset(files: Sequence[str], groups: Sequence[str],
 FILES_PER_READ = 8
 
 
-def read_image_files(entries: Sequence[tuple[str, str]], options: dict | None
+def read_image_files(entries: Sequence[tuple[str, str]], options: dict | None,
+                     keep: Mapping[str, Select] | None = None
                      ) -> tuple[list[tuple[str, str | None]], pa.Table]:
-    """Ray task: (path, group) pairs -> ([(path, why unreadable or None)], their rows with a
-    `group` column)."""
+    """Ray task: (path, group) pairs -> ([(path, why unreadable or None)], their rows (those
+    `keep[group]` picks) with a `group` column)."""
     from darkroom.platform.data import storage
 
     storage.register(options)
     # files written before a column existed get it as nulls, so every block has one schema
     schema = pa.schema([("row_id", pa.string()), ("image", pa.binary()), ("prompt", pa.string()),
                         ("class_label", pa.int64()), ("prompt_id", pa.string()),
-                        ("sample_idx", pa.int64()), ("seed", pa.int64()), ("group", pa.string())])
+                        ("sample_idx", pa.int64()), ("seed", pa.int64()), ("width", pa.int64()),
+                        ("height", pa.int64()), ("group", pa.string())])
     summaries, tables = [], []
     for path, group in entries:
         try:
             table = storage.read_parquet(storage.location(path), verify=True)
-            table = table.select([c for c in INPUT_COLUMNS + META_COLUMNS
+            table = table.select([c for c in INPUT_COLUMNS + META_COLUMNS + SIZE_COLUMNS
                                   if c in table.column_names])
         except Exception as err:  # reported with the run; the other files are still scored
             summaries.append((path, f"{type(err).__name__}: {str(err)[:200]}"))
             continue
         summaries.append((path, None))
+        if keep and group in keep:
+            table = keep[group](table)
         table = table.append_column("group", pa.array([group] * len(table), pa.string()))
         for missing in (f for f in schema if f.name not in table.column_names):
             table = table.append_column(missing, pa.nulls(len(table), missing.type))

@@ -1,24 +1,58 @@
 """Images as the parts take them: decoded from PNG bytes (with a stand-in for those that fail),
-grouped by size, as float tensors, resized the clean-fid way."""
+grouped by size, as float tensors, resized the clean-fid way.
+
+Decoding costs memory by the size an image's header declares, not by its bytes: a 30 KB PNG can
+declare 9000 x 9000 pixels (243 MB decoded). The header is read first and an image larger than
+its row's recorded size (or, with none recorded, than `MAX_PIXELS`) is not decoded.
+"""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from darkroom.platform.data.records import decode_png
+MAX_PIXELS = 8192 * 8192  # the largest image a job can ask for (sides up to 8192)
 
 
-def decode_all(encoded: Sequence[Any]) -> tuple[list[np.ndarray], np.ndarray]:
-    """PNG bytes -> images, with a blank stand-in and a reason for each one that fails ("" for
-    the others: an all-None column would come back from Arrow as NaNs)."""
+def decode_checked(data: bytes, width: Any = None, height: Any = None) -> np.ndarray:
+    """PNG (or any PIL-readable) bytes -> uint8 HxWx3, refused before decoding when the header
+    declares more pixels than the row's `width` x `height` (when given) or `MAX_PIXELS`."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as pil:  # reads the header, not the pixels
+        w, h = pil.size
+        declared = _pixels(width, height)
+        budget = MAX_PIXELS if declared is None else min(declared, MAX_PIXELS)
+        if w * h > budget:
+            what = (f"its row's {int(width)} x {int(height)}" if declared is not None
+                    else f"the {MAX_PIXELS:,}-pixel cap")
+            raise ValueError(f"the image declares {w} x {h} pixels, more than {what}; it was "
+                             "not decoded")
+        return np.asarray(pil.convert("RGB"))
+
+
+def _pixels(width: Any, height: Any) -> int | None:
+    try:
+        w, h = int(width), int(height)
+    except (TypeError, ValueError):  # not recorded (None, NaN from Arrow)
+        return None
+    return w * h if w > 0 and h > 0 else None
+
+
+def decode_all(encoded: Sequence[Any], widths: Sequence[Any] | None = None,
+               heights: Sequence[Any] | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """PNG bytes -> images (each checked against its row's width and height, when given), with
+    a blank stand-in and a reason for each one that fails ("" for the others: an all-None
+    column would come back from Arrow as NaNs)."""
     images: list[np.ndarray | None] = []
     reasons = np.full(len(encoded), "", dtype=object)
     for i, data in enumerate(encoded):
         try:
-            images.append(decode_png(data))
+            images.append(decode_checked(data, None if widths is None else widths[i],
+                                         None if heights is None else heights[i]))
         except Exception as err:  # any undecodable image is that row's problem alone
             images.append(None)
             reasons[i] = f"undecodable image: {type(err).__name__}: {str(err)[:200]}"

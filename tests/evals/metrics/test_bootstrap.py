@@ -137,3 +137,47 @@ def test_verdicts_follow_the_direction_of_the_metric():
     same = difference(0.3, 0.0, reps, np.zeros(1000), higher_is_better=True)
     assert same.verdict == SAME and same.interval.low < 0 < same.interval.high
     assert verdict(None, True) == SAME
+
+
+def test_a_class_with_a_single_prompt_has_its_images_drawn():
+    """`prompts.classes` makes one prompt per class: there is no prompt to draw within a class,
+    so its images are drawn one by one, and every class keeps its size. A class with several
+    prompts still draws prompts with their images."""
+    prompts = np.repeat(np.arange(4), 5).astype(str)  # 4 classes, one prompt each, 5 images
+    counts = resample_counts(prompts, 300, seed=0, strata=np.repeat(np.arange(4), 5))
+    assert (counts.reshape(300, 4, 5).sum(axis=2) == 5).all()
+    assert len({tuple(row) for row in counts}) > 250  # the images vary, not the same draw
+
+    mixed = np.array(["a", "a", "a", "b", "b", "c", "c"])  # class 0: one prompt; class 1: two
+    counts = resample_counts(mixed, 200, seed=0, strata=np.array([0, 0, 0, 1, 1, 1, 1]))
+    assert (counts[:, 3] == counts[:, 4]).all() and (counts[:, 5] == counts[:, 6]).all()
+    assert (counts[:, 3] + counts[:, 5] == 2).all()
+    assert (counts[:, :3].sum(axis=1) == 3).all() and len({tuple(r) for r in counts[:, :3]}) > 5
+
+    one = resample_counts(np.zeros(6).astype(str), 100, seed=0)  # one prompt, no classes
+    assert (one.sum(axis=1) == 6).all() and len({tuple(row) for row in one}) > 50
+
+
+def test_one_prompt_per_class_gives_fid_an_interval_and_a_zero_width_one_says_why():
+    """FID of a run with one prompt per class (the shipped gate_digits job's shape) gets an
+    interval of real width; an interval that cannot vary is kept and the reason given."""
+    from darkroom.evals.metrics.compute import with_intervals
+    from darkroom.evals.metrics.corpus import frechet
+    from tests.evals.oracles import gaussian_features
+
+    classes = np.repeat(np.arange(5), 20)
+    x = gaussian_features(0, n=100, d=4) + classes[:, None]
+    ref = Stats.of(gaussian_features(1, n=300, d=4) + np.repeat(np.arange(5), 60)[:, None])
+    counts = resample_counts(classes.astype(str), 100, seed=0, strata=classes)
+    why: dict[str, str] = {}
+    values = with_intervals({"fid": frechet(x, ref, "cleanfid")}, counts, 0.95, why)
+    assert values["fid_ci_high"] - values["fid_ci_low"] > 0.01 and not why
+
+    rates = {"nsfw_rate": mean_statistic(np.zeros(100)), "score": mean_statistic(x[:, 0])}
+    values = with_intervals(rates, counts, 0.95, why)
+    assert values["nsfw_rate_ci_low"] == values["nsfw_rate_ci_high"] == 0.0  # kept as it is
+    assert set(why) == {"nsfw_rate"} and "every resample gives the same value" in why["nsfw_rate"]
+    single = resample_counts(np.arange(5).astype(str), 100, seed=0, strata=np.arange(5))
+    why = {}
+    with_intervals({"score": mean_statistic(np.arange(5.0))}, single, 0.95, why)
+    assert "nothing to resample" in why["score"]

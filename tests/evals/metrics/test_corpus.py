@@ -156,3 +156,26 @@ def test_per_category_fid_and_its_missing_reason():
     with pytest.raises(Unavailable, match="p.jsonl has no `category` column"):
         fid_per_category(RunScores("r", {"row_id": np.arange(3),
                                          "features.tiny": a[:3]}), ctx)
+
+
+def test_non_finite_features_or_values_are_missing_with_a_reason():
+    """NaN features (a damaged cache, a broken extractor) make their metrics missing with the
+    reason, never a NaN logged as a value; a value that comes out non-finite likewise."""
+    from darkroom.evals.metrics.compute import statistics
+
+    real, fake = gaussian_features(14, n=80, d=4), gaussian_features(15, n=60, d=4, shift=0.2)
+    ctx = Context(EvalSpec(feature_extractor="tiny", kid_subset_size=20),
+                  references={"tiny": Stats.of(real)})
+    broken = fake.copy()
+    broken[7, 2] = np.nan
+    scores = RunScores("r", {"row_id": np.arange(60), "features.tiny": broken})
+    stats, missing = statistics(scores, ctx, ["fid", "kid", "precision"])
+    assert not stats
+    for name in ("fid", "kid", "precision"):
+        assert "1 image(s) have non-finite (NaN or infinite) tiny features" in missing[name]
+
+    bad_reference = Stats(np.full(4, np.nan), np.eye(4), 80, real)
+    ctx = Context(EvalSpec(feature_extractor="tiny"), references={"tiny": bad_reference})
+    stats, missing = statistics(RunScores("r", {"row_id": np.arange(60),
+                                                "features.tiny": fake}), ctx, ["fid"])
+    assert "fid" not in stats and "not a finite number" in missing["fid"]

@@ -101,6 +101,33 @@ def test_compare_bad_input_exits_2(logged, capsys):
     assert "has no eval record" in capsys.readouterr().err
 
 
+def test_a_tampered_eval_record_is_a_note_not_a_failure(sd_job, tmp_path, capsys):
+    """`scores/eval.json` edited into a list, or with `protocols` a string: that run is not
+    compared, with a note, like any other unreadable run; the others are."""
+    job_dir = tmp_path / "smoke"
+    shutil.copytree(sd_job, job_dir)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    results = [RunResult(d.name, d, read_run_info(d), {}, count=18, metrics={"fid": 1.0 + i})
+               for i, d in enumerate(layout.run_dirs(job_dir))]
+    log_job(results, {}, job_dir, TrackingSpec(uri=uri), experiment="tampered",
+            job_spec={"name": "tampered"}, eval_spec=EvalSpec())
+    record = {"spec": EvalSpec(metrics=["clip_score"]).model_dump(mode="json"),
+              "protocols": {}, "references": {}}
+    damaged = {"run-ddim-1": record, "run-ddim-2": [record],
+               "run-euler-2": {**record, "protocols": "tiny"}}
+    for run, content in damaged.items():
+        (job_dir / run / layout.SCORES).mkdir(exist_ok=True)
+        (job_dir / run / layout.SCORES / "eval.json").write_text(json.dumps(content))
+    code = main(["compare", "--experiment", "tampered", "--baseline", "tiny:sd-ddim-s1-g5.0",
+                 "--tracking-uri", uri])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    notes = [line for line in out.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 2 and all("not compared" in n and "eval.json" in n for n in notes)
+    assert {n.split()[1].rstrip(":") for n in notes} == {"tiny:sd-ddim-s2-g5.0",
+                                                         "tiny:sd-euler-s2-g5.0"}
+
+
 # -- the report in a real browser ---------------------------------------------------------------
 
 
