@@ -44,9 +44,14 @@ def test_an_inpainting_sweep_and_an_instruction_edit_job(ray_session, tmp_path, 
                     "images_per_prompt": 2},
         "models": [{"model": "tiny:sd-inpaint", "keep_unmasked": True}],
         "sweep": {"sampler": ["ddim"], "steps": [4], "strength": [0.75, 1.0]},
+        "eval": {"metrics": ["edit_psnr", "edit_ssim"], "bootstrap": {"resamples": 50}},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
     }, base=tmp_path)
     result = run_job(inpaint)
     assert result.generated == 2 * 2 * 2 and result.failed == 0
+    for run in result.metrics:  # the unmasked pixels are the source's: PSNR at its cap
+        assert run["metrics"]["edit_psnr"] == 100.0, run
+        assert 0.5 < run["metrics"]["edit_ssim"] < 1.0 and not run["missing"], run
     job_dir = tmp_path / "out" / "inpaint"
     for run_dir in layout.run_dirs(job_dir):
         table = layout.read_table(run_dir / layout.IMAGES)

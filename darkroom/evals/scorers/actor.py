@@ -23,6 +23,8 @@ Select = Callable[[pa.Table], pa.Table]  # the rows of a table that are wanted
 INPUT_COLUMNS = ["row_id", "image", "prompt", "class_label"]
 META_COLUMNS = ["prompt_id", "sample_idx", "seed"]  # passed through when the files have them
 SIZE_COLUMNS = ["width", "height"]  # what an image's header is checked against before decoding
+# what some parts read of a row besides its image (edits: the source image and mask, JSON)
+PART_INPUTS = ["input_images"]
 
 
 def build_part(planned: PlannedPart, device: str = "cpu") -> PartFn:
@@ -140,13 +142,14 @@ def read_image_files(entries: Sequence[tuple[str, str]], options: dict | None,
     schema = pa.schema([("row_id", pa.string()), ("image", pa.binary()), ("prompt", pa.string()),
                         ("class_label", pa.int64()), ("prompt_id", pa.string()),
                         ("sample_idx", pa.int64()), ("seed", pa.int64()), ("width", pa.int64()),
-                        ("height", pa.int64()), ("group", pa.string())])
+                        ("height", pa.int64()), ("input_images", pa.string()),
+                        ("group", pa.string())])
     summaries, tables = [], []
     for path, group in entries:
         try:
             table = storage.read_parquet(storage.location(path), verify=True)
             table = table.select([c for c in INPUT_COLUMNS + META_COLUMNS + SIZE_COLUMNS
-                                  if c in table.column_names])
+                                  + PART_INPUTS if c in table.column_names])
         except Exception as err:  # reported with the run; the other files are still scored
             summaries.append((path, f"{type(err).__name__}: {str(err)[:200]}"))
             continue
