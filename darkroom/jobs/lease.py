@@ -15,9 +15,10 @@ invocation on another host took the folder) stops: its heartbeat finds another t
 the lease lost (`JobLease.check`), and its writers check the lease before each file
 (`check_held`), so it writes no file after it can know.
 
-On a local folder every change of the lease happens under an exclusive lock on `.lease.lock`
-beside it: of several invocations, one at a time creates it (O_EXCL), judges it, renames a stale
-one aside and creates its own, so of two takers exactly one holds it.
+On a local folder taking the lease and giving it back happen under an exclusive lock on
+`.lease.lock` beside it: of several invocations, one at a time creates it (O_EXCL), judges it,
+renames a stale one aside and creates its own, so of two takers exactly one holds it. (The
+heartbeat takes no lock: a holder stopped while it held one would keep every taker out.)
 
 On an object store there is neither a lock nor rename. The rule there: write the lease, wait
 `SETTLE_S`, read it back, and hold it only if it still carries our token (the store is strongly
@@ -148,25 +149,25 @@ class JobLease:
         while not self._stop.wait(heartbeat_seconds()):
             try:
                 holder = self._renew()
-            except (OSError, JobBusy):  # no answer, or the lock busy: try at the next beat
+            except OSError:  # a store that did not answer this time: try at the next beat
                 continue
             if holder is not True:
                 self.lost = _lost(self.path, holder)
                 return
 
     def _renew(self) -> dict[str, Any] | None | bool:
-        """True when the lease is still ours (its heartbeat renewed), else what holds it."""
-        if isinstance(self.path, Path):
-            with _locked(self.path):
-                holder = _read(self.path)
-                if holder is None or holder.get("token") != self.token:
-                    return holder
-                os.utime(self.path)
-                return True
+        """True when the lease is still ours (its heartbeat renewed), else what holds it.
+
+        No lock: a holder stopped while it held one would keep every taker out. Should a taker
+        replace the lease between the read and the renewal, the renewal freshens the taker's
+        lease, and the next beat finds it lost."""
         holder = _read(self.path)
         if holder is None or holder.get("token") != self.token:
             return holder
-        storage.write_text(self.path, json.dumps(self.holder))  # a new modification time
+        if isinstance(self.path, Path):
+            os.utime(self.path)
+        else:
+            storage.write_text(self.path, json.dumps(self.holder))  # a new modification time
         return True
 
 
