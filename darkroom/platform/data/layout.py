@@ -2,6 +2,7 @@
 
 OUTPUT/<job name>/job.yaml                 the resolved job spec of the latest invocation
 OUTPUT/<job name>/.lease                   held by the invocation writing the folder
+OUTPUT/<job name>/.lease.lock              local folders: locked while the lease changes hands
 OUTPUT/<job name>/<run_id>/run.json        the run's resolved settings (model, sampler, ...)
 OUTPUT/<job name>/<run_id>/images/*.parquet    image rows (records.IMAGE_SCHEMA)
 OUTPUT/<job name>/<run_id>/images/*.parquet.commit   one commit marker per finished data file

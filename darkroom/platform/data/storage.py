@@ -291,6 +291,7 @@ def check(value: str, options: dict[str, Any] | None = None) -> str | None:
 
 PREFLIGHT_RETRY_S = 10.0
 BUCKETS = {"s3", "gs", "gcs", "abfs", "abfss"}  # schemes whose first path part is a bucket
+NO_BUCKET = re.compile(r"NO_SUCH_BUCKET|RESOURCE_NOT_FOUND|[Bb]ucket .*not found")
 REFUSED = re.compile(r"ACCESS_DENIED|INVALID_ACCESS_KEY_ID|SIGNATURE_DOES_NOT_MATCH|"
                      r"HTTP status 40[13]|[Ff]orbidden|[Uu]nauthori[sz]ed")
 CREDENTIALS_HELP = {
@@ -326,6 +327,8 @@ def preflight(value: str, options: dict[str, Any] | None = None) -> str | None:
             return (f"the store refused this machine's credentials for {loc} ({text}); check "
                     f"{CREDENTIALS_HELP.get(loc.scheme, 'the credentials')}, and that they may "
                     "list and write the bucket")
+        if NO_BUCKET.search(text):  # e.g. asked for its region
+            return f"the bucket of {loc} does not exist ({text}): create it, or fix `output`"
         return f"cannot use {loc}: {text}"
 
 
