@@ -21,7 +21,7 @@ from darkroom.jobs.spec import (
     SweepSpec,
 )
 from darkroom.platform.config import Problem
-from darkroom.platform.data import storage
+from darkroom.platform.data import preflight, storage
 from darkroom.platform.errors import ModelLoadError, did_you_mean
 from darkroom.platform.families.conditioning import is_class_id
 from darkroom.platform.models.fit import Asked, fit_problems
@@ -81,7 +81,7 @@ def semantic_problems(data: dict[str, Any], spec: JobSpec | None,
 def _storage_problems(data: dict[str, Any], spec: JobSpec | None,
                       reach: bool = True) -> list[Problem]:
     """The output's scheme is known, its library installed, and the storage options fit; with
-    `reach`, the job's folder can be written there (`storage.preflight`), and its name fits."""
+    `reach`, the job's folder can be written there (`preflight`), and its name fits."""
     output = spec.output if spec else data.get("output")
     options = spec.storage_options if spec else data.get("storage_options")
     if not isinstance(output, str) or not isinstance(options, dict | None):
@@ -94,7 +94,7 @@ def _storage_problems(data: dict[str, Any], spec: JobSpec | None,
     problems = [] if name is None else _name_problems(output, name)
     if reach and not problems:
         job_dir = storage.location(output) / name if name else storage.location(output)
-        reason = storage.preflight(str(job_dir), options)
+        reason = preflight.output_problem(str(job_dir), options)
         if reason is not None:
             problems.append(Problem("output", reason, output))
     return problems

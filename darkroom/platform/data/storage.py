@@ -17,10 +17,9 @@ is one PUT there. Locally it is a write under a staging name and a rename, so te
 timing.json, commit markers) are never seen half written on either kind of store.
 
 A store answers errors that are about the moment, not the file (503 SlowDown, a dropped
-connection, an internal error): every operation on a remote location is tried again through those,
-with backoff, for `DARKROOM_STORE_RETRY_S` seconds (60 by default), and then fails with
-`StoreUnavailable`. Errors about the request (no such file or bucket, refused credentials) fail
-at once. `preflight` asks a store, without writing, whether a job could write there.
+connection, an internal error): every operation on a remote location is tried again through those
+(`retries`), and then fails with `StoreUnavailable`. Errors about the request (no such file or
+bucket, refused credentials) fail at once.
 """
 
 from __future__ import annotations
@@ -29,15 +28,16 @@ import functools
 import importlib
 import os
 import re
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
-T = TypeVar("T")
+# StoreUnavailable ends every operation here that the store kept failing: named from here too
+from darkroom.platform.data.retries import RETRY_ENV as RETRY_ENV
+from darkroom.platform.data.retries import StoreUnavailable as StoreUnavailable
+from darkroom.platform.data.retries import retrying
 
 URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # scheme -> (pyarrow module that must import, what to install when it does not)
@@ -53,11 +53,6 @@ PYARROW_SCHEMES = {
 
 class StorageError(ValueError):
     """A location that cannot be used: an unknown scheme, a missing library, bad options."""
-
-
-class StoreUnavailable(ConnectionError):
-    """A store kept answering errors that are not about the file (503 SlowDown, a dropped
-    connection) for longer than the retry budget; the operation changed nothing."""
 
 
 class UriPath:
@@ -190,6 +185,13 @@ def filesystem(loc: Location) -> tuple[Any, str]:
     return fs, _path_in(loc)
 
 
+def fresh_filesystem(loc: UriPath, options: dict[str, Any]) -> tuple[Any, str]:
+    """(filesystem, path) for a remote location built now, from these options and this
+    process's environment as they are (not the cached one every other call uses)."""
+    netloc = urlsplit(loc.uri).netloc
+    return _construct(loc.scheme, netloc, dict(options), resolve_region=True), _path_in(loc)
+
+
 def _path_in(loc: UriPath) -> str:
     """A remote location's path within its filesystem."""
     split = urlsplit(loc.uri)
@@ -287,169 +289,6 @@ def check(value: str, options: dict[str, Any] | None = None) -> str | None:
     return None
 
 
-# -- pre-flight -------------------------------------------------------------------------------
-
-PREFLIGHT_RETRY_S = 10.0
-BUCKETS = {"s3", "gs", "gcs", "abfs", "abfss"}  # schemes whose first path part is a bucket
-NO_BUCKET = re.compile(r"NO_SUCH_BUCKET|RESOURCE_NOT_FOUND|[Bb]ucket .*not found")
-REFUSED = re.compile(r"ACCESS_DENIED|INVALID_ACCESS_KEY_ID|SIGNATURE_DOES_NOT_MATCH|"
-                     r"HTTP status 40[13]|[Ff]orbidden|[Uu]nauthori[sz]ed")
-CREDENTIALS_HELP = {
-    "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile (AWS_PROFILE), or a role "
-          "(IRSA, an instance profile)",
-    "gs": "GOOGLE_APPLICATION_CREDENTIALS or the node's service account",
-    "gcs": "GOOGLE_APPLICATION_CREDENTIALS or the node's service account",
-    "abfs": "AZURE_STORAGE_ACCOUNT_KEY or the node's managed identity",
-    "abfss": "AZURE_STORAGE_ACCOUNT_KEY or the node's managed identity",
-}
-
-
-def preflight(value: str, options: dict[str, Any] | None = None) -> str | None:
-    """Why a job could not write under `value`, found without writing anything; None when it
-    can. Locally: the folder, or the part of its path that exists, is a folder this process may
-    write in. On a store: there are credentials, the bucket exists, the store accepts the
-    credentials for a listing, and `value` is not a file."""
-    loc = location(value)
-    if isinstance(loc, Path):
-        return _local_problem(loc)
-    find = CREDENTIALS.get(loc.scheme)
-    if find is not None and not find(options or {}):
-        return (f"no credentials for {loc}: set {CREDENTIALS_HELP[loc.scheme]} in the "
-                "environment of every machine that runs the job")
-    try:
-        return _retrying(loc, "checking", lambda: _store_problem(loc, options or {}),
-                         budget=min(retry_seconds(), PREFLIGHT_RETRY_S))
-    except StoreUnavailable as err:
-        return f"cannot reach the store of {loc}: {err}"
-    except OSError as err:
-        text = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if REFUSED.search(text):
-            return (f"the store refused this machine's credentials for {loc} ({text}); check "
-                    f"{CREDENTIALS_HELP.get(loc.scheme, 'the credentials')}, and that they may "
-                    "list and write the bucket")
-        if NO_BUCKET.search(text):  # e.g. asked for its region
-            return f"the bucket of {loc} does not exist ({text}): create it, or fix `output`"
-        return f"cannot use {loc}: {text}"
-
-
-def _local_problem(path: Path) -> str | None:
-    there = path.absolute()
-    while not there.exists() and there.parent != there:
-        there = there.parent  # the part of the path that exists: created by the job
-    if not there.is_dir():
-        return f"{there} is a file, not a folder: give `output` a folder"
-    if not os.access(there, os.W_OK | os.X_OK):
-        return f"this process may not write in {there}: give `output` a folder it may write in"
-    return None
-
-
-def _store_problem(loc: UriPath, options: dict[str, Any]) -> str | None:
-    from pyarrow.fs import FileSelector, FileType
-
-    # a filesystem of its own: this process's credentials and these options as they are now
-    fs = _construct(loc.scheme, urlsplit(loc.uri).netloc, dict(options), resolve_region=True)
-    path = _path_in(loc)
-    fs.get_file_info(FileSelector(path, allow_not_found=True))  # the store's word on credentials
-    bucket = path.split("/", 1)[0]
-    if loc.scheme in BUCKETS and fs.get_file_info(bucket).type == FileType.NotFound:
-        return f"the bucket `{bucket}` of {loc} does not exist: create it, or fix `output`"
-    if "/" in path and fs.get_file_info(path).type == FileType.File:
-        return f"{loc} is a file, not a folder: give `output` a folder"
-    return None
-
-
-def _s3_credentials(options: dict[str, Any]) -> bool:
-    """Whether this process has S3 credentials where the AWS SDK looks for them (no request,
-    except a short one to an instance's metadata service when nothing else is there)."""
-    env = os.environ
-    if {"access_key", "anonymous", "role_arn"} & set(options):
-        return True
-    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-        return True
-    if any(env.get(name) for name in ("AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
-                                      "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                                      "AWS_CONTAINER_CREDENTIALS_FULL_URI")):
-        return True
-    files = (env.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials",
-             env.get("AWS_CONFIG_FILE") or "~/.aws/config")
-    if any(Path(name).expanduser().is_file() for name in files):
-        return True
-    return _instance_metadata()
-
-
-def _instance_metadata() -> bool:
-    """Whether an EC2 instance metadata service answers (an instance profile's credentials)."""
-    import urllib.request
-
-    if env_flag := os.environ.get("AWS_EC2_METADATA_DISABLED"):
-        if env_flag.lower() == "true":
-            return False
-    request = urllib.request.Request(
-        "http://169.254.169.254/latest/api/token", method="PUT",
-        headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
-    try:
-        urllib.request.urlopen(request, timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-# scheme -> whether credentials are there (schemes not named: the store's answer tells)
-CREDENTIALS: dict[str, Callable[[dict[str, Any]], bool]] = {"s3": _s3_credentials}
-
-
-# -- retries ----------------------------------------------------------------------------------
-
-RETRY_ENV = "DARKROOM_STORE_RETRY_S"
-RETRY_S = 60.0
-# What a store says when retrying cannot help: the request itself is wrong (pyarrow's S3 error
-# names, HTTP 4xx but 408 and 429), or the bytes are (a page checksum read straight from it).
-PERMANENT = re.compile(
-    r"ACCESS_DENIED|INVALID_ACCESS_KEY_ID|SIGNATURE_DOES_NOT_MATCH|NO_SUCH_BUCKET|NO_SUCH_KEY|"
-    r"RESOURCE_NOT_FOUND|HTTP status 4(?!08|29)\d\d|page integrity|CRC checksum")
-_NOT_TRANSIENT = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-                  PermissionError, StoreUnavailable)
-
-
-def transient(err: BaseException) -> bool:
-    """Whether a store's error may pass by itself (a slow-down, a dropped connection)."""
-    if not isinstance(err, OSError) or isinstance(err, _NOT_TRANSIENT):
-        return False
-    return not PERMANENT.search(str(err))
-
-
-def retry_seconds() -> float:
-    """How long an operation on a remote location is retried ($DARKROOM_STORE_RETRY_S)."""
-    try:
-        return max(0.0, float(os.environ.get(RETRY_ENV) or RETRY_S))
-    except ValueError:
-        return RETRY_S
-
-
-def _retrying(loc: Location, what: str, attempt: Callable[[], T],
-              budget: float | None = None) -> T:
-    """`attempt()`, tried again with backoff while a remote store answers transient errors."""
-    if isinstance(loc, Path):
-        return attempt()
-    budget = retry_seconds() if budget is None else budget
-    deadline = time.monotonic() + budget
-    delay = 0.1
-    while True:
-        try:
-            return attempt()
-        except OSError as err:
-            if not transient(err):
-                raise
-            if time.monotonic() + delay > deadline:
-                last = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
-                raise StoreUnavailable(
-                    f"{what} {loc}: the store kept failing for {budget:.0f} s with errors that "
-                    f"are not about the file (last: {last}); run again when it answers "
-                    f"(${RETRY_ENV} sets how long to retry)") from None
-        time.sleep(delay)
-        delay = min(delay * 2, 5.0)
-
-
 # -- files ------------------------------------------------------------------------------------
 
 
@@ -470,7 +309,7 @@ def exists(loc: Location) -> bool:
     from pyarrow.fs import FileType
 
     fs, path = filesystem(loc)
-    return _retrying(loc, "looking for", lambda: fs.get_file_info(path).type) != FileType.NotFound
+    return retrying(loc, "looking for", lambda: fs.get_file_info(path).type) != FileType.NotFound
 
 
 def is_file(loc: Location) -> bool:
@@ -480,7 +319,7 @@ def is_file(loc: Location) -> bool:
     from pyarrow.fs import FileType
 
     fs, path = filesystem(loc)
-    return _retrying(loc, "looking for", lambda: fs.get_file_info(path).type) == FileType.File
+    return retrying(loc, "looking for", lambda: fs.get_file_info(path).type) == FileType.File
 
 
 def info(loc: Location) -> Entry | None:
@@ -488,7 +327,7 @@ def info(loc: Location) -> Entry | None:
     from pyarrow.fs import FileType
 
     fs, path = filesystem(loc)
-    found = _retrying(loc, "looking for", lambda: fs.get_file_info(path))
+    found = retrying(loc, "looking for", lambda: fs.get_file_info(path))
     if found.type == FileType.NotFound:
         return None
     mtime = found.mtime.timestamp() if found.mtime is not None else None
@@ -502,7 +341,7 @@ def list_dir(loc: Location) -> list[Entry]:
     fs, path = filesystem(loc)
     selector = FileSelector(path, allow_not_found=True, recursive=False)
     try:
-        found = _retrying(loc, "listing", lambda: fs.get_file_info(selector))
+        found = retrying(loc, "listing", lambda: fs.get_file_info(selector))
     except (FileNotFoundError, NotADirectoryError):
         return []
     entries = []
@@ -523,7 +362,7 @@ def read_bytes(loc: Location) -> bytes:
         with fs.open_input_stream(path) as stream:
             return stream.read()
 
-    return _retrying(loc, "reading", read)
+    return retrying(loc, "reading", read)
 
 
 def read_text(loc: Location) -> str:
@@ -546,7 +385,7 @@ def write_bytes(loc: Location, data: bytes) -> None:
         with fs.open_output_stream(path) as stream:
             stream.write(data)
 
-    _retrying(loc, "writing", write)
+    retrying(loc, "writing", write)
 
 
 def write_text(loc: Location, text: str) -> None:
@@ -564,7 +403,7 @@ def delete(loc: Location) -> bool:
         return True
     fs, path = filesystem(loc)
     try:
-        _retrying(loc, "deleting", lambda: fs.delete_file(path))
+        retrying(loc, "deleting", lambda: fs.delete_file(path))
     except FileNotFoundError:
         return False
     return True
@@ -576,7 +415,7 @@ def move(src: Location, dst: Location) -> None:
         os.replace(src, dst)
         return
     fs, path = filesystem(src)
-    _retrying(src, "moving", lambda: fs.move(path, filesystem(dst)[1]))
+    retrying(src, "moving", lambda: fs.move(path, filesystem(dst)[1]))
 
 
 def makedirs(loc: Location) -> None:
@@ -592,7 +431,7 @@ def write_parquet(table: Any, loc: Location) -> None:
     fs, path = filesystem(loc)
     if isinstance(loc, Path):
         loc.parent.mkdir(parents=True, exist_ok=True)
-    _retrying(loc, "writing", lambda: pq.write_table(table, path, filesystem=fs,
+    retrying(loc, "writing", lambda: pq.write_table(table, path, filesystem=fs,
                                                      write_page_checksum=True))
 
 
@@ -601,5 +440,5 @@ def read_parquet(loc: Location, columns: list[str] | None = None, verify: bool =
     import pyarrow.parquet as pq
 
     fs, path = filesystem(loc)
-    return _retrying(loc, "reading", lambda: pq.read_table(
+    return retrying(loc, "reading", lambda: pq.read_table(
         path, filesystem=fs, columns=columns, page_checksum_verification=verify))
