@@ -128,28 +128,28 @@ def test_a_lease_that_is_not_one_is_reported_as_such(tmp_path):
 # -- a real driver, stopped ----------------------------------------------------------------------
 
 
-def driver_env(stale_s: float) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env[lease_module.STALE_ENV] = str(stale_s)
-    return env
+def driver_env(stale_s: float, ray_address: str) -> dict:
+    """A driver's environment: the test session's Ray (no start-up per driver), a short stale
+    interval."""
+    return {**os.environ, "RAY_ADDRESS": ray_address, lease_module.STALE_ENV: str(stale_s)}
 
 
 def committed(job_dir: Path) -> set[Path]:
     return {f for run in layout.run_dirs(job_dir) for f in layout.parquet_files(run / "images")}
 
 
-@pytest.mark.ray
 @pytest.mark.slow
-def test_a_stopped_driver_keeps_its_lease_and_one_taken_over_stops(tmp_path, helpers,
-                                                                   monkeypatch):
+def test_a_stopped_driver_keeps_its_lease_and_one_taken_over_stops(ray_session, tmp_path,
+                                                                   helpers, monkeypatch):
     stale_s = 2.0
+    env = driver_env(stale_s, ray_session.get_runtime_context().gcs_address)
 
     def stopped_driver(name: str) -> tuple[subprocess.Popen, list[str], Path]:
         helpers.fault_job(tmp_path, name, prompts=12)
         command = [sys.executable, "-m", "darkroom", "run", str(tmp_path / "job.yaml")]
         job_dir = tmp_path / "out" / name
         log = tmp_path / f"{name}.log"
-        driver = subprocess.Popen(command, env=driver_env(stale_s), stdout=log.open("w"),
+        driver = subprocess.Popen(command, env=env, stdout=log.open("w"),
                                   stderr=subprocess.STDOUT)
         helpers.wait_for(lambda: committed(job_dir) or driver.poll() is not None, 300,
                          "the driver's first file")
@@ -161,8 +161,7 @@ def test_a_stopped_driver_keeps_its_lease_and_one_taken_over_stops(tmp_path, hel
     # 1. On its own host a stopped holder is alive: a second run is refused, the first goes on.
     first, command, job_dir = stopped_driver("stopped")
     try:
-        second = subprocess.run(command, env=driver_env(stale_s), capture_output=True,
-                                text=True, timeout=300)
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     finally:
         first.send_signal(signal.SIGCONT)
     assert second.returncode == 1, second.stdout[-2000:] + second.stderr[-2000:]
