@@ -110,11 +110,12 @@ def stop_leftovers(root: Path, timeout: float = 20.0) -> list[int]:
 @contextlib.contextmanager
 def clusters():
     """A starter of real local clusters with `ray start` (head + `workers` worker nodes, one CPU
-    each, token auth, dashboard on DASHBOARD_PORT) that returns (temp root, token file). On exit
-    every process of every cluster it started is stopped, and it fails if any survive."""
+    each, `head_cpus` for the head, token auth, dashboard on DASHBOARD_PORT) that returns (temp
+    root, token file). On exit every process of every cluster it started is stopped, and it
+    fails if any survive."""
     started: list[tuple[Path, list[subprocess.Popen]]] = []
 
-    def start(workers: int = 0) -> tuple[Path, Path]:
+    def start(workers: int = 0, head_cpus: int = 1) -> tuple[Path, Path]:
         root = Path(tempfile.mkdtemp(prefix="drc-", dir="/tmp"))  # short: Ray's socket paths
         token = root / "token"
         token.write_text(secrets.token_hex(16))
@@ -127,7 +128,8 @@ def clusters():
             ["--head", f"--port={GCS_PORT}", f"--dashboard-port={DASHBOARD_PORT}",
              f"--ray-client-server-port={PORT_BASE + 1}",
              f"--dashboard-agent-listen-port={PORT_BASE + 2}",
-             "--include-dashboard=true", "--num-cpus=1", f"--temp-dir={root / 'ray'}"],
+             "--include-dashboard=true", f"--num-cpus={head_cpus}",
+             f"--temp-dir={root / 'ray'}"],
             env, root / "head.log"))
         for i in range(workers):
             nodes.append(start_node(

@@ -24,7 +24,7 @@ from darkroom.jobs.spec import (
     SweepSpec,
 )
 from darkroom.platform.config import Problem
-from darkroom.platform.data import storage
+from darkroom.platform.data import preflight, storage
 from darkroom.platform.errors import ModelLoadError, did_you_mean
 from darkroom.platform.families.conditioning import is_class_id
 from darkroom.platform.models.fit import Asked, fit_problems
@@ -33,21 +33,26 @@ from darkroom.platform.models.runtime import RuntimeSpec
 from darkroom.platform.models.spec import ModelSpec
 
 MAX_CLASS_PROBLEMS = 10
+MAX_NAME_BYTES = 255  # a file name on every common filesystem, and an object key's segment
+MAX_PATH_BYTES = 4096  # Linux's PATH_MAX
+MAX_KEY_BYTES = 1024  # an S3 (and GCS) object key, bucket included here for a margin
 
 
 def semantic_problems(data: dict[str, Any], spec: JobSpec | None,
-                      deep: bool = True) -> list[Problem]:
+                      deep: bool = True, reach: bool = True) -> list[Problem]:
     """Every problem of the sections that are valid on their own (types were checked before).
 
     `deep` reads a prompt file whole (`darkroom validate`); otherwise only its first rows are
-    checked here (`darkroom run`: its workers read and check the rest).
+    checked here (`darkroom run`: its workers read and check the rest). `reach` asks the output's
+    store (or the local folder) whether the job could write there, writing nothing; `submit`
+    leaves that to the cluster, whose credentials and mounts are not this machine's.
     """
     prompts = spec.prompts if spec else _section(PromptSource, data.get("prompts"))
     generation = spec.generation if spec else _section(GenerationSpec, data.get("generation", {}))
     runtime = spec.runtime if spec else _section(RuntimeSpec, data.get("runtime", {}))
     sweep = spec.sweep if spec else _section(SweepSpec, data.get("sweep", {}))
     models = list(enumerate(spec.models)) if spec else _models(data.get("models"))
-    problems = _storage_problems(data, spec) + _size_of_sweep(len(models), sweep)
+    problems = _storage_problems(data, spec, reach) + _size_of_sweep(len(models), sweep)
     loaded: list[Prompt] = []
     if prompts:
         try:
@@ -89,17 +94,42 @@ def _size_of_sweep(models: int, sweep: SweepSpec | None) -> list[Problem]:
                     "it into several jobs or shorten the longest axes")]
 
 
-def _storage_problems(data: dict[str, Any], spec: JobSpec | None) -> list[Problem]:
-    """The output's scheme is known, its library installed, and the storage options fit."""
+def _storage_problems(data: dict[str, Any], spec: JobSpec | None,
+                      reach: bool = True) -> list[Problem]:
+    """The output's scheme is known, its library installed, and the storage options fit; with
+    `reach`, the job's folder can be written there (`preflight`), and its name fits."""
     output = spec.output if spec else data.get("output")
     options = spec.storage_options if spec else data.get("storage_options")
     if not isinstance(output, str) or not isinstance(options, dict | None):
         return []
     reason = storage.check(output, options)
-    if reason is None:
-        return []
-    field = "storage_options" if options and "options" in reason else "output"
-    return [Problem(field, reason, output if field == "output" else options)]
+    if reason is not None:
+        field = "storage_options" if options and "options" in reason else "output"
+        return [Problem(field, reason, output if field == "output" else options)]
+    name = spec.name if spec else None
+    problems = [] if name is None else _name_problems(output, name)
+    if reach and not problems:
+        job_dir = storage.location(output) / name if name else storage.location(output)
+        reason = preflight.output_problem(str(job_dir), options)
+        if reason is not None:
+            problems.append(Problem("output", reason, output))
+    return problems
+
+
+def _name_problems(output: str, name: str) -> list[Problem]:
+    """A name too long for a folder name, or a job folder whose files' paths would be."""
+    loc = storage.location(output)
+    job_dir = loc.absolute() / name if storage.is_local(loc) else loc / name
+    longest = f"{job_dir}/{'0' * 12}/images/.unreadable-{'0' * 48}.parquet.commit"
+    if len(name.encode()) > MAX_NAME_BYTES:
+        return [Problem("name", f"`name` is {len(name.encode())} bytes long; a folder name may "
+                        f"have at most {MAX_NAME_BYTES}: shorten it", name)]
+    limit = MAX_PATH_BYTES if storage.is_local(loc) else MAX_KEY_BYTES
+    if len(longest.split("://", 1)[-1].encode()) > limit:
+        return [Problem("name", f"the job's files under {job_dir} would have paths longer "
+                        f"than the {limit} bytes {'a path' if storage.is_local(loc) else 'a key'}"
+                        " may have: shorten `name` or `output`", name)]
+    return []
 
 
 def _section(cls: type[BaseModel], value: Any) -> Any:

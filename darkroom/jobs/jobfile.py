@@ -25,22 +25,24 @@ from darkroom.platform.config import (
 )
 
 
-def load(path: str | Path, overrides: Sequence[str] = (), deep: bool = True) -> JobSpec:
+def load(path: str | Path, overrides: Sequence[str] = (), deep: bool = True,
+         reach: bool = True) -> JobSpec:
     """Read, override and validate a job file; prompt sources are resolved next to it."""
     data, problems = read_yaml_file(path, "job file")
     return validate(data, base=Path(path).parent, overrides=overrides, source=str(path),
-                    problems=problems, deep=deep)
+                    problems=problems, deep=deep, reach=reach)
 
 
 def validate(data: dict[str, Any], base: str | Path = ".", overrides: Sequence[str] = (),
              source: str = "job", problems: Sequence[Problem] = (),
-             deep: bool = True) -> JobSpec:
+             deep: bool = True, reach: bool = True) -> JobSpec:
     """A JobSpec from plain data, or a SpecError listing every problem found. `deep` reads a
-    prompt file whole; otherwise its first rows (a job's workers check the rest)."""
+    prompt file whole; otherwise its first rows (a job's workers check the rest). `reach` asks
+    the output's store whether the job could write there (`checks.semantic_problems`)."""
     data = apply_overrides(copy.deepcopy(data), [sweep_shorthand(o) for o in overrides])
     _absolute_sources(data, Path(base))
     spec, found = try_validate(JobSpec, data)
-    found = [*problems, *found, *semantic_problems(data, spec, deep)]
+    found = [*problems, *found, *semantic_problems(data, spec, deep, reach)]
     if found:
         raise SpecError(source, found)
     return spec  # type: ignore[return-value]

@@ -7,7 +7,8 @@ marker (`<file>.commit`, a few bytes). Readers trust only files with a marker. A
 the invocation's id and a digest of the call's row ids, so a batch that Ray retries (its actor
 died) rewrites its own files instead of adding copies: its marker is removed first, the file
 written again, and the marker written again. A data file left without a marker by a crash is
-invisible and is deleted by the next invocation (`jobs.resume`).
+invisible and is deleted by the next invocation (`jobs.resume`). Before it writes a call's files
+the actor checks that its invocation still holds the folder's lease (`jobs.lease.check_held`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
+from darkroom.jobs import lease
 from darkroom.platform.data import layout, storage
 from darkroom.platform.data.records import ERROR_SCHEMA, IMAGE_SCHEMA
 from darkroom.platform.data.runinfo import RunInfo, write_run_info
@@ -58,9 +60,13 @@ def file_name(invocation: str, row_ids: list[str]) -> str:
     return f"{invocation}-{digest}{layout.DATA_SUFFIX}"
 
 
-def write_call(job_dir: Location, rows: pa.Table, invocation: str) -> pa.Table:
+def write_call(job_dir: Location, rows: pa.Table, invocation: str,
+               lease_token: str | None = None) -> pa.Table:
     """Write the generator's output rows of one call (image columns plus `error`): per run, one
-    images file and one errors file, each committed once complete. Returns FILE_SCHEMA rows."""
+    images file and one errors file, each committed once complete. Returns FILE_SCHEMA rows.
+    With `lease_token`, nothing is written unless the folder's lease still carries it."""
+    if lease_token is not None:
+        lease.check_held(job_dir, lease_token)  # a holder whose lease was taken writes no more
     name = file_name(invocation, rows.column("row_id").to_pylist())
     failed = pc.is_valid(rows.column("error"))
     written = []

@@ -13,6 +13,7 @@ rows that are missing.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 import warnings
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from darkroom.jobs import output, resume
+from darkroom.jobs import failures, output, resume
 from darkroom.jobs.devices import device_problems
 from darkroom.jobs.lease import JobLease
 from darkroom.jobs.plan import Run, describe, expand, expansion, run_info
@@ -56,6 +57,8 @@ class JobResult:
     timings: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     driver_bytes: int = 0  # bytes of worker results that reached the driver while generating
+    losses: list[str] = field(default_factory=list)  # work lost with a node or an actor
+    redone: int = 0  # rows made in new passes after a pass lost work
 
 
 def job_dir_of(spec: JobSpec) -> Location:
@@ -63,6 +66,7 @@ def job_dir_of(spec: JobSpec) -> Location:
     return storage.location(spec.output) / spec.name
 
 
+@failures.reported_plainly
 def run_job(spec: JobSpec, *, dry_run: bool = False, evaluate: bool = True,
             log: Callable[[str], None] = print) -> JobResult:
     """Generate every missing row of the job, then (if the spec says so) evaluate it.
@@ -79,7 +83,7 @@ def run_job(spec: JobSpec, *, dry_run: bool = False, evaluate: bool = True,
         log(describe(spec, runs, count_prompts(spec.prompts)))
         return result
     device_problems(spec, spec.name)  # before anything is written
-    with JobLease(job_dir):
+    with JobLease(job_dir) as lease:
         # torch before Ray: loaded after Ray's and Arrow's libraries in a cluster job's driver,
         # libtorch_cpu failed to load ("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so")
         import darkroom.platform.engine.generator  # noqa: F401
@@ -94,6 +98,7 @@ def run_job(spec: JobSpec, *, dry_run: bool = False, evaluate: bool = True,
         states = resume.scan(job_dir, [r.run_id for r in runs], spec.storage_options, log)
         rows, missing, made = _check(spec, runs, prompts, states)
         _count_spec_rows(states, rows, missing, made)
+        lease.check()
         output.write_job_files(job_dir, spec.dump(),
                                [run_info(spec, r, prompts.count) for r in runs])
         total = sum(rows.values())
@@ -108,9 +113,11 @@ def run_job(spec: JobSpec, *, dry_run: bool = False, evaluate: bool = True,
             log(f"generating {todo} of {total} rows ({total - todo} already done) into "
                 f"{job_dir}")
             earlier = sum(s.errors for s in states.values())
-            _generate_all(spec, runs, prompts, states, missing, earlier, allowed, result, log)
+            _generate_all(spec, runs, prompts, states, missing, earlier, allowed, result, log,
+                          lease)
 
         # 4. Timing, summary, error budget, evaluation.
+        lease.check()
         for run in runs:
             state = states[run.run_id]
             result.timings[run.run_id] = output.write_timing(job_dir / run.run_id, output.timing(
@@ -202,42 +209,111 @@ def _count_spec_rows(states: dict[str, resume.RunState], rows: dict[str, int],
 
 def _generate_all(spec: JobSpec, runs: list[Run], prompts: Prompts,
                   states: dict[str, resume.RunState], missing: dict[str, int], failed: int,
-                  allowed: int, result: JobResult, log: Callable[[str], None]) -> None:
-    """Every model's missing rows through its actor pool; the driver tallies what is written."""
+                  allowed: int, result: JobResult, log: Callable[[str], None],
+                  lease: JobLease) -> None:
+    """Every model's missing rows through its actor pool; the driver tallies what is written.
+    A pass that loses work with a node or an actor is followed by a pass over what is still
+    missing, on the nodes that remain (`jobs.failures`)."""
     invocation = output.invocation_id()
+    before = {run_id: (s.images, s.errors) for run_id, s in states.items()}
+    nodes = failures.alive_nodes()
     for label, model_runs in _by_model(spec, runs).items():
-        todo = sum(missing[r.run_id] for r in model_runs)
-        if not todo:
-            continue
-        actors = spec.compute.actors
-        log(f"model {label}: {todo} rows on {actors.min}-{actors.max} actor(s)")
-        ds = dataset(spec, model_runs, prompts, _done(states, model_runs), invocation, todo)
-        for batch in _results(ds):
-            result.driver_bytes += batch.nbytes
-            for row in batch.to_pylist():
-                state = states[row["run_id"]]
-                if row["kind"] == layout.IMAGES:
-                    state.images += row["rows"]
-                    state.seconds += row["seconds"]
-                    result.new[row["run_id"]] = result.new.get(row["run_id"], 0) + row["rows"]
-                    result.generated += row["rows"]
-                    log(f"  {row['run_id']}: wrote {row['rows']} image row(s)")
-                else:
-                    state.errors += row["rows"]
-                    result.failed += row["rows"]
-                    failed += row["rows"]
-                    log(f"  {row['run_id']}: {row['rows']} row(s) failed ({row['error']})")
-            if failed > allowed:
-                raise JobFailed(
-                    f"{failed} row(s) failed, more than the error budget allows ({allowed}); "
-                    f"stopped early; reasons are in {result.job_dir}/*/{layout.ERRORS}/"
-                )
+        for passes in range(failures.LOST_PASSES + 1):
+            todo = sum(missing[r.run_id] for r in model_runs)
+            if not todo:
+                break
+            actors = spec.compute.actors
+            log(f"model {label}: {todo} rows on {actors.min}-{actors.max} actor(s)")
+            result.redone += todo if passes else 0
+            failed, lost = _one_pass(spec, model_runs, prompts, states, invocation, todo, failed,
+                                     allowed, result, log, lease)
+            if lost is None:
+                break
+            if passes == failures.LOST_PASSES:
+                raise JobFailed(f"model {label}: {passes + 1} passes lost work with nodes or "
+                                f"actors, the last {lost}; rerun when the cluster is steady")
+            result.losses.append(f"model {label}: a pass lost work ({lost})")
+            log(f"model {label}: lost work with a node or an actor ({lost}); going on with the "
+                "nodes that remain")
+            prompts, missing, failed = _after_loss(spec, model_runs, states, before, missing,
+                                                   result, log)
+    gone = failures.lost_nodes(nodes)
+    if gone:
+        result.losses.insert(0, f"{len(gone)} node(s) left the cluster during the job: "
+                                f"{', '.join(gone)}")
+
+
+def _one_pass(spec: JobSpec, runs: list[Run], prompts: Prompts,
+              states: dict[str, resume.RunState], invocation: str, todo: int, failed: int,
+              allowed: int, result: JobResult, log: Callable[[str], None],
+              lease: JobLease) -> tuple[int, str | None]:
+    """One pass over a model's missing rows: (failed rows, None), or (failed rows, what was
+    lost) when a node or an actor went away with work."""
+    ds = dataset(spec, runs, prompts, _done(states, runs), invocation, todo,
+                 lease_token=lease.token)
+    try:
+        return _tally(ds, states, failed, allowed, result, log, lease), None
+    except Exception as err:
+        lost = failures.lost_work(err)
+        if lost is None:
+            raise
+    del ds
+    # the lost pass's actor pool, unreferenced: Ray ends its actors, so that one it restarted
+    # meanwhile does not hold a CPU the next pass needs
+    gc.collect()
+    return failed, lost
+
+
+def _after_loss(spec: JobSpec, runs: list[Run], states: dict[str, resume.RunState],
+                before: dict[str, tuple[int, int]], missing: dict[str, int], result: JobResult,
+                log: Callable[[str], None]) -> tuple[Prompts, dict[str, int], int]:
+    """What a lost pass left: the files its calls committed count, their half-written ones go
+    (`resume.scan`), and the prompts are read again (their blocks may have gone with the node).
+    Returns the prompts, the rows still missing, and the failed rows."""
+    prompts = _open_prompts(spec)
+    states.update(resume.scan(result.job_dir, [r.run_id for r in runs], spec.storage_options,
+                              log))
+    result.new = {run_id: states[run_id].images - images
+                  for run_id, (images, _) in before.items() if states[run_id].images > images}
+    result.generated = sum(result.new.values())
+    result.failed = sum(states[run_id].errors - errors for run_id, (_, errors) in before.items())
+    missing = {**missing, **_check(spec, runs, prompts, states)[1]}
+    return prompts, missing, sum(s.errors for s in states.values())
+
+
+def _tally(ds: Any, states: dict[str, resume.RunState], failed: int, allowed: int,
+           result: JobResult, log: Callable[[str], None], lease: JobLease) -> int:
+    """Count what one pass's workers wrote, as they report it; returns the failed rows."""
+    for batch in _results(ds):
+        lease.check()
+        result.driver_bytes += batch.nbytes
+        for row in batch.to_pylist():
+            state = states[row["run_id"]]
+            if row["kind"] == layout.IMAGES:
+                state.images += row["rows"]
+                state.seconds += row["seconds"]
+                result.new[row["run_id"]] = result.new.get(row["run_id"], 0) + row["rows"]
+                result.generated += row["rows"]
+                log(f"  {row['run_id']}: wrote {row['rows']} image row(s)")
+            else:
+                state.errors += row["rows"]
+                result.failed += row["rows"]
+                failed += row["rows"]
+                log(f"  {row['run_id']}: {row['rows']} row(s) failed ({row['error']})")
+        if failed > allowed:
+            raise JobFailed(
+                f"{failed} row(s) failed, more than the error budget allows ({allowed}); "
+                f"stopped early; reasons are in {result.job_dir}/*/{layout.ERRORS}/"
+            )
+    return failed
 
 
 def dataset(spec: JobSpec, runs: list[Run], prompts: Prompts, done: list[Any], invocation: str,
-            todo: int, generator_class: type | None = None) -> Any:
+            todo: int, generator_class: type | None = None,
+            lease_token: str | None = None) -> Any:
     """The missing request rows of one model's runs through a pool of actors that generate and
-    write them (lazy); each output row describes one written file."""
+    write them (lazy); each output row describes one written file. With `lease_token` the
+    actors write only while the folder's lease carries it."""
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     compute = spec.compute
@@ -268,6 +344,7 @@ def dataset(spec: JobSpec, runs: list[Run], prompts: Prompts, done: list[Any], i
                 "invocation": invocation,
                 "chunk": batch_size,
                 "generator_class": generator_class,
+                "lease_token": lease_token,
             },
             compute=ActorPoolStrategy(min_size=compute.actors.min, max_size=compute.actors.max),
             batch_size=max(1, per_call),
@@ -300,6 +377,10 @@ def summary(runs: list[Run], result: JobResult) -> str:
         )
     lines.append(f"{result.generated} image(s) generated, {result.failed} failed, in "
                  f"{result.seconds:.1f} s (seconds per run: actor time)")
+    if result.losses:
+        lines += ["lost and redone:", *(f"  {loss}" for loss in result.losses),
+                  f"  {result.redone} row(s) were made in new passes on the nodes that remain; "
+                  "every row is written once"]
     return "\n".join(lines)
 
 

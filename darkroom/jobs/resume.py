@@ -7,9 +7,12 @@ Before generating, an invocation (holding the folder's lease):
    runs written before commit markers existed are committed as they are (they were renamed into
    place whole);
 2. reads every committed file whole on the workers, page checksums verified (`verify_files`): a
-   file that fails is un-committed and moved aside (`.unreadable-<name>`) with a warning, and its
-   rows are generated again. Each task returns a few numbers per file to the driver; the row ids
-   and inputs stay in Ray's object store (`RunState.done`) for the workers that expand prompts.
+   file whose bytes are bad (missing, empty, not Parquet, a bad checksum) is un-committed and
+   moved aside (`.unreadable-<name>`) with a warning, and its rows are generated again. A store
+   that keeps failing (503 SlowDown, dropped connections) is not a bad file: its errors are
+   retried (`platform.storage`), and when they do not pass the scan fails before it has set
+   anything aside. Each task returns a few numbers per file to the driver; the row ids and
+   inputs stay in Ray's object store (`RunState.done`) for the workers that expand prompts.
 
 Those workers drop the request rows already done (`split_done`) and, in the check pass, compare
 each done row's inputs with what the job now asks (`input_problem`): a row id that already holds
@@ -87,10 +90,11 @@ def verify_files(entries: list[tuple[str, str]], job_dir: str,
     summaries, tables = [], []
     for kind, uri in entries:
         try:
-            table = layout.read_file(storage.location(uri), verify=True)
-        except Exception as err:  # unreadable: regenerate its rows rather than fail the job
-            summaries.append({"file": uri, "kind": kind,
-                              "error": f"{type(err).__name__}: {str(err)[:120]}"})
+            table = layout.read_verified(storage.location(uri))
+            if "row_id" not in table.column_names:
+                raise layout.Unreadable("it has no row_id column")
+        except layout.Unreadable as err:  # the file is bad: regenerate its rows
+            summaries.append({"file": uri, "kind": kind, "error": str(err)})
             continue
         seconds = 0.0
         if kind == layout.IMAGES:
@@ -124,8 +128,10 @@ def scan(job_dir: Location, run_ids: list[str], options: dict[str, Any] | None,
                                           options)
             states[run_id].done.append(done)
             pending.append((run_id, summary))
-    for run_id, summary in pending:
-        for item in ray.get(summary):
+    # every file's verdict first: a store that fails part way leaves the folder as it was
+    verdicts = ray.get([summary for _, summary in pending])
+    for (run_id, _), items in zip(pending, verdicts, strict=True):
+        for item in items:
             state = states[run_id]
             if item["error"] is not None:
                 _set_aside(storage.location(item["file"]), item["error"], warn)

@@ -85,8 +85,10 @@ def job_info(client: Any, job_id: str) -> Any:
 
 
 def stage(job_path: str | Path, overrides: Sequence[str], folder: Path) -> dict[str, Any]:
-    """Write the validated job and copies of its inputs into `folder`; returns the job data."""
-    spec = load(job_path, overrides)
+    """Write the validated job and copies of its inputs into `folder`; returns the job data.
+    Whether the output can be written is the cluster's to say (its credentials, its mounts):
+    the job's `darkroom run` checks it there before anything starts."""
+    spec = load(job_path, overrides, reach=False)
     output = storage.location(spec.output)
     if isinstance(output, Path) and not Path(spec.output).expanduser().is_absolute():
         raise UserError(

@@ -63,7 +63,7 @@ class GenerateAndWrite:
 
     def __init__(self, model: Mapping[str, Any], runtime: Mapping[str, Any], job_dir: str,
                  storage_options: Mapping[str, Any] | None, invocation: str, chunk: int,
-                 generator_class: type | None = None) -> None:
+                 generator_class: type | None = None, lease_token: str | None = None) -> None:
         storage.set_options(job_dir, dict(storage_options or {}))
         if generator_class is None:  # the real one; benchmarks hand in a fake
             from darkroom.platform.engine.generator import ImageGenerator
@@ -79,6 +79,7 @@ class GenerateAndWrite:
         self.job_dir = storage.location(job_dir)
         self.invocation = invocation
         self.chunk = chunk
+        self.lease_token = lease_token
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Generate a call's rows, write them, return what was written."""
@@ -90,4 +91,4 @@ class GenerateAndWrite:
             made += self.generator.generate(rows[start:start + self.chunk])
         table = pa.Table.from_pylist([{c: row.get(c) for c in OUTPUT_SCHEMA.names}
                                       for row in made], schema=OUTPUT_SCHEMA)
-        return output.write_call(self.job_dir, table, self.invocation)
+        return output.write_call(self.job_dir, table, self.invocation, self.lease_token)

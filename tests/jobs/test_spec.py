@@ -151,18 +151,6 @@ def test_example_jobs_validate(capsys, tmp_path):
         assert main(["validate", str(path), *extra]) == 0, capsys.readouterr().err
 
 
-def test_the_kuberay_job_file_validates(tmp_path):
-    manifest = Path(__file__).parents[2] / "deploy" / "rayjob.yaml"
-    config_map, ray_job = yaml.safe_load_all(manifest.read_text())
-    for name, text in config_map["data"].items():
-        (tmp_path / name).write_text(text)
-    entrypoint = ray_job["spec"]["entrypoint"].split()
-    assert entrypoint[:4] == ["python", "-m", "darkroom", "run"]
-    spec = validate(parse_yaml(config_map["data"]["job.yaml"], "configmap")[0], base=tmp_path,
-                    overrides=entrypoint[5:])
-    assert spec.output == "s3://my-bucket/darkroom"  # the workers write to the bucket
-
-
 def test_the_real_command_exits_2_without_traceback():
     done = subprocess.run(
         [sys.executable, "-m", "darkroom", "run", str(BAD_JOBS / "unknown_sampler.yaml")],

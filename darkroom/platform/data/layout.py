@@ -2,6 +2,7 @@
 
 OUTPUT/<job name>/job.yaml                 the resolved job spec of the latest invocation
 OUTPUT/<job name>/.lease                   held by the invocation writing the folder
+OUTPUT/<job name>/.lease.lock              local folders: locked while the lease changes hands
 OUTPUT/<job name>/<run_id>/run.json        the run's resolved settings (model, sampler, ...)
 OUTPUT/<job name>/<run_id>/images/*.parquet    image rows (records.IMAGE_SCHEMA)
 OUTPUT/<job name>/<run_id>/images/*.parquet.commit   one commit marker per finished data file
@@ -61,10 +62,13 @@ def marker(data_file: Location) -> Location:
 
 
 def run_format(run_dir: Location) -> int:
-    """The layout format of a run folder: 2 (commit markers) or 1 (older runs, or none yet)."""
+    """The layout format of a run folder: 2 (commit markers) or 1 (older runs, or none yet).
+
+    A store that does not answer is an error, not format 1: format 1 trusts every data file.
+    """
     try:
         return int(read_json(run_dir / RUN_INFO).get("format", 1))
-    except (OSError, ValueError):
+    except (FileNotFoundError, ValueError):
         return 1
 
 
@@ -108,6 +112,26 @@ def read_file(path: Location, columns: list[str] | None = None,
               verify: bool = False) -> pa.Table:
     """One Parquet file; `verify` checks every page's checksum (the whole file is read)."""
     return storage.read_parquet(path, columns=columns, verify=verify)
+
+
+class Unreadable(ValueError):
+    """A committed data file whose bytes are wrong: missing, empty, not Parquet, a bad page."""
+
+
+def read_verified(path: Location) -> pa.Table:
+    """One whole Parquet file, every page's checksum verified. Its bytes are fetched first (a
+    store's errors are retried there, and end in `storage.StoreUnavailable`), then parsed in
+    memory, so `Unreadable` means the file itself is bad, never that the store was busy."""
+    import pyarrow.parquet as pq
+
+    try:
+        data = storage.read_bytes(path)
+    except FileNotFoundError as err:
+        raise Unreadable("its commit marker names no file") from err
+    try:
+        return pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+    except Exception as err:  # any failure to parse bytes in memory is the bytes' fault
+        raise Unreadable(f"{type(err).__name__}: {str(err)[:120]}") from err
 
 
 def first_of_each(table: pa.Table) -> pa.Table:

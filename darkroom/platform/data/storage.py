@@ -15,6 +15,11 @@ the URI, the options and their own environment.
 Object stores have no atomic rename, and an object appears whole or not at all: `write_bytes`
 is one PUT there. Locally it is a write under a staging name and a rename, so text files (run.json,
 timing.json, commit markers) are never seen half written on either kind of store.
+
+A store answers errors that are about the moment, not the file (503 SlowDown, a dropped
+connection, an internal error): every operation on a remote location is tried again through those
+(`retries`), and then fails with `StoreUnavailable`. Errors about the request (no such file or
+bucket, refused credentials) fail at once.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+# StoreUnavailable ends every operation here that the store kept failing: named from here too
+from darkroom.platform.data.retries import RETRY_ENV as RETRY_ENV
+from darkroom.platform.data.retries import StoreUnavailable as StoreUnavailable
+from darkroom.platform.data.retries import retrying
 
 URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # scheme -> (pyarrow module that must import, what to install when it does not)
@@ -171,12 +181,24 @@ def filesystem(loc: Location) -> tuple[Any, str]:
         from pyarrow.fs import LocalFileSystem
 
         return LocalFileSystem(), str(loc.absolute())
+    fs = _filesystem(loc.scheme, urlsplit(loc.uri).netloc, _options_for(loc))
+    return fs, _path_in(loc)
+
+
+def fresh_filesystem(loc: UriPath, options: dict[str, Any]) -> tuple[Any, str]:
+    """(filesystem, path) for a remote location built now, from these options and this
+    process's environment as they are (not the cached one every other call uses)."""
+    netloc = urlsplit(loc.uri).netloc
+    return _construct(loc.scheme, netloc, dict(options), resolve_region=True), _path_in(loc)
+
+
+def _path_in(loc: UriPath) -> str:
+    """A remote location's path within its filesystem."""
     split = urlsplit(loc.uri)
-    fs = _filesystem(loc.scheme, split.netloc, _options_for(loc))
     if loc.scheme in ("abfs", "abfss"):
         container = split.netloc.split("@", 1)[0]
-        return fs, f"{container}{split.path}".rstrip("/")
-    return fs, f"{split.netloc}{split.path}".rstrip("/")
+        return f"{container}{split.path}".rstrip("/")
+    return f"{split.netloc}{split.path}".rstrip("/")
 
 
 @functools.lru_cache(maxsize=64)
@@ -287,7 +309,7 @@ def exists(loc: Location) -> bool:
     from pyarrow.fs import FileType
 
     fs, path = filesystem(loc)
-    return fs.get_file_info(path).type != FileType.NotFound
+    return retrying(loc, "looking for", lambda: fs.get_file_info(path).type) != FileType.NotFound
 
 
 def is_file(loc: Location) -> bool:
@@ -297,7 +319,7 @@ def is_file(loc: Location) -> bool:
     from pyarrow.fs import FileType
 
     fs, path = filesystem(loc)
-    return fs.get_file_info(path).type == FileType.File
+    return retrying(loc, "looking for", lambda: fs.get_file_info(path).type) == FileType.File
 
 
 def info(loc: Location) -> Entry | None:
@@ -305,7 +327,7 @@ def info(loc: Location) -> Entry | None:
     from pyarrow.fs import FileType
 
     fs, path = filesystem(loc)
-    found = fs.get_file_info(path)
+    found = retrying(loc, "looking for", lambda: fs.get_file_info(path))
     if found.type == FileType.NotFound:
         return None
     mtime = found.mtime.timestamp() if found.mtime is not None else None
@@ -317,8 +339,9 @@ def list_dir(loc: Location) -> list[Entry]:
     from pyarrow.fs import FileSelector, FileType
 
     fs, path = filesystem(loc)
+    selector = FileSelector(path, allow_not_found=True, recursive=False)
     try:
-        found = fs.get_file_info(FileSelector(path, allow_not_found=True, recursive=False))
+        found = retrying(loc, "listing", lambda: fs.get_file_info(selector))
     except (FileNotFoundError, NotADirectoryError):
         return []
     entries = []
@@ -334,8 +357,12 @@ def read_bytes(loc: Location) -> bytes:
     if isinstance(loc, Path):
         return loc.read_bytes()
     fs, path = filesystem(loc)
-    with fs.open_input_stream(path) as stream:
-        return stream.read()
+
+    def read() -> bytes:
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
+
+    return retrying(loc, "reading", read)
 
 
 def read_text(loc: Location) -> str:
@@ -353,8 +380,12 @@ def write_bytes(loc: Location, data: bytes) -> None:
         os.replace(staging, loc)
         return
     fs, path = filesystem(loc)
-    with fs.open_output_stream(path) as stream:
-        stream.write(data)
+
+    def write() -> None:
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
+
+    retrying(loc, "writing", write)
 
 
 def write_text(loc: Location, text: str) -> None:
@@ -372,7 +403,7 @@ def delete(loc: Location) -> bool:
         return True
     fs, path = filesystem(loc)
     try:
-        fs.delete_file(path)
+        retrying(loc, "deleting", lambda: fs.delete_file(path))
     except FileNotFoundError:
         return False
     return True
@@ -384,7 +415,7 @@ def move(src: Location, dst: Location) -> None:
         os.replace(src, dst)
         return
     fs, path = filesystem(src)
-    fs.move(path, filesystem(dst)[1])
+    retrying(src, "moving", lambda: fs.move(path, filesystem(dst)[1]))
 
 
 def makedirs(loc: Location) -> None:
@@ -400,7 +431,8 @@ def write_parquet(table: Any, loc: Location) -> None:
     fs, path = filesystem(loc)
     if isinstance(loc, Path):
         loc.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, filesystem=fs, write_page_checksum=True)
+    retrying(loc, "writing", lambda: pq.write_table(table, path, filesystem=fs,
+                                                     write_page_checksum=True))
 
 
 def read_parquet(loc: Location, columns: list[str] | None = None, verify: bool = False) -> Any:
@@ -408,5 +440,5 @@ def read_parquet(loc: Location, columns: list[str] | None = None, verify: bool =
     import pyarrow.parquet as pq
 
     fs, path = filesystem(loc)
-    return pq.read_table(path, filesystem=fs, columns=columns,
-                         page_checksum_verification=verify)
+    return retrying(loc, "reading", lambda: pq.read_table(
+        path, filesystem=fs, columns=columns, page_checksum_verification=verify))
