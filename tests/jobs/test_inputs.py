@@ -192,6 +192,7 @@ def test_a_control_image_that_declares_a_huge_size_is_refused_before_decoding():
         open_image(png, "`control_image`")
 
 
+@pytest.mark.slow  # over ten seconds: the full tier runs it
 def test_an_unreachable_hub_is_found_once_and_loads_fail_at_once(tmp_path):
     """With no network a hub model fails at once, not after tens of seconds of retries."""
     import socket

@@ -19,6 +19,7 @@ from darkroom.platform.models.spec import ModelSpec
 from darkroom.platform.samplers import SamplerSpec, build_scheduler
 
 
+@pytest.mark.slow  # over ten seconds: the full tier runs it
 def test_saved_folder_loads_with_family_inferred_and_same_images(tmp_path):
     folder = tmp_path / "my-dit"
     done = subprocess.run(

@@ -150,6 +150,7 @@ def test_a_second_question_set_is_asked_of_every_pair(job, tmp_path, asgi):
     assert [q["votes"] for q in results["questions"]] == [1, 1]
 
 
+@pytest.mark.slow  # over ten seconds: the full tier runs it
 def test_twenty_concurrent_raters_cast_2000_votes_none_lost_or_duplicated(make_job, tmp_path):
     job = make_job(tmp_path, runs=4, prompts=6, per_prompt=3)  # 6 x 18 = 108 pairs a rater
     raters = [f"rater{i:02d}" for i in range(20)]
