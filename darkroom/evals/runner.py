@@ -29,6 +29,7 @@ from darkroom.evals.results import (
     write_scores,
     write_unreadable,
 )
+from darkroom.evals.score_cache import StoredScores
 from darkroom.evals.scorers.actor import images_dataset, score_dataset, table_dataset
 from darkroom.evals.scorers.features import extractor_protocol
 from darkroom.evals.scorers.plan import ScorePlan, metrics_needing, plan_parts, setting_values
@@ -142,9 +143,11 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
 
     # 3. the passes: runs grouped by the parts they still need
     cached: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    stored = {result.run_id: StoredScores(result, plan) for result in results}
     needs: dict[tuple[Part, ...], list[RunResult]] = {}
     for result in results:
-        need = _needed(result, plan, protocols, cached.setdefault(result.run_id, {}))
+        need = _needed(result, plan, protocols, cached.setdefault(result.run_id, {}),
+                       stored[result.run_id])
         needs.setdefault(need, []).append(result)
     bad_files: list[tuple[str, str]] = []
     scored: dict[str, tuple[RunScores, dict[str, str], bool]] = {}
@@ -161,9 +164,14 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
                 groups.append(result.run_id)
         _ensure_ray()
         keep = {result.run_id: result.rows.select for result in members}
+        skip: dict[str, dict[str, list[str]]] = {}
+        for result in members:
+            for part, hits in stored[result.run_id].hits.items():
+                if part in parts and hits:
+                    skip.setdefault(str(part), {})[result.run_id] = list(hits)
         columns = score_dataset(images_dataset(files, groups, bad_files, keep),
                                 plan.only(list(parts)), spec.actors, spec.batch_size,
-                                spec.gpus_per_actor)
+                                spec.gpus_per_actor, skip)
         for result in members:
             scored[result.run_id] = (*run_scores(result.run_id, columns, parts), True)
 
@@ -172,7 +180,10 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
         scores, result.unreadable, fresh = scored[result.run_id]
         result.count = scores.count
         _attach_cached(scores, cached[result.run_id])
+        if stored[result.run_id].attach(scores) and not fresh:
+            write_scores(result.run_dir, scores)
         if fresh:
+            stored[result.run_id].keep(scores)
             write_scores(result.run_dir, scores)
             write_unreadable(result.run_dir, result.unreadable)
             for extractor in plan.features():
@@ -205,8 +216,9 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
 
 
 def _needed(result: RunResult, plan: ScorePlan, protocols: dict[str, dict[str, Any]],
-            cached: dict[str, dict[str, np.ndarray]]) -> tuple[Part, ...]:
-    """The parts a run still needs; features found in its cache go into `cached`."""
+            cached: dict[str, dict[str, np.ndarray]], stored: StoredScores) -> tuple[Part, ...]:
+    """The parts a run still needs; features found in its cache go into `cached`, per-row
+    scores found in theirs into `stored`."""
     hashes = image_hashes(result.run_dir, result.rows)
     need = []
     for part in plan.keys():
@@ -215,6 +227,8 @@ def _needed(result: RunResult, plan: ScorePlan, protocols: dict[str, dict[str, A
             if hit is not None:
                 cached[part.extractor] = hit
                 continue
+        elif stored.covers(part):
+            continue
         need.append(part)
     return tuple(need)
 

@@ -2,7 +2,9 @@
 on them (features and per-image scores), and the driver gets the columns back keyed by row_id.
 
 A part that cannot load on the actor (missing weights) does not stop the others: its reason comes
-back in an `error_<part>` column and the metrics that need it are recorded as missing.
+back in an `error_<part>` column and the metrics that need it are recorded as missing. Rows a
+part's score cache already holds (`skip`) are not given to that part; its columns hold
+placeholders there, which the driver fills from the cache.
 """
 
 from __future__ import annotations
@@ -37,11 +39,15 @@ def _reason(err: Exception) -> str:
 class ScoringActor:
     """Ray Data actor: image rows in; row_id, features and per-image scores out."""
 
-    def __init__(self, plan: Mapping[str, Any]) -> None:
+    def __init__(self, plan: Mapping[str, Any],
+                 skip: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> None:
         import torch
 
         torch.set_num_threads(1)  # one thread per CPU actor: more fight Ray's other workers
         self.plan = ScorePlan.model_validate(plan)
+        # part -> run -> row ids its cache holds
+        self.skip = {part: {run: set(rows) for run, rows in runs.items()}
+                     for part, runs in (skip or {}).items()}
         self.parts: dict[Part, PartFn] = {}
         self.errors: dict[Part, str] = {}
         for planned in self.plan.parts:
@@ -49,6 +55,22 @@ class ScoringActor:
                 self.parts[planned.key] = build_part(planned, self.plan.device)
             except Exception as err:  # reported per metric as missing, never as 0
                 self.errors[planned.key] = _reason(err)
+
+    def _run(self, key: Part, part: PartFn, images: list[np.ndarray],
+             batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The part on the batch's rows its cache does not hold; placeholders on the others."""
+        skip = self.skip.get(str(key))
+        if not skip:
+            return part(images, batch)
+        groups = batch.get("group", np.full(len(images), ""))
+        wanted = np.array([str(row) not in skip.get(str(group), ())
+                           for row, group in zip(batch["row_id"], groups, strict=True)], bool)
+        if wanted.all():
+            return part(images, batch)
+        where = np.flatnonzero(wanted)
+        scored = part([images[i] for i in where],
+                      {k: np.asarray(v)[where] for k, v in batch.items()})
+        return {name: _scatter(values, where, len(images)) for name, values in scored.items()}
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Decode a batch's images and run every part on them; unloadable parts as errors.
@@ -62,31 +84,51 @@ class ScoringActor:
         out = {k: np.asarray(batch[k]) for k in ("row_id", "group", "prompt", "class_label",
                                                  *META_COLUMNS) if k in batch}
         out["unreadable"] = unreadable
-        for part in self.parts.values():
-            out.update(part(images, batch))
+        for key, part in self.parts.items():
+            out.update(self._run(key, part, images, batch))
         for part, reason in self.errors.items():
             out[error_column(part)] = np.array([reason] * len(images), dtype=object)
         return out
 
 
+def _scatter(values: np.ndarray, where: np.ndarray, count: int) -> np.ndarray:
+    """A part's values for the rows `where`, in a column of `count` rows (NaN, or None, at the
+    others)."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        full = np.full((count, *values.shape[1:]), np.nan, values.dtype)
+    else:
+        full = np.full((count, *values.shape[1:]), None, dtype=object)
+    full[where] = values
+    return full
+
+
 def scored_dataset(ds, plan: ScorePlan, actors: int = 1, batch_size: int = 32,
-                   actor: type | None = None, gpus_per_actor: float = 0.0):
+                   actor: type | None = None, gpus_per_actor: float = 0.0,
+                   skip: Mapping[str, Mapping[str, Sequence[str]]] | None = None):
     """The Ray dataset `ds` (columns row_id, image, group, optionally prompt and class_label)
-    mapped through a pool of `actors` ScoringActors (or a class that wraps one, for benchmarks)."""
+    mapped through a pool of `actors` ScoringActors (or a class that wraps one, for benchmarks);
+    `skip`: part -> run -> row ids that part is not asked for."""
     from ray.data import ActorPoolStrategy
 
+    kwargs: dict[str, Any] = {"plan": plan.model_dump()}
+    if skip:
+        kwargs["skip"] = {part: {run: list(rows) for run, rows in runs.items()}
+                          for part, runs in skip.items()}
     return ds.map_batches(
-        actor or ScoringActor, fn_constructor_kwargs={"plan": plan.model_dump()},
+        actor or ScoringActor, fn_constructor_kwargs=kwargs,
         batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=actors),
         num_cpus=1, num_gpus=gpus_per_actor or None,
     )
 
 
 def score_dataset(ds, plan: ScorePlan, actors: int = 1, batch_size: int = 32,
-                  gpus_per_actor: float = 0.0) -> dict[str, Any]:
+                  gpus_per_actor: float = 0.0,
+                  skip: Mapping[str, Mapping[str, Sequence[str]]] | None = None
+                  ) -> dict[str, Any]:
     """The scored columns of `ds`, gathered on the driver as numpy arrays."""
-    batches = scored_dataset(ds, plan, actors, batch_size, gpus_per_actor=gpus_per_actor
-                             ).iter_batches(batch_size=None, batch_format="numpy")
+    batches = scored_dataset(ds, plan, actors, batch_size, gpus_per_actor=gpus_per_actor,
+                             skip=skip).iter_batches(batch_size=None, batch_format="numpy")
     chunks = list(batches)
     if not chunks:
         return {}
