@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from darkroom.evals.scorers.judge import (
-    JudgeSpec,
-    LocalJudge,
-    Query,
-    check,
-    identity,
-    load_judge,
-)
+from darkroom.evals.scorers.judge import JudgeSpec, Query, check, identity, load_judge
+from darkroom.evals.scorers.judge_local import LocalJudge
 from darkroom.evals.units import WeightsMissing
 
 
