@@ -74,13 +74,46 @@ def tiny_vlm(folder: str | Path, seed: int = 0) -> Path:
         **ids)
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
-    # random logits are nearly flat; a wider output layer spreads them, so that probabilities
-    # differ by image and question and a test can tell a wrong token from the right one
+    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
+    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=Qwen2VLVideoProcessor(),
+                                 chat_template=CHAT_TEMPLATE)
+    _answer_shaped(model, processor, seed)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def _answer_shaped(model, processor, seed: int) -> None:
+    """Random logits are nearly flat, and answers would all score about 1/vocabulary. Widen the
+    output layer (so the next token depends on the image and question) and lift the answer
+    words' logits to about the top one on random probes: their probabilities then
+    range over a few tenths and differ by image and question, so a test can tell a wrong
+    reading from the right one."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    questions = ["Is there a cat? Answer in one word.", "How many dogs are in the image?",
+                 'Does this figure show "a red fox"? Please answer Yes or No.',
+                 'Does this figure show "two cats on a sofa"? Please answer Yes or No.']
+    hidden, top = [], []
     with torch.no_grad():
         model.lm_head.weight.mul_(40.0)
-    model.save_pretrained(folder)
-    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
-    Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                     video_processor=Qwen2VLVideoProcessor(),
-                     chat_template=CHAT_TEMPLATE).save_pretrained(folder)
-    return folder
+        for question in questions:
+            image = Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8))
+            chat = [{"role": "user", "content": [{"type": "image"},
+                                                 {"type": "text", "text": question}]}]
+            text = processor.apply_chat_template(chat, add_generation_prompt=True,
+                                                 tokenize=False)
+            out = model(**processor(images=[image], text=[text], return_tensors="pt"),
+                        output_hidden_states=True)
+            hidden.append(out.hidden_states[-1][0, -1])
+            top.append(out.logits[0, -1].max())
+        hidden, target = torch.stack(hidden), torch.stack(top).mean()
+        mean = hidden.mean(dim=0)
+        for word in WORDS:
+            row = model.lm_head.weight[processor.tokenizer.convert_tokens_to_ids(word)]
+            row.mul_(2.0)  # more spread by image and question
+            row.add_((target - (hidden @ row).mean()) * mean / mean.dot(mean))
