@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from darkroom.evals import registry
-from darkroom.evals.categories import attach_categories, prompt_categories
+from darkroom.evals.categories import Annotations, attach_annotations, prompt_annotations
 from darkroom.evals.feature_cache import align, read_features, write_features
 from darkroom.evals.metrics.base import Context, RunScores, feature_column
 from darkroom.evals.metrics.compute import statistics, with_intervals
@@ -62,7 +62,8 @@ def evaluate_job(job_dir: str | Location, eval_spec: EvalSpec, tracking: Trackin
     pending = PendingResults(job_dir, runs, eval_spec)
     saved = pending.load()
     if saved is None:
-        results, protocol = evaluate_runs(runs, eval_spec, prompt_categories(job_spec), job_spec)
+        results, protocol = evaluate_runs(runs, eval_spec, prompt_annotations(job_spec),
+                                          job_spec)
         pending.save(results, protocol)
     else:
         results, protocol = saved
@@ -106,15 +107,17 @@ def _ensure_ray() -> None:
 
 
 def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
-                  categories: tuple[dict[str, str] | None, str] = (None, ""),
+                  annotations: Annotations | None = None,
                   job_spec: dict | None = None) -> tuple[list[RunResult], dict]:
     """1. plan the per-image parts; 2. reference statistics per feature extractor; 3. the passes
     over the runs' images on actors (features already cached for a run are not extracted
     again); 4. per run: scores, features, metrics with bootstrap intervals, the eval record.
 
-    `categories`: (prompt_id -> category, or None with the reason), for per-category FID;
-    `job_spec` (job.yaml) with each run.json says which of a run's rows its spec asks for.
+    `annotations`: the prompts' categories (per-category FID, strata), skills (per-skill
+    results) and the metadata the judged parts read (a suite's questions); `job_spec`
+    (job.yaml) with each run.json says which of a run's rows its spec asks for.
     """
+    annotations = annotations or Annotations(reason="no prompt annotations were given")
     results = [RunResult(d.name, d, read_run_info(d), read_timing(d)) for d in run_dirs]
     row_notes: dict[str, list[str]] = {}
     for result in results:
@@ -143,7 +146,8 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
 
     # 3. the passes: runs grouped by the parts they still need
     cached: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-    stored = {result.run_id: StoredScores(result, plan) for result in results}
+    stored = {result.run_id: StoredScores(result, plan, annotations.metadata)
+              for result in results}
     needs: dict[tuple[Part, ...], list[RunResult]] = {}
     for result in results:
         need = _needed(result, plan, protocols, cached.setdefault(result.run_id, {}),
@@ -169,7 +173,8 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
             for part, hits in stored[result.run_id].hits.items():
                 if part in parts and hits:
                     skip.setdefault(str(part), {})[result.run_id] = list(hits)
-        columns = score_dataset(images_dataset(files, groups, bad_files, keep),
+        columns = score_dataset(images_dataset(files, groups, bad_files, keep,
+                                               annotations.metadata),
                                 plan.only(list(parts)), spec.actors, spec.batch_size,
                                 spec.gpus_per_actor, skip)
         for result in members:
@@ -191,9 +196,9 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
                 if extractor not in cached[result.run_id] and column in scores.columns:
                     write_features(result.run_dir, extractor, protocols[extractor],
                                    scores.columns["row_id"], scores.columns[column])
-        attach_categories(scores.columns, categories[0])
+        attach_annotations(scores.columns, annotations)
         ctx = Context(spec, shared.references, warnings=list(shared.warnings))
-        ctx.memo["category_reason"] = categories[1]
+        ctx.memo["category_reason"] = annotations.reason
         ctx.warnings += row_notes[result.run_id] + _unreadable_warnings(result, bad_files)
         stats, result.missing = statistics(scores, ctx, spec.metrics, skipped)
         counts = scores.counts(spec.bootstrap.resamples, spec.bootstrap.seed)

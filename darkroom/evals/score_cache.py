@@ -123,11 +123,12 @@ class StoredScores:
     """A run's per-row score caches, for the plan's parts whose scorer declares one: the rows
     each holds, what to fill in after a pass, and what to keep from it."""
 
-    def __init__(self, result: Any, plan: ScorePlan) -> None:
+    def __init__(self, result: Any, plan: ScorePlan,
+                 metadata: Mapping[str, str] | None = None) -> None:
         self.run_dir = result.run_dir
         self.parts = {p.key: (registry.scorer(p.scorer), p) for p in plan.parts
                       if registry.scorer(p.scorer).cache is not None}
-        self.inputs = input_hashes(result.run_dir, result.rows) if self.parts else {}
+        self.inputs = input_hashes(result.run_dir, result.rows, metadata) if self.parts else {}
         self.protocols = {key: scorer.cache(planned)
                           for key, (scorer, planned) in self.parts.items()}
         self.hits: dict[Part, dict[str, dict[str, Any]]] = {

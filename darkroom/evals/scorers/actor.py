@@ -137,10 +137,12 @@ def score_dataset(ds, plan: ScorePlan, actors: int = 1, batch_size: int = 32,
 
 def images_dataset(files: Sequence[str], groups: Sequence[str],
                    skipped: list[tuple[str, str]] | None = None,
-                   keep: Mapping[str, Select] | None = None):
+                   keep: Mapping[str, Select] | None = None,
+                   metadata: Mapping[str, str] | None = None):
     """A Ray dataset over image Parquet files (local paths or URIs); `group` names the file's run,
-    and `keep[group]` picks the rows of a table its spec asks for (`outputs.SpecRows.select`;
-    the others are not scored).
+    `keep[group]` picks the rows of a table its spec asks for (`outputs.SpecRows.select`;
+    the others are not scored), and `metadata` (prompt_id -> JSON: a suite's questions and
+    checks) becomes each row's `metadata` column.
 
     The files are read by Ray tasks on the workers, from where they are (the driver gets a few
     bytes per file back; the images stay in the object store), and all of them are read before
@@ -156,7 +158,8 @@ def images_dataset(files: Sequence[str], groups: Sequence[str],
     read = ray.remote(read_image_files).options(num_returns=2)
     entries = list(zip(map(str, files), groups, strict=True))
     wanted = ray.put(dict(keep or {}))  # once, however many read tasks
-    pending = [read.remote(entries[i:i + FILES_PER_READ], storage.registered(), wanted)
+    notes = ray.put(dict(metadata or {}))
+    pending = [read.remote(entries[i:i + FILES_PER_READ], storage.registered(), wanted, notes)
                for i in range(0, len(entries), FILES_PER_READ)]
     tables = []
     for summary, table in pending:
@@ -171,10 +174,11 @@ FILES_PER_READ = 8
 
 
 def read_image_files(entries: Sequence[tuple[str, str]], options: dict | None,
-                     keep: Mapping[str, Select] | None = None
+                     keep: Mapping[str, Select] | None = None,
+                     metadata: Mapping[str, str] | None = None
                      ) -> tuple[list[tuple[str, str | None]], pa.Table]:
     """Ray task: (path, group) pairs -> ([(path, why unreadable or None)], their rows (those
-    `keep[group]` picks) with a `group` column)."""
+    `keep[group]` picks) with a `group` column and their prompts' `metadata`)."""
     from darkroom.platform.data import storage
 
     storage.register(options)
@@ -182,7 +186,8 @@ def read_image_files(entries: Sequence[tuple[str, str]], options: dict | None,
     schema = pa.schema([("row_id", pa.string()), ("image", pa.binary()), ("prompt", pa.string()),
                         ("class_label", pa.int64()), ("prompt_id", pa.string()),
                         ("sample_idx", pa.int64()), ("seed", pa.int64()), ("width", pa.int64()),
-                        ("height", pa.int64()), ("group", pa.string())])
+                        ("height", pa.int64()), ("group", pa.string()),
+                        ("metadata", pa.string())])
     summaries, tables = [], []
     for path, group in entries:
         try:
@@ -196,6 +201,10 @@ def read_image_files(entries: Sequence[tuple[str, str]], options: dict | None,
         if keep and group in keep:
             table = keep[group](table)
         table = table.append_column("group", pa.array([group] * len(table), pa.string()))
+        if metadata and "prompt_id" in table.column_names:
+            table = table.append_column("metadata", pa.array(
+                [metadata.get(str(p), "") for p in table.column("prompt_id").to_pylist()],
+                pa.string()))
         for missing in (f for f in schema if f.name not in table.column_names):
             table = table.append_column(missing, pa.nulls(len(table), missing.type))
         tables.append(table.select(schema.names).cast(schema))
