@@ -103,13 +103,15 @@ def _suite_annotations(name: str, file: str | None) -> Annotations:
     except (SuiteError, OSError) as err:
         return Annotations(reason=f"the prompts of suite `{name}` cannot be read here: {err}")
     ids = [f"{i:05d}" for i in range(len(found))]
-    single = all(len(item.skills) == 1 for item in found)
+    # a prompt without skills of its own (GenEval 2, DPG-Bench) has those of its questions
+    skills = [item.skills or tuple(sorted({q.skill for q in item.questions if q.skill}))
+              for item in found]
+    single = all(len(s) == 1 for s in skills)
     # prompts are drawn within their category only where each has exactly one
-    categories = {i: item.skills[0] for i, item in zip(ids, found, strict=True)} if single \
-        else None
+    categories = {i: s[0] for i, s in zip(ids, skills, strict=True)} if single else None
     reason = "" if single else (f"the prompts of suite `{name}` do not each have one category "
                                 "(their skills are several, or none)")
-    return Annotations(categories, {i: item.skills for i, item in zip(ids, found, strict=True)},
+    return Annotations(categories, dict(zip(ids, skills, strict=True)),
                        {i: item.annotation() for i, item in zip(ids, found, strict=True)},
                        reason)
 

@@ -73,3 +73,19 @@ def test_a_baseline_comparison_is_paired_per_skill_and_the_skill_table_shows_the
     [(title, header, body)] = skill_tables(rows, "vqascore")
     assert title.startswith("vqascore per skill") and header == ["run", "colour", "position"]
     assert body == [["a", "0.5000", "0.750 ± 0.050"], ["b", "missing", "0.4500"]]
+
+
+def test_a_suites_prompts_carry_their_skills_or_their_questions(tmp_path):
+    from darkroom.evals.categories import prompt_annotations
+    from tests.evals.suite_fixtures import write_suite
+
+    def annotations(name):
+        file = write_suite(name, tmp_path / name)
+        return prompt_annotations({"prompts": {"suite": name, "file": str(file)}})
+
+    geneval = annotations("geneval")  # a tag per prompt: its one skill, and its category
+    assert geneval.skills["00001"] == ("counting",) and geneval.categories["00001"] == "counting"
+    geneval2 = annotations("geneval2")  # skills per question: the prompt has all of them
+    assert geneval2.skills["00000"] == ("attribute", "count", "object")
+    assert geneval2.skills["00002"] == ("attribute", "object", "verb")
+    assert geneval2.categories is None and "do not each have one category" in geneval2.reason
