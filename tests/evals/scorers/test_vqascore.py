@@ -129,7 +129,10 @@ def test_scores_are_cached_per_row_judge_and_template(ray_session, make_run, tin
     truth = {row: p_yes(tiny_vlm_dir, image, QUESTION.format(prompt))
              for row, (image, prompt) in pictures.items()}
     assert scores["vqascore"] == pytest.approx([truth[r] for r in scores["row_id"]], abs=1e-6)
-    assert first.metrics["vqascore"] == pytest.approx(np.mean(list(truth.values())), abs=1e-9)
+    # the metric is exactly the mean of the per-row scores; those match the model alone to
+    # 1e-6 (batched float32 forwards differ from one-image ones in the last digits)
+    assert first.metrics["vqascore"] == pytest.approx(np.mean(scores["vqascore"]), abs=1e-9)
+    assert first.metrics["vqascore"] == pytest.approx(np.mean(list(truth.values())), abs=1e-6)
 
     # plant a value for row 0, drop row 1, make row 2 NaN: only rows 1 and 2 are asked again
     cache = next((run_dir / layout.SCORES).glob(f"{PREFIX}vqascore-*.parquet"))
