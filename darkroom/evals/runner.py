@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from darkroom.evals import registry
-from darkroom.evals.categories import attach_categories, prompt_categories
+from darkroom.evals.categories import Annotations, attach_annotations, prompt_annotations
 from darkroom.evals.feature_cache import align, read_features, write_features
 from darkroom.evals.metrics.base import Context, RunScores, feature_column
 from darkroom.evals.metrics.compute import statistics, with_intervals
@@ -29,6 +29,7 @@ from darkroom.evals.results import (
     write_scores,
     write_unreadable,
 )
+from darkroom.evals.score_cache import StoredScores
 from darkroom.evals.scorers.actor import images_dataset, score_dataset, table_dataset
 from darkroom.evals.scorers.features import extractor_protocol
 from darkroom.evals.scorers.plan import ScorePlan, metrics_needing, plan_parts, setting_values
@@ -61,7 +62,8 @@ def evaluate_job(job_dir: str | Location, eval_spec: EvalSpec, tracking: Trackin
     pending = PendingResults(job_dir, runs, eval_spec)
     saved = pending.load()
     if saved is None:
-        results, protocol = evaluate_runs(runs, eval_spec, prompt_categories(job_spec), job_spec)
+        results, protocol = evaluate_runs(runs, eval_spec, prompt_annotations(job_spec),
+                                          job_spec)
         pending.save(results, protocol)
     else:
         results, protocol = saved
@@ -105,15 +107,17 @@ def _ensure_ray() -> None:
 
 
 def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
-                  categories: tuple[dict[str, str] | None, str] = (None, ""),
+                  annotations: Annotations | None = None,
                   job_spec: dict | None = None) -> tuple[list[RunResult], dict]:
     """1. plan the per-image parts; 2. reference statistics per feature extractor; 3. the passes
     over the runs' images on actors (features already cached for a run are not extracted
     again); 4. per run: scores, features, metrics with bootstrap intervals, the eval record.
 
-    `categories`: (prompt_id -> category, or None with the reason), for per-category FID;
-    `job_spec` (job.yaml) with each run.json says which of a run's rows its spec asks for.
+    `annotations`: the prompts' categories (per-category FID, strata), skills (per-skill
+    results) and the metadata the judged parts read (a suite's questions); `job_spec`
+    (job.yaml) with each run.json says which of a run's rows its spec asks for.
     """
+    annotations = annotations or Annotations(reason="no prompt annotations were given")
     results = [RunResult(d.name, d, read_run_info(d), read_timing(d)) for d in run_dirs]
     row_notes: dict[str, list[str]] = {}
     for result in results:
@@ -142,9 +146,12 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
 
     # 3. the passes: runs grouped by the parts they still need
     cached: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    stored = {result.run_id: StoredScores(result, plan, annotations.metadata)
+              for result in results}
     needs: dict[tuple[Part, ...], list[RunResult]] = {}
     for result in results:
-        need = _needed(result, plan, protocols, cached.setdefault(result.run_id, {}))
+        need = _needed(result, plan, protocols, cached.setdefault(result.run_id, {}),
+                       stored[result.run_id])
         needs.setdefault(need, []).append(result)
     bad_files: list[tuple[str, str]] = []
     scored: dict[str, tuple[RunScores, dict[str, str], bool]] = {}
@@ -161,9 +168,15 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
                 groups.append(result.run_id)
         _ensure_ray()
         keep = {result.run_id: result.rows.select for result in members}
-        columns = score_dataset(images_dataset(files, groups, bad_files, keep),
+        skip: dict[str, dict[str, list[str]]] = {}
+        for result in members:
+            for part, hits in stored[result.run_id].hits.items():
+                if part in parts and hits:
+                    skip.setdefault(str(part), {})[result.run_id] = list(hits)
+        columns = score_dataset(images_dataset(files, groups, bad_files, keep,
+                                               annotations.metadata),
                                 plan.only(list(parts)), spec.actors, spec.batch_size,
-                                spec.gpus_per_actor)
+                                spec.gpus_per_actor, skip)
         for result in members:
             scored[result.run_id] = (*run_scores(result.run_id, columns, parts), True)
 
@@ -172,7 +185,10 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
         scores, result.unreadable, fresh = scored[result.run_id]
         result.count = scores.count
         _attach_cached(scores, cached[result.run_id])
+        if stored[result.run_id].attach(scores) and not fresh:
+            write_scores(result.run_dir, scores)
         if fresh:
+            stored[result.run_id].keep(scores)
             write_scores(result.run_dir, scores)
             write_unreadable(result.run_dir, result.unreadable)
             for extractor in plan.features():
@@ -180,9 +196,9 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
                 if extractor not in cached[result.run_id] and column in scores.columns:
                     write_features(result.run_dir, extractor, protocols[extractor],
                                    scores.columns["row_id"], scores.columns[column])
-        attach_categories(scores.columns, categories[0])
+        attach_annotations(scores.columns, annotations)
         ctx = Context(spec, shared.references, warnings=list(shared.warnings))
-        ctx.memo["category_reason"] = categories[1]
+        ctx.memo["category_reason"] = annotations.reason
         ctx.warnings += row_notes[result.run_id] + _unreadable_warnings(result, bad_files)
         stats, result.missing = statistics(scores, ctx, spec.metrics, skipped)
         counts = scores.counts(spec.bootstrap.resamples, spec.bootstrap.seed)
@@ -205,8 +221,9 @@ def evaluate_runs(run_dirs: list[Location], spec: EvalSpec,
 
 
 def _needed(result: RunResult, plan: ScorePlan, protocols: dict[str, dict[str, Any]],
-            cached: dict[str, dict[str, np.ndarray]]) -> tuple[Part, ...]:
-    """The parts a run still needs; features found in its cache go into `cached`."""
+            cached: dict[str, dict[str, np.ndarray]], stored: StoredScores) -> tuple[Part, ...]:
+    """The parts a run still needs; features found in its cache go into `cached`, per-row
+    scores found in theirs into `stored`."""
     hashes = image_hashes(result.run_dir, result.rows)
     need = []
     for part in plan.keys():
@@ -215,6 +232,8 @@ def _needed(result: RunResult, plan: ScorePlan, protocols: dict[str, dict[str, A
             if hit is not None:
                 cached[part.extractor] = hit
                 continue
+        elif stored.covers(part):
+            continue
         need.append(part)
     return tuple(need)
 

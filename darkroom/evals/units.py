@@ -103,7 +103,10 @@ class Scorer:
     `resolve_weights(spec, part)`, where given, decides them instead. `settings` are its other
     keys of `eval:`; their values reach `build` as `planned.options`. `check(planned, spec)`
     says on the driver, before any image is read, why the part cannot run (or None).
-    `protocol` holds constants recorded in the eval protocol.
+    `protocol` holds constants recorded in the eval protocol. `cache(planned)`, where given, is
+    the identity of what the part answers (its model, what it is asked): its columns are then
+    kept per row (`score_cache.py`) and only rows whose image or prompt changed are scored again;
+    such a part marks a row it could not score with NaN, and must take a batch of no images.
     """
 
     name: str
@@ -116,6 +119,7 @@ class Scorer:
     resolve_weights: Callable[[Any, Part], str | None] | None = None
     check: Callable[[PlannedPart, Any], str | None] | None = None
     protocol: Mapping[str, Any] = field(default_factory=dict)
+    cache: Callable[[PlannedPart], Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Prompt sources -> `Prompt`s, each with a stable id, read here on the driver.
 
 Sources: an inline list, a file (.txt one per line, .jsonl, .csv, .parquet with a column mapping),
-class labels (DiT), or a folder of control images (ControlNet). Files and folders are local paths
-or URIs (`platform.storage`). Every way a source can be wrong (missing, unreadable, empty, a
-missing column, repeated ids) is a `PromptError` naming the field.
+class labels (DiT), a folder of control images (ControlNet), or a benchmark suite
+(`platform.suites`: its published files, cached and verified, or a local file in its format).
+Files and folders are local paths or URIs (`platform.storage`). Every way a source can be wrong
+(missing, unreadable, empty, a missing column, repeated ids) is a `PromptError` naming the field.
 
 `load_prompts` reads a source whole (`darkroom validate`, small inline sources); a job reads
 prompt files on its workers instead (`jobs.stream`), and the driver only `peek_prompts` at the
@@ -129,12 +130,28 @@ def load_prompts(source: PromptSource) -> list[Prompt]:
         "control_images": lambda: _from_folder(storage.location(source.control_images or ""),
                                                source.control_prompt),
         "images": lambda: _from_image_folder(source),
+        "suite": lambda: suite_prompts(source),
     }
     prompts = loaders[source.kind]()
     if not prompts:
         raise PromptError(f"prompts.{source.kind}", "the prompt source is empty; it needs at "
                           "least one prompt", source.source(source.kind))
     return prompts[: source.limit] if source.limit else prompts
+
+
+def suite_prompts(source: PromptSource) -> list[Prompt]:
+    """A suite's prompts, numbered by position (`00000`, ...) as evaluation numbers them when
+    it reads their skills and questions back."""
+    from darkroom.platform.suites import SuiteError, items
+
+    def read(path) -> bytes:
+        return storage.read_bytes(storage.location(str(path)))
+
+    try:
+        found = items(source.suite or "", source.file, read)
+    except (SuiteError, OSError) as err:
+        raise PromptError("prompts.suite", str(err), source.suite) from err
+    return [Prompt(f"{i:05d}", item.prompt) for i, item in enumerate(found)]
 
 
 def _from_file(path: Location, columns: ColumnMap, peek: bool = False) -> list[Prompt]:

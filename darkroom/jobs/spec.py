@@ -16,6 +16,7 @@ from darkroom.platform.families.sdxl import MICRO_CONDITIONING
 from darkroom.platform.models.runtime import RuntimeSpec
 from darkroom.platform.models.spec import ModelSpec
 from darkroom.platform.samplers import SamplerSpec
+from darkroom.platform.suites import SuiteError, suite, suites
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 # Upper bounds: well past any real use, low enough that a typo (1e9) is an error, not a plan that
@@ -50,11 +51,12 @@ class ColumnMap(_Section):
                              "white is repainted)")
 
 
-SOURCE_KINDS = ("list", "file", "classes", "control_images", "images")
+SOURCE_KINDS = ("list", "file", "classes", "control_images", "images", "suite")
 
 
 class PromptSource(_Section):
-    """Where prompts come from: exactly one of list, file, classes, control_images, images."""
+    """Where prompts come from: exactly one of list, file, classes, control_images, images,
+    suite (a suite may take a `file` in its format)."""
 
     list_: list[str] | None = Field(None, alias="list", description="inline prompts")
     file: str | None = Field(
@@ -73,13 +75,39 @@ class PromptSource(_Section):
         None, description="folder of masks named as the `images` they belong to (inpainting)")
     instruction: str = Field("", description="the prompt or instruction used with every image "
                              "of `images`")
+    suite: str | None = Field(
+        None, description="a benchmark suite (`darkroom suites list`): its prompts, with their "
+        "skills and questions for evaluation; with `file`, a local file or folder in the "
+        "suite's format instead of its published one")
     images_per_prompt: int = Field(1, ge=1, le=MAX_IMAGES_PER_PROMPT,
-                                   description="images generated for each prompt")
+                                   description="images generated for each prompt (a suite: "
+                                   "its own default)")
     limit: int | None = Field(None, ge=1, description="use only the first N prompts (smoke runs)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _suite_defaults(cls, data: Any) -> Any:
+        # a suite's protocol asks for so many images a prompt (GenEval 4, T2I-CompBench 10)
+        name = data.get("suite") if isinstance(data, dict) else None
+        if isinstance(name, str) and name in suites() and "images_per_prompt" not in data:
+            data = {**data, "images_per_prompt": suite(name).images_per_prompt}
+        return data
+
+    @field_validator("suite")
+    @classmethod
+    def _known_suite(cls, name: str | None) -> str | None:
+        if name is not None:
+            try:
+                suite(name)
+            except SuiteError as err:
+                raise ValueError(f"{err} (suites: {', '.join(suites())})") from None
+        return name
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PromptSource:
         given = [k for k in SOURCE_KINDS if self.source(k)]
+        if self.suite and "file" in given:  # the suite's data, in its format
+            given.remove("file")
         if len(given) != 1:
             raise ValueError(
                 f"give exactly one prompt source: {', '.join(SOURCE_KINDS)}; got "
@@ -96,7 +124,7 @@ class PromptSource(_Section):
     @property
     def kind(self) -> str:
         """Which of SOURCE_KINDS this source is."""
-        return next(k for k in SOURCE_KINDS if self.source(k))
+        return "suite" if self.suite else next(k for k in SOURCE_KINDS if self.source(k))
 
 
 def _sampler_entry(value: Any) -> Any:
@@ -281,6 +309,21 @@ class JobSpec(_Section):
     eval: EvalSpec | None = Field(None, description="metrics computed after generation")
     gate: GateSpec | None = Field(None, description="what `darkroom gate` judges, and how")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _suite_metrics(cls, data: Any) -> Any:
+        # an `eval:` without `metrics` on a suite's prompts computes the suite's own metrics
+        prompts = data.get("prompts") if isinstance(data, dict) else None
+        name = prompts.get("suite") if isinstance(prompts, dict) else None
+        evaluation = data.get("eval") if isinstance(data, dict) else None
+        if isinstance(name, str) and name in suites() and isinstance(evaluation, dict) \
+                and "metrics" not in evaluation:
+            from darkroom.evals.registry import metrics
+
+            wanted = [m for m in suite(name).metrics if m in metrics()]
+            data = {**data, "eval": {**evaluation, "metrics": wanted}}
+        return data
 
     @field_validator("name")
     @classmethod

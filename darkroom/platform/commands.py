@@ -11,9 +11,11 @@ from darkroom.platform.families import registered
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `models tiny|list` and `zoo train-digits` to the `darkroom` command."""
+    """Add `models tiny|list`, `zoo train-digits` and `suites ...` to the `darkroom` command."""
+    from darkroom.platform.suites.commands import register as register_suites
     from darkroom.platform.zoo.train_digits import add_arguments
 
+    register_suites(subparsers)
     models = subparsers.add_parser("models", help="model registry: tiny pipelines, names")
     sub = models.add_subparsers(dest="models_command", metavar="ACTION")
     sub.required = True

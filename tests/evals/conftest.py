@@ -136,3 +136,11 @@ def sd_job(tmp_path_factory) -> Path:
 def make_run():
     """`write_run` for test modules (conftest is not importable by name under importlib mode)."""
     return write_run
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory) -> Path:
+    """The tiny random-init Qwen2-VL judge (platform/builders/tiny_vlm.py) saved to a folder."""
+    from darkroom.platform.builders.tiny_vlm import tiny_vlm
+
+    return tiny_vlm(tmp_path_factory.mktemp("tiny-vlm"))

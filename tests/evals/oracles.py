@@ -78,3 +78,24 @@ def independent_prdc(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, fl
         "coverage": float(np.mean([(d[:, i] <= real_radius[i]).any()
                                    for i in range(len(real))])),
     }
+
+
+def vlm_probability(folder, image: np.ndarray, question: str, forms) -> float:
+    """A judge's answer, from the VLM alone (Lin et al. 2024; GenEval 2's evaluation.py): its
+    chat template around one image and the question, one forward, the softmax over the
+    vocabulary at the last position, summed over the first token of each answer form (each
+    token once)."""
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    inputs = processor(images=[Image.fromarray(image)], text=[text], return_tensors="pt")
+    with torch.no_grad():
+        probs = torch.softmax(model(**inputs).logits[0, -1].double(), dim=-1)
+    tokenizer = processor.tokenizer
+    ids = {tokenizer.convert_tokens_to_ids(tokenizer.tokenize(form)[0]) for form in forms}
+    return float(sum(probs[i] for i in ids))

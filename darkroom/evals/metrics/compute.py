@@ -4,9 +4,16 @@ those that are missing, and their bootstrap intervals; the direction of every ML
 A metric that cannot be computed raises `Unavailable` with the reason, and the run records it as
 missing, never as 0. The metrics themselves are registered with what they need
 (`darkroom.evals.registry`): corpus metrics in `corpus.py`, per-image ones with their scorer.
+
+Every per-image metric is also computed on the images of each skill (or category) of the
+prompts, when the rows carry their prompts' `skills`: `<key>.skill.<skill>`, resampled with the
+same prompts drawn as the whole run's value, so a skill's interval and its paired comparison come
+out of the same bootstrap.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -16,6 +23,8 @@ from darkroom.evals.metrics.bootstrap import interval
 from darkroom.evals.metrics.corpus import CATEGORY_PREFIX
 
 CI_LOW, CI_HIGH = "_ci_low", "_ci_high"
+SKILL = ".skill."  # <key>.skill.<skill>
+SKILLS_COLUMN = "skills"
 
 # Every MLflow metric Darkroom logs, with its direction (for compare's ranking and Pareto front).
 HIGHER_IS_BETTER: dict[str, bool] = {
@@ -26,10 +35,41 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 
 
 def higher_is_better(key: str) -> bool:
-    """The direction of an MLflow key (per-category FIDs: lower; unknown keys: higher)."""
+    """The direction of an MLflow key (per-category FIDs: lower; a skill's value: its metric's;
+    unknown keys: higher)."""
     if key.startswith(CATEGORY_PREFIX):
         return False
-    return HIGHER_IS_BETTER.get(key, True)
+    return HIGHER_IS_BETTER.get(key.split(SKILL)[0], True)
+
+
+def skill_key(key: str, skill: str) -> str:
+    """The MLflow key of a metric's value on one skill's images (characters MLflow refuses
+    become `_`)."""
+    return key + SKILL + re.sub(r"[^A-Za-z0-9_\-. ]", "_", str(skill))[:200]
+
+
+def per_skill(metric, scores: RunScores, ctx: Context, whole: dict[str, Statistic]
+              ) -> dict[str, Statistic]:
+    """The metric on the images of each skill of their prompts (a prompt with several skills
+    counts in each), for per-image metrics whose rows carry `skills`."""
+    skills = scores.columns.get(SKILLS_COLUMN)
+    if skills is None or metric.on_features or "*" in metric.key or metric.key not in whole:
+        return {}
+    out: dict[str, Statistic] = {}
+    for skill in sorted({s for row in skills for s in (row or ())}):
+        rows = np.array([i for i, row in enumerate(skills) if row and skill in row], int)
+        quiet = Context(ctx.spec, ctx.references)  # its warnings are the whole run's
+        try:
+            stat = metric.compute(scores.take(rows), quiet).get(metric.key)
+        except Unavailable:
+            continue
+        if stat is None or not np.isfinite(stat.value):
+            continue
+        resample = None if stat.resample is None else (
+            lambda counts, rows=rows, f=stat.resample: f(counts[:, rows]))
+        out[skill_key(metric.key, skill)] = Statistic(stat.value, resample, stat.bounds,
+                                                      stat.drifts)
+    return out
 
 
 def statistics(scores: RunScores, ctx: Context, names: list[str],
@@ -61,6 +101,7 @@ def statistics(scores: RunScores, ctx: Context, names: list[str],
             ctx.warnings.append(f"{scores.run_id}: {', '.join(bad)} came out non-finite and "
                                 "were left out")
         out.update({k: v for k, v in computed.items() if k not in bad})
+        out.update(per_skill(metric, scores, ctx, computed))
     return out, missing
 
 

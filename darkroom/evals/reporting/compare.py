@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from darkroom.evals import registry
-from darkroom.evals.metrics.compute import CI_HIGH, CI_LOW, higher_is_better
+from darkroom.evals.metrics.compute import CI_HIGH, CI_LOW, SKILL, higher_is_better
 from darkroom.evals.reporting import human, tracking
 from darkroom.evals.reporting.naming import distinct_names
 from darkroom.evals.reporting.paired import (
@@ -155,6 +155,24 @@ def table_rows(rows: list[RunRow], key: str, real: RealBaseline | None = None
     return header, body
 
 
+def skill_tables(rows: list[RunRow], key: str) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per-image metrics the runs have per skill (`<key>.skill.<skill>`), the ranking metric
+    first: for each, (title, header, cells) with a run a row and a skill a column."""
+    found: dict[str, set[str]] = {}
+    for r in rows:
+        for k in r.metrics:
+            if SKILL in k and not k.endswith((CI_LOW, CI_HIGH)) and r.value(k) is not None:
+                base, skill = k.split(SKILL, 1)
+                found.setdefault(base, set()).add(skill)
+    tables = []
+    for base in sorted(found, key=lambda b: (b != key, b)):
+        skills = sorted(found[base])
+        body = [[r.display, *[r.shown(base + SKILL + s) for s in skills]] for r in rows]
+        tables.append((f"{base} per skill (value ± half its 95% interval)", ["run", *skills],
+                       body))
+    return tables
+
+
 def format_table(header: list[str], body: list[list[str]]) -> str:
     """The table as plain text: columns padded to width, a dashed rule under the header."""
     widths = [max(len(str(c)) for c in column) for column in zip(header, *body, strict=True)]
@@ -275,6 +293,8 @@ def evaluation_report(results: list[dict], experiment: str, uri: str | None = No
     names = {r.run_id: r.display for r in rows}
     lines = [f"evaluation: {len(rows)} run(s) of experiment `{experiment}`, best {key} first",
              format_table(*table_rows(rank(rows, key), key))]
+    for title, header, body in skill_tables(rank(rows, key), key):
+        lines += [title, format_table(header, body)]
     missing: dict[tuple[str, str], list[str]] = {}
     for result in results:
         for name, reason in result["missing"].items():
@@ -340,6 +360,9 @@ def compare(experiment: str, metric: str | None = None, html_path: str | Path | 
         real_row = found
     table = table_rows(rows, key, real_row)
     parts.append(format_table(*table))
+    skills = skill_tables(rows, key)
+    for title, header, body in skills:
+        parts += ["", title, format_table(header, body)]
     against = None
     if baseline is not None:
         base = find_run(rows, baseline)
@@ -362,7 +385,7 @@ def compare(experiment: str, metric: str | None = None, html_path: str | Path | 
     path.parent.mkdir(parents=True, exist_ok=True)
     exp = tracking.experiment_id(client, experiment)
     page = report_html(client, experiment, rows, key, table, against, real_row,
-                       human.section(client, exp))
+                       human.section(client, exp), skills)
     path.write_text(page)
     with tracking.run_scope(client, exp, tracking.path_key("compare", experiment), "compare",
                             {tracking.KIND: "compare", "darkroom.compare.metric": key}) as run:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from darkroom.evals import registry
-from darkroom.evals.categories import attach_categories, prompt_categories
+from darkroom.evals.categories import attach_annotations, prompt_annotations
 from darkroom.evals.feature_cache import align, read_features
 from darkroom.evals.metrics.base import Context, RunScores, feature_column
 from darkroom.evals.metrics.bootstrap import Difference, difference, resample_counts
@@ -93,7 +93,7 @@ def load_run(name: str, folder: Location) -> RunData | str:
             scores.columns[feature_column(extractor)] = aligned.astype(np.float64)
             data.references[extractor] = load_npz(path)[0]
             data.identities[extractor] = f"{protocol}|{info.get('fingerprint') or path}"
-    attach_categories(columns, prompt_categories(job_spec)[0])
+    attach_annotations(columns, prompt_annotations(job_spec))
     return data
 
 

@@ -145,11 +145,15 @@ def _table(header: list[str], body: list[list[str]], classes: list[str] | None =
 def report_html(client, experiment: str, rows: list[Any], key: str,
                 table: tuple[list[str], list[list[str]]],
                 baseline: tuple[str, list[str], list[list[str]], list[str]] | None = None,
-                real: Any = None, humans: str = "") -> str:
+                real: Any = None, humans: str = "",
+                skills: list[tuple[str, list[str], list[list[str]]]] | None = None) -> str:
     """The self-contained page. `table`: the runs' header and cells; `baseline`: (title,
     header, cells, each row's verdict); `real`: the real-vs-real baseline or None; `humans`:
-    the human-preference section (`human.section`)."""
+    the human-preference section (`human.section`); `skills`: per-skill tables (title,
+    header, cells)."""
     esc = html.escape
+    per_skill = "".join(f"<h2>{esc(title)}</h2>{_table(header, body)}"
+                        for title, header, body in skills or ())
     sheets = []
     for r in rows:
         uri = contact_sheet_uri(client, r.run_id)
@@ -183,6 +187,7 @@ figure {{ margin: 0; }} figure img {{ width: 768px; max-width: 100%; }}
 <p>{len(rows)} runs, ranked by {esc(key)} ({direction} is better). Values are shown as value ±
 half the width of their 95% bootstrap interval (images resampled by prompt). Made {when}.</p>
 {_table(*table, ["real" if c[0].startswith("real vs real") else "" for c in table[1]])}
+{per_skill}
 {against}
 {humans}
 <h2>Contact sheets</h2><div class="sheets">{''.join(sheets)}</div>

@@ -2,7 +2,9 @@
 on them (features and per-image scores), and the driver gets the columns back keyed by row_id.
 
 A part that cannot load on the actor (missing weights) does not stop the others: its reason comes
-back in an `error_<part>` column and the metrics that need it are recorded as missing.
+back in an `error_<part>` column and the metrics that need it are recorded as missing. Rows a
+part's score cache already holds (`skip`) are not given to that part; its columns hold
+placeholders there, which the driver fills from the cache.
 """
 
 from __future__ import annotations
@@ -39,11 +41,15 @@ def _reason(err: Exception) -> str:
 class ScoringActor:
     """Ray Data actor: image rows in; row_id, features and per-image scores out."""
 
-    def __init__(self, plan: Mapping[str, Any]) -> None:
+    def __init__(self, plan: Mapping[str, Any],
+                 skip: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> None:
         import torch
 
         torch.set_num_threads(1)  # one thread per CPU actor: more fight Ray's other workers
         self.plan = ScorePlan.model_validate(plan)
+        # part -> run -> row ids its cache holds
+        self.skip = {part: {run: set(rows) for run, rows in runs.items()}
+                     for part, runs in (skip or {}).items()}
         self.parts: dict[Part, PartFn] = {}
         self.errors: dict[Part, str] = {}
         for planned in self.plan.parts:
@@ -51,6 +57,22 @@ class ScoringActor:
                 self.parts[planned.key] = build_part(planned, self.plan.device)
             except Exception as err:  # reported per metric as missing, never as 0
                 self.errors[planned.key] = _reason(err)
+
+    def _run(self, key: Part, part: PartFn, images: list[np.ndarray],
+             batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The part on the batch's rows its cache does not hold; placeholders on the others."""
+        skip = self.skip.get(str(key))
+        if not skip:
+            return part(images, batch)
+        groups = batch.get("group", np.full(len(images), ""))
+        wanted = np.array([str(row) not in skip.get(str(group), ())
+                           for row, group in zip(batch["row_id"], groups, strict=True)], bool)
+        if wanted.all():
+            return part(images, batch)
+        where = np.flatnonzero(wanted)
+        scored = part([images[i] for i in where],
+                      {k: np.asarray(v)[where] for k, v in batch.items()})
+        return {name: _scatter(values, where, len(images)) for name, values in scored.items()}
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Decode a batch's images and run every part on them; unloadable parts as errors.
@@ -64,31 +86,51 @@ class ScoringActor:
         out = {k: np.asarray(batch[k]) for k in ("row_id", "group", "prompt", "class_label",
                                                  *META_COLUMNS) if k in batch}
         out["unreadable"] = unreadable
-        for part in self.parts.values():
-            out.update(part(images, batch))
+        for key, part in self.parts.items():
+            out.update(self._run(key, part, images, batch))
         for part, reason in self.errors.items():
             out[error_column(part)] = np.array([reason] * len(images), dtype=object)
         return out
 
 
+def _scatter(values: np.ndarray, where: np.ndarray, count: int) -> np.ndarray:
+    """A part's values for the rows `where`, in a column of `count` rows (NaN, or None, at the
+    others)."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        full = np.full((count, *values.shape[1:]), np.nan, values.dtype)
+    else:
+        full = np.full((count, *values.shape[1:]), None, dtype=object)
+    full[where] = values
+    return full
+
+
 def scored_dataset(ds, plan: ScorePlan, actors: int = 1, batch_size: int = 32,
-                   actor: type | None = None, gpus_per_actor: float = 0.0):
+                   actor: type | None = None, gpus_per_actor: float = 0.0,
+                   skip: Mapping[str, Mapping[str, Sequence[str]]] | None = None):
     """The Ray dataset `ds` (columns row_id, image, group, optionally prompt and class_label)
-    mapped through a pool of `actors` ScoringActors (or a class that wraps one, for benchmarks)."""
+    mapped through a pool of `actors` ScoringActors (or a class that wraps one, for benchmarks);
+    `skip`: part -> run -> row ids that part is not asked for."""
     from ray.data import ActorPoolStrategy
 
+    kwargs: dict[str, Any] = {"plan": plan.model_dump()}
+    if skip:
+        kwargs["skip"] = {part: {run: list(rows) for run, rows in runs.items()}
+                          for part, runs in skip.items()}
     return ds.map_batches(
-        actor or ScoringActor, fn_constructor_kwargs={"plan": plan.model_dump()},
+        actor or ScoringActor, fn_constructor_kwargs=kwargs,
         batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=actors),
         num_cpus=1, num_gpus=gpus_per_actor or None,
     )
 
 
 def score_dataset(ds, plan: ScorePlan, actors: int = 1, batch_size: int = 32,
-                  gpus_per_actor: float = 0.0) -> dict[str, Any]:
+                  gpus_per_actor: float = 0.0,
+                  skip: Mapping[str, Mapping[str, Sequence[str]]] | None = None
+                  ) -> dict[str, Any]:
     """The scored columns of `ds`, gathered on the driver as numpy arrays."""
-    batches = scored_dataset(ds, plan, actors, batch_size, gpus_per_actor=gpus_per_actor
-                             ).iter_batches(batch_size=None, batch_format="numpy")
+    batches = scored_dataset(ds, plan, actors, batch_size, gpus_per_actor=gpus_per_actor,
+                             skip=skip).iter_batches(batch_size=None, batch_format="numpy")
     chunks = list(batches)
     if not chunks:
         return {}
@@ -97,10 +139,12 @@ def score_dataset(ds, plan: ScorePlan, actors: int = 1, batch_size: int = 32,
 
 def images_dataset(files: Sequence[str], groups: Sequence[str],
                    skipped: list[tuple[str, str]] | None = None,
-                   keep: Mapping[str, Select] | None = None):
+                   keep: Mapping[str, Select] | None = None,
+                   metadata: Mapping[str, str] | None = None):
     """A Ray dataset over image Parquet files (local paths or URIs); `group` names the file's run,
-    and `keep[group]` picks the rows of a table its spec asks for (`outputs.SpecRows.select`;
-    the others are not scored).
+    `keep[group]` picks the rows of a table its spec asks for (`outputs.SpecRows.select`;
+    the others are not scored), and `metadata` (prompt_id -> JSON: a suite's questions and
+    checks) becomes each row's `metadata` column.
 
     The files are read by Ray tasks on the workers, from where they are (the driver gets a few
     bytes per file back; the images stay in the object store), and all of them are read before
@@ -116,7 +160,8 @@ def images_dataset(files: Sequence[str], groups: Sequence[str],
     read = ray.remote(read_image_files).options(num_returns=2)
     entries = list(zip(map(str, files), groups, strict=True))
     wanted = ray.put(dict(keep or {}))  # once, however many read tasks
-    pending = [read.remote(entries[i:i + FILES_PER_READ], storage.registered(), wanted)
+    notes = ray.put(dict(metadata or {}))
+    pending = [read.remote(entries[i:i + FILES_PER_READ], storage.registered(), wanted, notes)
                for i in range(0, len(entries), FILES_PER_READ)]
     tables = []
     for summary, table in pending:
@@ -131,10 +176,11 @@ FILES_PER_READ = 8
 
 
 def read_image_files(entries: Sequence[tuple[str, str]], options: dict | None,
-                     keep: Mapping[str, Select] | None = None
+                     keep: Mapping[str, Select] | None = None,
+                     metadata: Mapping[str, str] | None = None
                      ) -> tuple[list[tuple[str, str | None]], pa.Table]:
     """Ray task: (path, group) pairs -> ([(path, why unreadable or None)], their rows (those
-    `keep[group]` picks) with a `group` column)."""
+    `keep[group]` picks) with a `group` column and their prompts' `metadata`)."""
     from darkroom.platform.data import storage
 
     storage.register(options)
@@ -143,7 +189,7 @@ def read_image_files(entries: Sequence[tuple[str, str]], options: dict | None,
                         ("class_label", pa.int64()), ("prompt_id", pa.string()),
                         ("sample_idx", pa.int64()), ("seed", pa.int64()), ("width", pa.int64()),
                         ("height", pa.int64()), ("input_images", pa.string()),
-                        ("group", pa.string())])
+                        ("group", pa.string()), ("metadata", pa.string())])
     summaries, tables = [], []
     for path, group in entries:
         try:
@@ -157,6 +203,10 @@ def read_image_files(entries: Sequence[tuple[str, str]], options: dict | None,
         if keep and group in keep:
             table = keep[group](table)
         table = table.append_column("group", pa.array([group] * len(table), pa.string()))
+        if metadata and "prompt_id" in table.column_names:
+            table = table.append_column("metadata", pa.array(
+                [metadata.get(str(p), "") for p in table.column("prompt_id").to_pylist()],
+                pa.string()))
         for missing in (f for f in schema if f.name not in table.column_names):
             table = table.append_column(missing, pa.nulls(len(table), missing.type))
         tables.append(table.select(schema.names).cast(schema))

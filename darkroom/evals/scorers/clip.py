@@ -33,7 +33,8 @@ from darkroom.platform.models.names import looks_local
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 CLIP_MODEL = weights_setting("clip_model", DEFAULT_CLIP,
                              "CLIP for clip_score: a local folder or hub id")
-MAX_PROMPT_TOKENS = 77  # CLIP's text context, start and end tokens included
+MAX_PROMPT_TOKENS = 77  # CLIP's text context, start and end tokens included (a long-text
+# CLIP's config says its own: Long-CLIP's 248)
 
 
 def load_clip(name_or_folder: str):
@@ -77,7 +78,8 @@ def _build_part(planned: PlannedPart, device: str) -> PartFn:
     model, processor = load_clip(planned.weights)
     model.to(device)
     tokenizer = processor.tokenizer
-    max_tokens = min(MAX_PROMPT_TOKENS, model.config.text_config.max_position_embeddings)
+    # CLIP's 77 positions, or a long-text CLIP's (Long-CLIP, Zhang et al. 2024: 248)
+    max_tokens = model.config.text_config.max_position_embeddings
 
     def part(images: list[np.ndarray], batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         prompts = [str(p or "") for p in batch["prompt"]]

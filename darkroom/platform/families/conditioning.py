@@ -51,7 +51,8 @@ class Conditioning:
                 "text+image+mask": "an inpainting model"}.get(self.name, self.name)
 
 
-TEXT = Conditioning("text", ("list", "file"), "`prompts.list` or `prompts.file`")
+TEXT = Conditioning("text", ("list", "file", "suite"),
+                    "`prompts.list`, `prompts.file` or `prompts.suite`")
 CLASS = Conditioning("class", ("classes",),
                      "`prompts.classes` (ids or names) or map `prompts.columns.class_label`")
 CONTROL = Conditioning("text+control", ("control_images",),

@@ -72,3 +72,36 @@ def test_long_prompts_are_truncated_and_counted(tiny_clip_dir):
     scores = RunScores("r", {"row_id": np.arange(2), "prompt": np.array([long, "short"]),
                              **ours})
     assert clip_score(scores, Context(EvalSpec()))["clip_prompts_truncated"].value == 1
+
+
+def test_a_long_text_clip_reads_its_own_length(tiny_clip_dir, tmp_path):
+    """A CLIP whose text encoder has 248 positions (Long-CLIP, Zhang et al. 2024, in
+    transformers' format) reads a 200-token prompt whole, scored as its text tower gives it,
+    and truncates (and counts) only past 248."""
+    import shutil
+
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    folder = tmp_path / "long-clip"
+    shutil.copytree(tiny_clip_dir, folder)
+    config = CLIPModel.from_pretrained(folder).config
+    config.text_config.max_position_embeddings = 248
+    torch.manual_seed(1)
+    CLIPModel(config).save_pretrained(folder)
+    model, processor = CLIPModel.from_pretrained(folder).eval(), CLIPProcessor.from_pretrained(
+        folder)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (48, 48, 3), dtype=np.uint8) for _ in range(2)]
+    prompts = ["light " * 40, "light " * 60]  # 200 and 300 tokens (one a letter)
+    ours = build_part(PlannedPart(scorer="clip", weights=str(folder)))(
+        images, {"prompt": np.array(prompts, dtype=object)})
+    assert list(ours["clip_truncated"]) == [False, True]
+    with torch.no_grad():
+        ids = processor.tokenizer(prompts[:1], return_tensors="pt").input_ids
+        assert ids.shape[1] > 77
+        txt = model.text_projection(model.text_model(input_ids=ids).pooler_output)
+        pixels = processor(images=images[:1], return_tensors="pt").pixel_values
+        img = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+        expected = 100 * torch.nn.functional.cosine_similarity(img, txt, dim=-1)
+    assert ours["clip_score"][0] == pytest.approx(float(expected[0]), abs=1e-4)
