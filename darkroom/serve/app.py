@@ -17,10 +17,13 @@ from ray.serve import Application
 
 from darkroom.platform.config import validate
 from darkroom.platform.errors import UserError
+from darkroom.platform.families import Family
 from darkroom.platform.models.names import local_family, sampler_kind
 from darkroom.platform.samplers import SAMPLERS
+from darkroom.serve.edits import InputImages
 from darkroom.serve.ingress import Ingress, IngressSettings
 from darkroom.serve.model import ImageModel
+from darkroom.serve.protocol import EDIT_REQUEST_BYTES, Limits
 from darkroom.serve.spec import ServeSpec, api_key_digest, load_spec
 
 
@@ -58,12 +61,14 @@ def application(spec: ServeSpec, stop: Any = None) -> Application:
         # one call per image: access lines would cost more than the images' own bookkeeping
         logging_config={"enable_access_log": False},
     ).bind(spec.model_dump(mode="json"))
+    family = _known_family(spec)
     settings = IngressSettings(
         model_id=spec.model_id,
-        limits=spec.limits,
+        limits=effective_limits(spec, family),
         samplers=fitting_samplers(spec),
         adapters=[lora.name for lora in spec.model.loras],
-        conditioning=_conditioning(spec),
+        conditioning=None if family is None else family.conditioning.name,
+        inputs=None if family is None else input_images(family),
         api_key_sha256=api_key_digest(spec),
         retry_after_s=spec.retry_after_s,
         created=int(time.time()),
@@ -94,10 +99,25 @@ def fitting_samplers(spec: ServeSpec) -> list[str]:
     return family.fitting(kind) if family and kind else list(SAMPLERS)
 
 
-def _conditioning(spec: ServeSpec) -> str | None:
-    """The model family's conditioning when it can be told here, before any replica loads it."""
+def _known_family(spec: ServeSpec) -> Family | None:
+    """The model's family when it can be told here, before any replica loads it."""
     try:
-        family = local_family(spec.model)
+        return local_family(spec.model)
     except Exception:  # e.g. a folder that exists only on the cluster's nodes: the replica knows
         return None
-    return None if family is None else family.conditioning.name
+
+
+def input_images(family: Family) -> InputImages:
+    """The input images and edit settings a family's rows take."""
+    conditioning = family.conditioning
+    return InputImages(required=tuple(i for i in conditioning.inputs if i != "control"),
+                       optional=conditioning.optional, edits=family.edits)
+
+
+def effective_limits(spec: ServeSpec, family: Family | None) -> Limits:
+    """The serve file's limits; an editing model's body limit defaults to `EDIT_REQUEST_BYTES`
+    (its requests carry images), unless the file sets `limits.max_request_bytes`."""
+    edits = family is not None and "image" in family.conditioning.inputs
+    if not edits or "max_request_bytes" in spec.limits.model_fields_set:
+        return spec.limits
+    return spec.limits.model_copy(update={"max_request_bytes": EDIT_REQUEST_BYTES})

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Response
+from fastapi import Depends, FastAPI, Form, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import darkroom
 from darkroom.platform.engine.rows import RequestRow
 from darkroom.platform.errors import did_you_mean
+from darkroom.serve.edits import MULTIPART, InputImages, checked_inputs, edit_fields, edit_model
 from darkroom.serve.guards import (
     NO_KEY,
     BodyReader,
@@ -46,9 +47,10 @@ from darkroom.serve.guards import (
 from darkroom.serve.protocol import (
     OPENAI_SIZES,
     SEED_MAX,
+    BadRequest,
+    BaseRequest,
     ErrorResponse,
     ImageData,
-    ImageRequest,
     ImagesResponse,
     Limits,
     ModelCard,
@@ -59,6 +61,7 @@ from darkroom.serve.protocol import (
 
 logger = logging.getLogger("ray.serve")
 BATCH_HEADER = "X-Darkroom-Batch-Size"
+EDITS = "/v1/images/edits"
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in [
@@ -81,6 +84,7 @@ class IngressSettings(BaseModel):
     limits: Limits
     samplers: list[str]
     conditioning: str | None = None  # the family's; None when it is not known before loading
+    inputs: InputImages | None = None  # the input images it takes; None: not known
     adapters: list[str] = []  # LoRA adapters a request may name
     api_key_sha256: str | None = None
     retry_after_s: float = 1.0
@@ -92,14 +96,6 @@ UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, RayActorError)
 
 class Overloaded(Exception):
     """The model deployment refused the work: answer 503 with Retry-After."""
-
-
-class BadRequest(Exception):
-    """A request the front refuses: 400 with the message and the field (`param`)."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 class ImageFailed(Exception):
@@ -147,9 +143,10 @@ def build_api(
     gate: Gate | None = None,
 ) -> FastAPI:
     """The FastAPI app of one server: its limits are the request schema's constraints."""
-    Request = request_model(  # noqa: N806 (a class)
+    Generation = request_model(  # noqa: N806 (classes)
         settings.limits, settings.samplers, settings.conditioning
     )
+    Edit = edit_model(settings.limits, settings.samplers)  # noqa: N806
     app = FastAPI(
         title="Darkroom images API",
         version=darkroom.__version__,
@@ -175,8 +172,11 @@ def build_api(
     retry_after = str(math.ceil(settings.retry_after_s))
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_, err: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         message, param = _describe(err.errors())
+        kind = request.headers.get("content-type", "")
+        if request.url.path.endswith(EDITS) and not kind.startswith("multipart/form-data"):
+            message, param = f"{MULTIPART} (got {kind or 'no Content-Type'})", None
         return openai_error(400, message, "invalid_request_error", param)
 
     @app.exception_handler(StarletteHTTPException)
@@ -221,42 +221,70 @@ def build_api(
         responses=ERROR_RESPONSES,
         summary="generate images (OpenAI Images API)",
     )
-    async def generations(body: Request, response: Response) -> ImagesResponse:
-        rows = _rows(body, settings)
-        results = await generate(rows)
-        failed = next((r for r in results if r["error"]), None)
-        if failed and failed.get("status", 400) >= 500:
-            raise ImageFailed(failed["error"])
-        if failed:
-            raise BadRequest(failed["error"], failed.get("param"))
-        response.headers[BATCH_HEADER] = str(max(r["batch_size"] for r in results))
-        width, height = results[0]["width"], results[0]["height"]
-        size = f"{width}x{height}"
-        return ImagesResponse(
-            created=int(time.time()),
-            model=settings.model_id,
-            size=size if size in OPENAI_SIZES else None,
-            width=width,
-            height=height,
-            data=[
-                ImageData(
-                    # a flagged image's own bytes never left the replica: a blank in its place
-                    b64_json=base64.b64encode(r["image"] if r["image"] is not None
-                                              else blank_png(r["width"], r["height"])).decode(),
-                    seed=r["seed"],
-                    flagged=r["flagged"],
-                    safety_score=r["safety_score"],
-                    batch_size=r["batch_size"],
-                )
-                for r in results
-            ],
-        )
+    async def generations(body: Generation, response: Response) -> ImagesResponse:
+        if settings.inputs and settings.inputs.takes("image"):
+            raise BadRequest(f"{settings.model_id} is an image-editing model: send the source "
+                             f"image to POST /v1/images/edits ({MULTIPART})", "image")
+        return _answer(await generate(_rows(body, settings)), settings, response)
+
+    @app.post(
+        EDITS,
+        response_model=ImagesResponse,
+        dependencies=auth,
+        responses=ERROR_RESPONSES,
+        summary="edit an image (OpenAI Images API, multipart/form-data)",
+    )
+    async def edits(body: Annotated[Edit, Form(media_type="multipart/form-data")],
+                    response: Response) -> ImagesResponse:
+        known = settings.conditioning is not None
+        if known and not (settings.inputs and settings.inputs.takes("image")):
+            raise BadRequest(f"{settings.model_id} is {settings.conditioning}-conditioned: it "
+                             "edits no images; use POST /v1/images/generations", "image")
+        inputs = await checked_inputs(body, settings.inputs, settings.limits, settings.model_id)
+        rows = _rows(body, settings, edit_fields(body, inputs))
+        return _answer(await generate(rows), settings, response)
 
     return app
 
 
-def _rows(body: ImageRequest, settings: IngressSettings) -> list[RequestRow]:
-    """One request row per image (consecutive seeds from the request's seed)."""
+def _answer(results: list[dict[str, Any]], settings: IngressSettings,
+            response: Response) -> ImagesResponse:
+    """The images response for the replicas' answers; the first failed image fails the request
+    (a 500 when the server failed on it, else a 400 naming its field)."""
+    failed = next((r for r in results if r["error"]), None)
+    if failed and failed.get("status", 400) >= 500:
+        raise ImageFailed(failed["error"])
+    if failed:
+        raise BadRequest(failed["error"], failed.get("param"))
+    response.headers[BATCH_HEADER] = str(max(r["batch_size"] for r in results))
+    width, height = results[0]["width"], results[0]["height"]
+    size = f"{width}x{height}"
+    return ImagesResponse(
+        created=int(time.time()),
+        model=settings.model_id,
+        size=size if size in OPENAI_SIZES else None,
+        width=width,
+        height=height,
+        data=[
+            ImageData(
+                # a flagged image's own bytes never left the replica: a blank in its place
+                b64_json=base64.b64encode(r["image"] if r["image"] is not None
+                                          else blank_png(r["width"], r["height"])).decode(),
+                seed=r["seed"],
+                flagged=r["flagged"],
+                safety_score=r["safety_score"],
+                batch_size=r["batch_size"],
+            )
+            for r in results
+        ],
+    )
+
+
+def _rows(body: BaseRequest, settings: IngressSettings,
+          extra: dict[str, Any] | None = None) -> list[RequestRow]:
+    """One request row per image (consecutive seeds from the request's seed); `extra`: an
+    edit's image, mask and edit settings."""
+    class_label = getattr(body, "class_label", None)
     lora = _adapter_of(body, settings)
     width, height = body.dimensions()
     seed = secrets.randbelow(2**31) if body.seed is None else body.seed
@@ -265,7 +293,7 @@ def _rows(body: ImageRequest, settings: IngressSettings) -> list[RequestRow]:
             seed=(seed + i) % (SEED_MAX + 1),
             prompt=body.prompt,
             negative_prompt=body.negative_prompt or "",
-            class_label=None if body.class_label is None else str(body.class_label),
+            class_label=None if class_label is None else str(class_label),
             width=width,
             height=height,
             steps=body.steps,
@@ -273,12 +301,13 @@ def _rows(body: ImageRequest, settings: IngressSettings) -> list[RequestRow]:
             sampler=body.sampler,
             adapters=[lora] if lora else [],
             lora_scale=body.lora_scale,
+            **(extra or {}),
         )
         for i in range(body.n)
     ]
 
 
-def _adapter_of(body: ImageRequest, settings: IngressSettings) -> str | None:
+def _adapter_of(body: BaseRequest, settings: IngressSettings) -> str | None:
     """The adapter a request names (`lora`, or `model: BASE:ADAPTER`), checked; None: base."""
     from_model = None
     if body.model is not None and body.model != settings.model_id:

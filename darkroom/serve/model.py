@@ -69,6 +69,7 @@ class ImageModel:
             preload_adapters=False,  # each when first asked for (ServedAdapters)
         )
         self.conditioning = self.generator.family.conditioning.name
+        self.inputs = self.generator.family.conditioning
         self.class_conditional = self.conditioning == "class"
         self.checker = _safety_checker(self.spec) if self.spec.safety.on else None
         # One thread owns the pipeline: calls never overlap, and the event loop stays free to
@@ -111,6 +112,9 @@ class ImageModel:
                 f"`class_label` is for class-conditional models; {self.spec.model_id} is "
                 f"{self.conditioning}-conditioned: describe the image in `prompt`",
             )
+        problem = self._input_problem(row)
+        if problem:  # the ingress refuses these already when it knows the family
+            return _refused(row, *problem)
         key = self._settings_key(row)  # here, not in the batch: a bad row fails only itself
         # its adapters stay loaded until it is answered, even if Serve drops one meanwhile
         async with self.adapters.held(row.adapters):
@@ -128,6 +132,21 @@ class ImageModel:
         if isinstance(result, GroupFailed):
             raise result.error
         return result
+
+    def _input_problem(self, row: RequestRow) -> tuple[str, str] | None:
+        """(field, message) when a row brings input images the model does not take, or lacks
+        one it needs."""
+        needed, optional = self.inputs.inputs, self.inputs.optional
+        who = f"{self.spec.model_id} is {self.inputs.describe()}"
+        if row.image is not None and "image" not in needed + optional:
+            return "image", f"{who}: it edits no images; use POST /v1/images/generations"
+        if row.image is None and "image" in needed:
+            return "image", f"{who}: send the source image to POST /v1/images/edits"
+        if row.mask is not None and "mask" not in needed + optional:
+            return "mask", f"{who}: it takes no mask; leave `mask` out"
+        if row.mask is None and "mask" in needed:
+            return "mask", f"{who}: give `mask`, white (or transparent) where it repaints"
+        return None
 
     def _batch_wait_s(self) -> float:
         """How long a batch that starts forming now may wait for more requests.
@@ -274,7 +293,7 @@ def _answer(row: dict[str, Any], verdict: Verdict) -> dict[str, Any]:
         "image": None if verdict.flagged or error else row["image"],
         "error": error,
         "status": status,  # of an error: 400 the row's input, 500 the server failed on it
-        "param": None,  # the request field an error is about, when one is
+        "param": _input_named(error),  # the request field an error is about, when one is
         "seed": row["seed"],
         "width": row["width"],
         "height": row["height"],
@@ -282,6 +301,12 @@ def _answer(row: dict[str, Any], verdict: Verdict) -> dict[str, Any]:
         "flagged": verdict.flagged,
         "safety_score": verdict.score,
     }
+
+
+def _input_named(error: str | None) -> str | None:
+    """The input image an error of the generator is about (its messages name it first)."""
+    return next((name for name in ("image", "mask") if (error or "").startswith(f"`{name}`")),
+                None)
 
 
 def _refused(row: RequestRow, param: str, message: str) -> dict[str, Any]:

@@ -25,10 +25,22 @@ MAX_N = 256
 MAX_PROMPT_CHARS = 100_000
 SIZE_PATTERN = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 MiB = 2**20
+# the default body limit of an editing model's server: its requests carry an image and a mask
+EDIT_REQUEST_BYTES = 32 * MiB
 # the most bytes one character of a prompt can take in a JSON body (an escaped surrogate pair)
 JSON_BYTES_PER_CHAR = 12
+# the platform's bound on any input image (records.MAX_INPUT_PIXELS): 8192 x 8192
+MAX_INPUT_PIXELS = 8192 * 8192
 # the image sizes OpenAI's schema lets an images response name in `size`
 OPENAI_SIZES = ("1024x1024", "1024x1536", "1536x1024")
+
+
+class BadRequest(Exception):
+    """A request the front refuses: 400 with the message and the field (`param`)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class Limits(BaseModel):
@@ -50,6 +62,11 @@ class Limits(BaseModel):
         10.0, gt=0, le=300,
         description="seconds a request's body may take to arrive; a slower one gets 408",
     )
+    max_input_pixels: int = Field(
+        4096 * 4096, ge=64, le=MAX_INPUT_PIXELS,
+        description="pixels of an edit's source image or mask, read from its header: a larger "
+        "one is refused (400) before it is decoded",
+    )
 
     @model_validator(mode="after")
     def _room_for_prompts(self) -> Limits:
@@ -63,8 +80,8 @@ class Limits(BaseModel):
         return self
 
 
-class ImageRequest(BaseModel):
-    """`POST /v1/images/generations`: OpenAI's fields, then Darkroom's extensions."""
+class BaseRequest(BaseModel):
+    """What generation and edit requests share: OpenAI's fields, then Darkroom's extensions."""
 
     model_config = ConfigDict(extra="forbid")
     max_side: ClassVar[int] = Limits().max_side
@@ -99,9 +116,6 @@ class ImageRequest(BaseModel):
         None, ge=0, le=SEED_MAX, description="seed of the first image; image i uses seed + i"
     )
     sampler: str | None = Field(None, description="sampler name, e.g. ddim, dpmpp_2m, euler_a")
-    class_label: int | str | None = Field(
-        None, description="class id or name, for class-conditional models (DiT)"
-    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -132,27 +146,26 @@ class ImageRequest(BaseModel):
         return int(width), int(height)
 
 
-def request_model(
-    limits: Limits, samplers: list[str] | None = None, conditioning: str | None = None
-) -> type[ImageRequest]:
-    """`ImageRequest` with this server's limits as schema constraints.
+class ImageRequest(BaseRequest):
+    """`POST /v1/images/generations`: OpenAI's fields, then Darkroom's extensions."""
 
-    `samplers`: the sampler names the server accepts (the schema's enum). `conditioning`: the
-    model family's ("text", "class", "text+control"), when known; only a class-conditional model
-    (or one whose family is not known here) takes `class_label`.
-    """
+    class_label: int | str | None = Field(
+        None, description="class id or name, for class-conditional models (DiT)"
+    )
 
+
+def constrained(limits: Limits, samplers: list[str] | None = None) -> type[BaseRequest]:
+    """`BaseRequest` with this server's limits and sampler names as schema constraints: the
+    base of each route's request model (`request_model`, `edits.edit_model`)."""
     prompt_chars = limits.max_prompt_chars
     sampler_type: Any = Literal[tuple(samplers)] if samplers else str
-    takes_class_label = conditioning in (None, "class")
-    class_label_type: Any = int | str | None if takes_class_label else type(None)
 
-    class ImageGenerationRequest(ImageRequest):
+    class Constrained(BaseRequest):
         max_side: ClassVar[int] = limits.max_side
 
         prompt: str = Field(
             max_length=prompt_chars,
-            description=ImageRequest.model_fields["prompt"].description,
+            description=BaseRequest.model_fields["prompt"].description,
         )
         n: int = Field(1, ge=1, le=limits.max_n, description="number of images")
         steps: int | None = Field(
@@ -162,12 +175,7 @@ def request_model(
             None, max_length=prompt_chars, description="what the image should not show"
         )
         sampler: sampler_type | None = Field(  # type: ignore[valid-type]
-            None, description=ImageRequest.model_fields["sampler"].description
-        )
-        class_label: class_label_type = Field(  # type: ignore[valid-type]
-            None,
-            description=ImageRequest.model_fields["class_label"].description if takes_class_label
-            else f"not taken: the served model is {conditioning}-conditioned",
+            None, description=BaseRequest.model_fields["sampler"].description
         )
 
         # Before the type check, so a near miss gets a hint rather than the whole enum
@@ -177,6 +185,28 @@ def request_model(
             if samplers and isinstance(name, str) and is_text(name) and name not in samplers:
                 raise ValueError(f"unknown sampler `{name}`;{did_you_mean(name, samplers)}")
             return name
+
+    return Constrained
+
+
+def request_model(
+    limits: Limits, samplers: list[str] | None = None, conditioning: str | None = None
+) -> type[ImageRequest]:
+    """`ImageRequest` with this server's limits as schema constraints.
+
+    `samplers`: the sampler names the server accepts (the schema's enum). `conditioning`: the
+    model family's ("text", "class", "text+control"), when known; only a class-conditional model
+    (or one whose family is not known here) takes `class_label`.
+    """
+    takes_class_label = conditioning in (None, "class")
+    class_label_type: Any = int | str | None if takes_class_label else type(None)
+
+    class ImageGenerationRequest(constrained(limits, samplers), ImageRequest):
+        class_label: class_label_type = Field(  # type: ignore[valid-type]
+            None,
+            description=ImageRequest.model_fields["class_label"].description if takes_class_label
+            else f"not taken: the served model is {conditioning}-conditioned",
+        )
 
         @field_validator("class_label", mode="before")
         @classmethod
