@@ -68,10 +68,11 @@ class EditRequest(BaseRequest):
         return [*self.image, *self.images]
 
 
-def edit_model(limits: Limits, samplers: list[str] | None = None) -> type[EditRequest]:
+def edit_model(limits: Limits, samplers: list[str] | None = None,
+               urls: bool = False) -> type[EditRequest]:
     """`EditRequest` with this server's limits as schema constraints."""
 
-    class ImageEditRequest(constrained(limits, samplers), EditRequest):
+    class ImageEditRequest(constrained(limits, samplers, urls), EditRequest):
         # the base's generic `size` would come first in this order of bases
         size: str | None = EditRequest.model_fields["size"]
 

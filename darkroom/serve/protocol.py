@@ -11,7 +11,14 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from darkroom.platform.engine.rows import RequestRow
 from darkroom.platform.errors import did_you_mean
@@ -35,12 +42,30 @@ MAX_INPUT_PIXELS = 8192 * 8192
 OPENAI_SIZES = ("1024x1024", "1024x1536", "1536x1024")
 
 
-class BadRequest(Exception):
+class ApiError(Exception):
+    """An error answered in OpenAI's shape, with its status (and headers)."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.param, self.code = status, kind, param, code
+        self.headers = headers
+
+
+class BadRequest(ApiError):
     """A request the front refuses: 400 with the message and the field (`param`)."""
 
     def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
+        super().__init__(400, message, param=param)
+
+
+class Overloaded(Exception):
+    """The model deployment refused the work: answer 503 with Retry-After."""
+
+
+class ImageFailed(Exception):
+    """The model replica failed on an image of the request (not its input): 500."""
 
 
 class Limits(BaseModel):
@@ -99,9 +124,22 @@ class BaseRequest(BaseModel):
     response_format: Literal["b64_json"] = Field(
         "b64_json", description="only b64_json: images are returned inline as base64 PNG"
     )
+    output_format: Literal["png", "jpeg", "webp"] = Field("png", description="the images' "
+                                                          "file format")
+    output_compression: int | None = Field(None, ge=0, le=100, description="jpeg and webp: "
+                                           "compression in percent (100 - quality); default 25")
     user: str | None = Field(
         None, max_length=256, description="an end-user id (accepted, not stored)"
     )
+    stream: bool = Field(False, description="send server-sent events: `partial_images` "
+                         "previews, then each image (OpenAI's streaming)")
+    partial_images: int | None = Field(None, ge=0, le=3, description="with `stream`: previews "
+                                       "per image, decoded cheaply from the latents")
+    webhook: str | None = Field(None, max_length=2048, pattern=r"^https?://",
+                                description="a URL that gets the job's events, signed "
+                                "(Standard Webhooks)")
+    webhook_events_filter: list[Literal["start", "progress", "completed"]] | None = Field(
+        None, max_length=3, description="which events the webhook gets; default all")
     negative_prompt: str | None = Field(None, description="what the image should not show")
     lora: str | None = Field(None, description="a LoRA adapter the server lists (GET "
                              "/v1/models); the same as `model: BASE:ADAPTER`")
@@ -154,11 +192,14 @@ class ImageRequest(BaseRequest):
     )
 
 
-def constrained(limits: Limits, samplers: list[str] | None = None) -> type[BaseRequest]:
+def constrained(limits: Limits, samplers: list[str] | None = None,
+                urls: bool = False) -> type[BaseRequest]:
     """`BaseRequest` with this server's limits and sampler names as schema constraints: the
-    base of each route's request model (`request_model`, `edits.edit_model`)."""
+    base of each route's request model (`request_model`, `edits.edit_model`). `urls`: the
+    server keeps images (`outputs`), so `response_format` may be `url`."""
     prompt_chars = limits.max_prompt_chars
     sampler_type: Any = Literal[tuple(samplers)] if samplers else str
+    formats: Any = Literal["b64_json", "url"] if urls else Literal["b64_json"]
 
     class Constrained(BaseRequest):
         max_side: ClassVar[int] = limits.max_side
@@ -177,6 +218,39 @@ def constrained(limits: Limits, samplers: list[str] | None = None) -> type[BaseR
         sampler: sampler_type | None = Field(  # type: ignore[valid-type]
             None, description=BaseRequest.model_fields["sampler"].description
         )
+        response_format: formats = Field(  # type: ignore[valid-type]
+            "b64_json", description="b64_json: inline base64; url: a link valid for a while"
+            if urls else "only b64_json: images are returned inline as base64")
+
+        @field_validator("response_format", mode="before")
+        @classmethod
+        def _url_kept(cls, value: Any) -> Any:
+            if value == "url" and not urls:
+                raise ValueError("`url` needs a server that keeps images (`outputs` in its "
+                                 "serve file); this one answers b64_json only")
+            return value
+
+        @field_validator("stream")
+        @classmethod
+        def _inline(cls, stream: bool, info: ValidationInfo) -> bool:
+            if stream and info.data.get("response_format") == "url":
+                raise ValueError("a stream sends its images inline: leave `response_format` "
+                                 "unset")
+            return stream
+
+        @field_validator("partial_images")
+        @classmethod
+        def _streamed(cls, count: int | None, info: ValidationInfo) -> int | None:
+            if count is not None and not info.data.get("stream"):
+                raise ValueError("`partial_images` needs `stream: true`")
+            return count
+
+        @field_validator("webhook_events_filter")
+        @classmethod
+        def _hooked(cls, events: Any, info: ValidationInfo) -> Any:
+            if events is not None and info.data.get("webhook") is None:
+                raise ValueError("`webhook_events_filter` needs `webhook`")
+            return events
 
         # Before the type check, so a near miss gets a hint rather than the whole enum
         @field_validator("sampler", mode="before")
@@ -190,7 +264,8 @@ def constrained(limits: Limits, samplers: list[str] | None = None) -> type[BaseR
 
 
 def request_model(
-    limits: Limits, samplers: list[str] | None = None, conditioning: str | None = None
+    limits: Limits, samplers: list[str] | None = None, conditioning: str | None = None,
+    urls: bool = False,
 ) -> type[ImageRequest]:
     """`ImageRequest` with this server's limits as schema constraints.
 
@@ -201,7 +276,7 @@ def request_model(
     takes_class_label = conditioning in (None, "class")
     class_label_type: Any = int | str | None if takes_class_label else type(None)
 
-    class ImageGenerationRequest(constrained(limits, samplers), ImageRequest):
+    class ImageGenerationRequest(constrained(limits, samplers, urls), ImageRequest):
         class_label: class_label_type = Field(  # type: ignore[valid-type]
             None,
             description=ImageRequest.model_fields["class_label"].description if takes_class_label
@@ -225,8 +300,13 @@ class ImageData(BaseModel):
     """One image: OpenAI's `b64_json`, plus its seed, the safety verdict and the batch it ran in.
     No `revised_prompt`: prompts are used as given (OpenAI's schema takes no null there)."""
 
-    b64_json: str = Field(description="base64 PNG; a black image of the same size when the "
-                          "safety filter withheld it (`flagged`)")
+    b64_json: str | None = Field(None, exclude_if=lambda value: value is None,
+                                 description="the image in base64 (`output_format`); a black "
+                                 "image of the same size when the safety filter withheld it "
+                                 "(`flagged`)")
+    url: str | None = Field(None, exclude_if=lambda value: value is None,
+                            description="with `response_format: url`: where to fetch the "
+                            "image, for `outputs.url_ttl_s`")
     seed: int = Field(description="the seed that reproduces this image")
     flagged: bool = Field(False, description="withheld by the safety filter: `b64_json` is a "
                           "black image in its place")
@@ -240,7 +320,7 @@ class ImagesResponse(BaseModel):
     created: int = Field(description="Unix time")
     data: list[ImageData]
     model: str
-    output_format: Literal["png"] = "png"
+    output_format: Literal["png", "jpeg", "webp"] = "png"
     size: str | None = Field(None, exclude_if=lambda size: size is None,
                              description="WIDTHxHEIGHT, only when it is one of OpenAI's sizes "
                              f"({', '.join(OPENAI_SIZES)}); see `width` and `height`")
