@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict
 
 from darkroom.serve.jobs.store import Store
+from darkroom.serve.jobs.waiting import woken
 
 logger = logging.getLogger("ray.serve")
 TOLERANCE_S = 300  # a receiver refuses signatures older than this (replays)
@@ -134,10 +135,7 @@ class Deliverer:
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             while True:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
-                except TimeoutError:
-                    pass
+                await woken(self._wake, self.poll_s)
                 self._wake.clear()
                 try:
                     due = await asyncio.to_thread(self.store.due, "delivery", time.time(), 32)

@@ -20,6 +20,7 @@ from typing import Any
 
 from darkroom.platform.engine.rows import RequestRow
 from darkroom.serve.jobs.book import Job, JobBook
+from darkroom.serve.jobs.waiting import woken
 
 logger = logging.getLogger("ray.serve")
 # (rows, extras) -> each row's answer or the exception its call raised
@@ -73,9 +74,7 @@ class Dispatcher:
             if job is None or job.terminal or left <= 0:
                 return job
             event = self._done.setdefault(job_id, asyncio.Event())
-            try:
-                await asyncio.wait_for(event.wait(), min(pause, left))
-            except TimeoutError:
+            if not await woken(event, min(pause, left)):
                 pause = min(pause * 2, 0.25)
 
     def images_out(self) -> int:
@@ -84,10 +83,7 @@ class Dispatcher:
     async def _loop(self) -> None:
         last_touch = last_sweep = time.monotonic()
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_s)
-            except TimeoutError:
-                pass
+            await woken(self._wake, self.poll_s)
             self._wake.clear()
             try:
                 free = self.capacity - self.images_out()
