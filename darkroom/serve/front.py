@@ -117,7 +117,9 @@ class Front:
         if body.stream:
             return self._streamed(owner, body, rows, route)
         with self.quotas.held(owner, len(rows)):
-            results = await self.generate(rows, [output_extra(body)] * len(rows))
+            output = output_extra(body)
+            extra = {"output": output} if output else None
+            results = await self.generate(rows, [extra] * len(rows))
         self._count(owner, results)
         data, headers = answer(results, self.settings.model_id, self.signer,
                                str(request.base_url))
