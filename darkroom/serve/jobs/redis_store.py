@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from darkroom.serve.jobs.store import Insert
+from darkroom.serve.jobs.insert import Insert
 
 INSERT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then

@@ -15,21 +15,13 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from darkroom.serve.jobs.insert import Insert
 
-@dataclass(frozen=True)
-class Insert:
-    """A document to insert with a swap, unless its key exists (then it is left as it is)."""
-
-    kind: str
-    key: str
-    doc: dict[str, Any]
-    due: float | None = None
-    expires: float | None = None
+__all__ = ["Insert", "SQLiteStore", "Store", "StoreError", "open_store"]
 
 
 class Store(Protocol):
