@@ -3,13 +3,16 @@
     .venv/bin/python benchmarks/serve_load.py                       # tiny DiT, 10 steps
     .venv/bin/python benchmarks/serve_load.py --model tiny:sd --steps 10
     .venv/bin/python benchmarks/serve_load.py --config configs/serve/sd15.yaml --seconds 30
+    .venv/bin/python benchmarks/serve_load.py --jobs                # async jobs vs synchronous
 
 Starts a local Ray instance and Serve on 127.0.0.1 (a free port), deploys the serve file twice,
 one replica each (as written, and with `max_batch_size: 1`), and drives both with 1, 8 and 32
 closed-loop clients for a bounded time, the two arms alternating. Prints requests/s, p50/p99
 latency, the mean formed batch and the clients' own CPU per request per level, the throughput
 ratio at the highest level, and the replica's own batch speed-up (the generator called
-directly, no HTTP): the most batching can give.
+directly, no HTTP): the most batching can give. With `--jobs`: one deployment, 32 clients
+synchronous against 32 submitting async jobs (`Prefer: respond-async`) and polling them to their
+end, the two alternating; prints the throughput ratio.
 """
 
 from __future__ import annotations
@@ -72,6 +75,64 @@ async def drive(url: str, body: dict, clients: int, seconds: float, max_requests
         "batch": statistics.mean(batches) if batches else float("nan"),
         "statuses": statuses,
     }
+
+
+async def drive_jobs(url: str, body: dict, clients: int, seconds: float,
+                     max_requests: int) -> dict:
+    """Like `drive`, each request an async job: submitted, then polled (`?wait`) to its end."""
+    import aiohttp
+
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    deadline = time.perf_counter() + seconds
+    jobs_url = url.replace("/generations", "/jobs")
+    sent = 0
+
+    async def client(http: aiohttp.ClientSession) -> None:
+        nonlocal sent
+        while time.perf_counter() < deadline and sent < max_requests:
+            sent += 1
+            started = time.perf_counter()
+            async with http.post(url, json={**body, "seed": sent},
+                                 headers={"Prefer": "respond-async"}) as response:
+                job = await response.json()
+            state = job.get("status", f"HTTP {response.status}")
+            while state in ("queued", "in_progress"):
+                async with http.get(f"{jobs_url}/{job['id']}?wait=30") as response:
+                    state = (await response.json()).get("status", f"HTTP {response.status}")
+            statuses[state] = statuses.get(state, 0) + 1
+            if state == "succeeded":
+                latencies.append(time.perf_counter() - started)
+
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {"rps": len(latencies) / elapsed,
+            "p50": statistics.median(latencies) if latencies else float("nan"),
+            "statuses": statuses}
+
+
+def measure_jobs(url: str, args: argparse.Namespace, clients: int = 32) -> None:
+    """Synchronous against async submission + polling on one deployment, best round each."""
+    body = {"prompt": args.prompt, "steps": args.steps}
+    asyncio.run(drive(url, body, clients, args.warmup, 10_000))
+    arms = {"sync": lambda: drive(url, body, clients, args.seconds, args.max_requests),
+            "async": lambda: drive_jobs(url, body, clients, args.seconds, args.max_requests)}
+    best: dict[str, dict] = {}
+    for round_ in range(args.rounds):
+        for arm, run in arms.items():
+            r = asyncio.run(run())
+            print(f"  round {round_ + 1} {arm:>5} {clients} clients: {r['rps']:7.1f} req/s  "
+                  f"p50 {r['p50'] * 1000:7.1f} ms  {r['statuses']}", file=sys.stderr, flush=True)
+            if r["rps"] > best.get(arm, {"rps": -1})["rps"]:
+                best[arm] = r
+    ratio = best["async"]["rps"] / best["sync"]["rps"]
+    print(f"{clients} clients: synchronous {best['sync']['rps']:.1f} req/s, async jobs + polling "
+          f"{best['async']['rps']:.1f} req/s: {ratio:.2f}x")
 
 
 def measure(urls: dict[str, str], args: argparse.Namespace) -> dict[str, dict[int, dict]]:
@@ -181,6 +242,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per level")
     parser.add_argument("--safety", action="store_true", help="keep the safety filter on")
+    parser.add_argument("--jobs", action="store_true",
+                        help="instead: async jobs + polling vs synchronous at 32 clients")
     parser.add_argument("--lora", action="store_true",
                         help="instead: 1 adapter vs 3 in rotation on one tiny:sd deployment")
     # logical CPUs for Ray's scheduling: both apps (a model replica and a front each) must fit
@@ -225,6 +288,10 @@ def main() -> int:
               f"one replica each; batching: max_batch_size {batched.batching.max_batch_size}, "
               f"batch_wait_timeout_s {batched.batching.batch_wait_timeout_s}; best of "
               f"{args.rounds} rounds of {args.seconds:g} s", flush=True)
+        if args.jobs:
+            serve.run(application(batched), name="jobs", route_prefix="/jobs")
+            measure_jobs(f"http://127.0.0.1:{port}/jobs/v1/images/generations", args)
+            return 0
         urls = {}
         for arm, spec in (("batched", batched), ("single", single)):
             serve.run(application(spec), name=arm, route_prefix=f"/{arm}")

@@ -10,6 +10,7 @@ and what a Serve config file (`serve deploy`) or a KubeRay RayService names as i
 from __future__ import annotations
 
 import math
+import secrets
 import time
 from typing import Any
 
@@ -17,11 +18,22 @@ from ray.serve import Application
 
 from darkroom.platform.config import validate
 from darkroom.platform.errors import UserError
+from darkroom.platform.families import Family
 from darkroom.platform.models.names import local_family, sampler_kind
 from darkroom.platform.samplers import SAMPLERS
+from darkroom.serve.edits import InputImages
 from darkroom.serve.ingress import Ingress, IngressSettings
 from darkroom.serve.model import ImageModel
-from darkroom.serve.spec import ServeSpec, api_key_digest, load_spec
+from darkroom.serve.protocol import EDIT_REQUEST_BYTES, Limits
+from darkroom.serve.spec import (
+    ServeSpec,
+    api_key_digest,
+    api_key_digests,
+    job_settings,
+    load_spec,
+    secret,
+)
+from darkroom.serve.webhooks import WebhookSettings
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -48,6 +60,9 @@ def application(spec: ServeSpec, stop: Any = None) -> Application:
 
     `stop`: a `guards.StopSignal` actor that `darkroom serve` drains the ingress through.
     """
+    # the job store's place is fixed here, where the app is built: every replica uses it
+    jobs = job_settings(spec)
+    spec = spec.model_copy(update={"jobs": spec.jobs.model_copy(update={"store": jobs.store})})
     backpressure = {"retry_after_s": spec.retry_after_s}
     model = ImageModel.options(
         max_ongoing_requests=spec.max_ongoing_requests,
@@ -58,15 +73,33 @@ def application(spec: ServeSpec, stop: Any = None) -> Application:
         # one call per image: access lines would cost more than the images' own bookkeeping
         logging_config={"enable_access_log": False},
     ).bind(spec.model_dump(mode="json"))
+    family = _known_family(spec)
     settings = IngressSettings(
         model_id=spec.model_id,
-        limits=spec.limits,
+        limits=effective_limits(spec, family),
         samplers=fitting_samplers(spec),
         adapters=[lora.name for lora in spec.model.loras],
-        conditioning=_conditioning(spec),
+        conditioning=None if family is None else family.conditioning.name,
+        inputs=None if family is None else input_images(family),
         api_key_sha256=api_key_digest(spec),
+        api_keys=api_key_digests(spec) if spec.auth and spec.auth.keys else {},
         retry_after_s=spec.retry_after_s,
         created=int(time.time()),
+        quota=spec.quotas,
+        key_quotas={key.name: key.quotas for key in (spec.auth.keys if spec.auth else [])
+                    if key.quotas is not None},
+        jobs=jobs,
+        max_wait_s=spec.jobs.max_wait_s,
+        # the dispatchers together keep the model replicas as busy as requests would
+        dispatch_images=math.ceil(spec.autoscaling.max_replicas * spec.max_ongoing_requests
+                                  / spec.ingress.replicas),
+        webhooks=WebhookSettings(
+            secret=secret("webhooks.secret_env", spec.webhooks.secret_env),
+            **spec.webhooks.model_dump(exclude={"secret_env"})),
+        outputs_uri=spec.outputs.uri if spec.outputs else None,
+        url_secret=(secret("outputs.secret_env", spec.outputs.secret_env)
+                    or secrets.token_hex(32)) if spec.outputs else None,
+        url_ttl_s=spec.outputs.url_ttl_s if spec.outputs else 3600.0,
     )
     # The model deployment, not the front, is the gate: a waiting request costs the front
     # little, so it holds twice what the model side can take (working + queued), and the model
@@ -94,10 +127,25 @@ def fitting_samplers(spec: ServeSpec) -> list[str]:
     return family.fitting(kind) if family and kind else list(SAMPLERS)
 
 
-def _conditioning(spec: ServeSpec) -> str | None:
-    """The model family's conditioning when it can be told here, before any replica loads it."""
+def _known_family(spec: ServeSpec) -> Family | None:
+    """The model's family when it can be told here, before any replica loads it."""
     try:
-        family = local_family(spec.model)
+        return local_family(spec.model)
     except Exception:  # e.g. a folder that exists only on the cluster's nodes: the replica knows
         return None
-    return None if family is None else family.conditioning.name
+
+
+def input_images(family: Family) -> InputImages:
+    """The input images and edit settings a family's rows take."""
+    conditioning = family.conditioning
+    return InputImages(required=tuple(i for i in conditioning.inputs if i != "control"),
+                       optional=conditioning.optional, edits=family.edits)
+
+
+def effective_limits(spec: ServeSpec, family: Family | None) -> Limits:
+    """The serve file's limits; an editing model's body limit defaults to `EDIT_REQUEST_BYTES`
+    (its requests carry images), unless the file sets `limits.max_request_bytes`."""
+    edits = family is not None and "image" in family.conditioning.inputs
+    if not edits or "max_request_bytes" in spec.limits.model_fields_set:
+        return spec.limits
+    return spec.limits.model_copy(update={"max_request_bytes": EDIT_REQUEST_BYTES})

@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import re
 from typing import Any
 
 import ray
@@ -49,9 +50,19 @@ def printable(text: str) -> str:
 def key_matches(authorization: str | None, digest: str) -> bool:
     """Whether an `Authorization` header carries the bearer key of SHA-256 `digest` (compared
     in constant time)."""
+    return key_of(authorization, {digest: "key"}) is not None
+
+
+def key_of(authorization: str | None, digests: dict[str, str]) -> str | None:
+    """The name of the key (SHA-256 -> name) an `Authorization` header carries, or None; each
+    digest compared in constant time."""
     scheme, _, key = (authorization or "").partition(" ")
     given = hashlib.sha256(key.strip().encode("utf-8", "backslashreplace")).hexdigest()
-    return scheme.lower() == "bearer" and hmac.compare_digest(given, digest)
+    found = None
+    for digest, name in digests.items():
+        if hmac.compare_digest(given, digest):
+            found = name
+    return found if scheme.lower() == "bearer" else None
 
 
 def _header(scope: Scope, name: bytes) -> bytes:
@@ -93,18 +104,28 @@ class SizeLimit:
 
 
 class KeyCheck:
-    """Refuses a request without the API key (401) from its headers, before its body is read:
+    """Refuses a request without an API key (401) from its headers, before its body is read:
     a client without the key holds a slot only for the time of that answer. `open_paths`
-    (health, API docs) need no key."""
+    (health, API docs) and paths matching `open_pattern` need no key. The key's name goes to
+    the request's state (`request.state.api_key`)."""
 
-    def __init__(self, app: ASGIApp, digest: str, open_paths: set[str]) -> None:
+    def __init__(self, app: ASGIApp, digests: dict[str, str], open_paths: set[str],
+                 open_pattern: str | None = None) -> None:
         self.app = app
-        self.digest = digest
+        self.digests = digests
         self.open_paths = open_paths
+        self.open_pattern = re.compile(open_pattern) if open_pattern else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _route_path(scope) in self.open_paths or key_matches(
-                _header(scope, b"authorization").decode("latin-1"), self.digest):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = _route_path(scope)
+        name = key_of(_header(scope, b"authorization").decode("latin-1"), self.digests)
+        if name is not None:
+            scope.setdefault("state", {})["api_key"] = name
+        if name is not None or path in self.open_paths or (
+                self.open_pattern and self.open_pattern.match(path)):
             await self.app(scope, receive, send)
             return
         headers = {"WWW-Authenticate": "Bearer"}

@@ -10,17 +10,13 @@ the drain on stop.
 # request model is built per server.
 
 import asyncio
-import base64
-import functools
-import io
 import logging
 import math
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Response
+from fastapi import Depends, FastAPI, Form, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -33,6 +29,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import darkroom
 from darkroom.platform.engine.rows import RequestRow
 from darkroom.platform.errors import did_you_mean
+from darkroom.serve.edits import MULTIPART, InputImages, checked_inputs, edit_fields, edit_model
+from darkroom.serve.front import Front
 from darkroom.serve.guards import (
     NO_KEY,
     BodyReader,
@@ -40,32 +38,43 @@ from darkroom.serve.guards import (
     KeyCheck,
     SizeLimit,
     drain_on_signal,
-    key_matches,
+    key_of,
     openai_error,
 )
+from darkroom.serve.jobs.book import JobSettings
+from darkroom.serve.jobs.dispatch import Busy, Died
 from darkroom.serve.protocol import (
-    OPENAI_SIZES,
     SEED_MAX,
+    ApiError,
+    BadRequest,
+    BaseRequest,
     ErrorResponse,
-    ImageData,
-    ImageRequest,
+    ImageFailed,
     ImagesResponse,
     Limits,
     ModelCard,
     ModelList,
+    Overloaded,
     adapter_of,
     request_model,
 )
+from darkroom.serve.quotas import Quota, QuotaExceeded
+from darkroom.serve.webhooks import WebhookSettings
 
 logger = logging.getLogger("ray.serve")
 BATCH_HEADER = "X-Darkroom-Batch-Size"
+EDITS = "/v1/images/edits"
+CONTENT = r"^/v1/images/[^/]+/content$"  # kept images: open, their URLs are signed
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in [
         (400, "bad input: the message names the field"),
         (401, "missing or wrong API key"),
+        (404, "no such job (or it expired), or no such kept image"),
         (408, "the body did not arrive within the server's `limits.body_timeout_s`"),
         (413, "the request body is larger than the server's `limits.max_request_bytes`"),
+        (422, "an Idempotency-Key used before with another body"),
+        (429, "the API key's rate or in-flight limit: retry after the Retry-After header"),
         (500, "the server failed on an image (never bad input)"),
         (503, "overloaded or shutting down: retry after the Retry-After header's seconds"),
     ]
@@ -81,29 +90,30 @@ class IngressSettings(BaseModel):
     limits: Limits
     samplers: list[str]
     conditioning: str | None = None  # the family's; None when it is not known before loading
+    inputs: InputImages | None = None  # the input images it takes; None: not known
     adapters: list[str] = []  # LoRA adapters a request may name
-    api_key_sha256: str | None = None
+    api_key_sha256: str | None = None  # one key (named "default")
+    api_keys: dict[str, str] = {}  # several: SHA-256 of each key -> its name
     retry_after_s: float = 1.0
     created: int = 0
+    quota: Quota = Quota()  # per key, unless `key_quotas` names it
+    key_quotas: dict[str, Quota] = {}
+    jobs: JobSettings | None = None  # None: no async jobs, idempotency keys or webhooks
+    max_wait_s: float = 300.0
+    dispatch_images: int = 64  # images this replica's dispatcher has out at once
+    webhooks: WebhookSettings = WebhookSettings()
+    outputs_uri: str | None = None  # where `response_format: url` images are kept
+    url_secret: str | None = None
+    url_ttl_s: float = 3600.0
+
+    def key_names(self) -> dict[str, str]:
+        """SHA-256 of each API key -> its name; empty without auth."""
+        if self.api_keys:
+            return self.api_keys
+        return {self.api_key_sha256: "default"} if self.api_key_sha256 else {}
 
 
 UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, RayActorError)
-
-
-class Overloaded(Exception):
-    """The model deployment refused the work: answer 503 with Retry-After."""
-
-
-class BadRequest(Exception):
-    """A request the front refuses: 400 with the message and the field (`param`)."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-class ImageFailed(Exception):
-    """The model replica failed on an image of the request (not its input): 500."""
 
 
 @serve.deployment(name="Ingress")
@@ -123,33 +133,66 @@ class Ingress:
             )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self.settings, self._generate, self.gate)
+        return build_api(self.settings, self._generate, self.gate, run_rows=self._run_rows,
+                         stream=self._stream, classify=classify)
 
-    async def _generate(self, rows: list[RequestRow]) -> list[dict[str, Any]]:
-        # Siblings of a refused image run to completion and are dropped: cancelling them from
-        # here would block this event loop until their replica assignment resolves.
+    def _calls(self, rows: list[RequestRow], extras: list[dict | None] | None) -> list[Any]:
         # Serve's model multiplexing: each adapter's requests go to a replica that has it loaded,
         # and a batch never mixes adapters (Serve splits batches by multiplexed model id)
-        responses = [self.model.generate.options(multiplexed_model_id=adapter_of(row))
-                     .remote(row) for row in rows]
-        results = await asyncio.gather(*responses, return_exceptions=True)
+        extras = extras or [None] * len(rows)
+        return [self.model.generate.options(multiplexed_model_id=adapter_of(row))
+                .remote(row, extra) for row, extra in zip(rows, extras, strict=True)]
+
+    async def _run_rows(self, rows: list[RequestRow], extras: list[dict | None]) -> list[Any]:
+        """Each row's answer, or the exception its call raised (a job's rows)."""
+        return list(await asyncio.gather(*self._calls(rows, extras), return_exceptions=True))
+
+    async def _generate(self, rows: list[RequestRow],
+                        extras: list[dict | None] | None = None) -> list[dict[str, Any]]:
+        # Siblings of a refused image run to completion and are dropped: cancelling them from
+        # here would block this event loop until their replica assignment resolves.
+        results = await self._run_rows(rows, extras or [None] * len(rows))
         failures = [r for r in results if isinstance(r, BaseException)]
         if any(isinstance(f, UNAVAILABLE) for f in failures):
             raise Overloaded(str(failures[0]))
         if failures:
             raise failures[0]
-        return list(results)
+        return results
+
+    async def _stream(self, row: RequestRow, extra: dict[str, Any]) -> Any:
+        """One row's previews and answer, as the model replica streams them."""
+        stream = self.model.options(stream=True, multiplexed_model_id=adapter_of(row))
+        async for event in stream.generate_stream.remote(row.model_dump(), extra):
+            yield event
+
+
+def classify(err: BaseException) -> type[Exception] | None:
+    """What an exception of a model call means for a job: the model was busy (Busy), the
+    replica died (Died), or the call failed (None)."""
+    if isinstance(err, BackPressureError | DeploymentUnavailableError | Overloaded):
+        return Busy
+    if isinstance(err, RayActorError):
+        return Died
+    return None
 
 
 def build_api(
     settings: IngressSettings,
-    generate: Callable[[list[RequestRow]], Awaitable[list[dict[str, Any]]]],
+    generate: Callable[..., Awaitable[list[dict[str, Any]]]],
     gate: Gate | None = None,
+    run_rows: Any = None,
+    stream: Any = None,
+    classify: Any = None,
 ) -> FastAPI:
-    """The FastAPI app of one server: its limits are the request schema's constraints."""
-    Request = request_model(  # noqa: N806 (a class)
-        settings.limits, settings.samplers, settings.conditioning
+    """The FastAPI app of one server: its limits are the request schema's constraints.
+    `generate(rows, extras)`: the model's answers; `run_rows`, `stream`, `classify`: see
+    `front.Front`."""
+    urls = settings.outputs_uri is not None
+    Generation = request_model(  # noqa: N806 (classes)
+        settings.limits, settings.samplers, settings.conditioning, urls
     )
+    Edit = edit_model(settings.limits, settings.samplers, urls)  # noqa: N806
+    front = Front(settings, _extras_taken(generate), run_rows, stream, classify)
     app = FastAPI(
         title="Darkroom images API",
         version=darkroom.__version__,
@@ -162,21 +205,26 @@ def build_api(
     limits = settings.limits
     app.add_middleware(BodyReader, max_bytes=limits.max_request_bytes,
                        timeout_s=limits.body_timeout_s)
-    if settings.api_key_sha256:
+    keys = settings.key_names()
+    if keys:
         open_paths = {"/healthz", app.openapi_url, app.docs_url, app.redoc_url,
                       app.swagger_ui_oauth2_redirect_url}
-        app.add_middleware(KeyCheck, digest=settings.api_key_sha256, open_paths=open_paths)
+        app.add_middleware(KeyCheck, digests=keys, open_paths=open_paths,
+                           open_pattern=CONTENT)  # kept images: their URLs are signed
     app.add_middleware(SizeLimit, max_bytes=limits.max_request_bytes)
     if gate is not None:
         app.add_middleware(gate.middleware)
     # the key is checked by KeyCheck already; the dependency puts it in the API docs and keeps
     # every route closed should the app be mounted without the middleware
-    auth = [Depends(_auth(settings.api_key_sha256))] if settings.api_key_sha256 else []
+    auth = [Depends(_auth(keys))] if keys else []
     retry_after = str(math.ceil(settings.retry_after_s))
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_, err: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         message, param = _describe(err.errors())
+        kind = request.headers.get("content-type", "")
+        if request.url.path.endswith(EDITS) and not kind.startswith("multipart/form-data"):
+            message, param = f"{MULTIPART} (got {kind or 'no Content-Type'})", None
         return openai_error(400, message, "invalid_request_error", param)
 
     @app.exception_handler(StarletteHTTPException)
@@ -184,9 +232,14 @@ def build_api(
         kind = "authentication_error" if err.status_code == 401 else "invalid_request_error"
         return openai_error(err.status_code, str(err.detail), kind, headers=err.headers)
 
-    @app.exception_handler(BadRequest)
-    async def _bad(_, err: BadRequest) -> JSONResponse:
-        return openai_error(400, str(err), "invalid_request_error", err.param)
+    @app.exception_handler(ApiError)
+    async def _api(_, err: ApiError) -> JSONResponse:
+        return openai_error(err.status, str(err), err.kind, err.param, err.code, err.headers)
+
+    @app.exception_handler(QuotaExceeded)
+    async def _quota(_, err: QuotaExceeded) -> JSONResponse:
+        return openai_error(429, str(err), "rate_limit_error", code="rate_limit_exceeded",
+                            headers={"Retry-After": str(max(1, math.ceil(err.retry_after_s)))})
 
     @app.exception_handler(ImageFailed)
     async def _image_failed(_, err: ImageFailed) -> JSONResponse:
@@ -221,42 +274,52 @@ def build_api(
         responses=ERROR_RESPONSES,
         summary="generate images (OpenAI Images API)",
     )
-    async def generations(body: Request, response: Response) -> ImagesResponse:
-        rows = _rows(body, settings)
-        results = await generate(rows)
-        failed = next((r for r in results if r["error"]), None)
-        if failed and failed.get("status", 400) >= 500:
-            raise ImageFailed(failed["error"])
-        if failed:
-            raise BadRequest(failed["error"], failed.get("param"))
-        response.headers[BATCH_HEADER] = str(max(r["batch_size"] for r in results))
-        width, height = results[0]["width"], results[0]["height"]
-        size = f"{width}x{height}"
-        return ImagesResponse(
-            created=int(time.time()),
-            model=settings.model_id,
-            size=size if size in OPENAI_SIZES else None,
-            width=width,
-            height=height,
-            data=[
-                ImageData(
-                    # a flagged image's own bytes never left the replica: a blank in its place
-                    b64_json=base64.b64encode(r["image"] if r["image"] is not None
-                                              else blank_png(r["width"], r["height"])).decode(),
-                    seed=r["seed"],
-                    flagged=r["flagged"],
-                    safety_score=r["safety_score"],
-                    batch_size=r["batch_size"],
-                )
-                for r in results
-            ],
-        )
+    async def generations(body: Generation, request: Request) -> Response:
+        if settings.inputs and settings.inputs.takes("image"):
+            raise BadRequest(f"{settings.model_id} is an image-editing model: send the source "
+                             f"image to POST /v1/images/edits ({MULTIPART})", "image")
+        return await front.serve(request, body, _rows(body, settings), "generations")
 
+    @app.post(
+        EDITS,
+        response_model=ImagesResponse,
+        dependencies=auth,
+        responses=ERROR_RESPONSES,
+        summary="edit an image (OpenAI Images API, multipart/form-data)",
+    )
+    async def edits(body: Annotated[Edit, Form(media_type="multipart/form-data")],
+                    request: Request) -> Response:
+        known = settings.conditioning is not None
+        if known and not (settings.inputs and settings.inputs.takes("image")):
+            raise BadRequest(f"{settings.model_id} is {settings.conditioning}-conditioned: it "
+                             "edits no images; use POST /v1/images/generations", "image")
+        inputs = await checked_inputs(body, settings.inputs, settings.limits, settings.model_id)
+        rows = _rows(body, settings, edit_fields(body, inputs))
+        files = {"image": inputs.image, "mask": inputs.mask or b""}
+        return await front.serve(request, body, rows, "edits", files)
+
+    front.add_routes(app, auth, ERROR_RESPONSES)
     return app
 
 
-def _rows(body: ImageRequest, settings: IngressSettings) -> list[RequestRow]:
-    """One request row per image (consecutive seeds from the request's seed)."""
+def _extras_taken(generate: Callable[..., Any]) -> Callable[..., Any]:
+    """`generate` as `(rows, extras)`, also for one that takes only the rows."""
+    import inspect
+
+    if len(inspect.signature(generate).parameters) >= 2:
+        return generate
+
+    async def with_extras(rows: list[RequestRow], extras: list[dict | None]) -> Any:
+        return await generate(rows)
+
+    return with_extras
+
+
+def _rows(body: BaseRequest, settings: IngressSettings,
+          extra: dict[str, Any] | None = None) -> list[RequestRow]:
+    """One request row per image (consecutive seeds from the request's seed); `extra`: an
+    edit's image, mask and edit settings."""
+    class_label = getattr(body, "class_label", None)
     lora = _adapter_of(body, settings)
     width, height = body.dimensions()
     seed = secrets.randbelow(2**31) if body.seed is None else body.seed
@@ -265,7 +328,7 @@ def _rows(body: ImageRequest, settings: IngressSettings) -> list[RequestRow]:
             seed=(seed + i) % (SEED_MAX + 1),
             prompt=body.prompt,
             negative_prompt=body.negative_prompt or "",
-            class_label=None if body.class_label is None else str(body.class_label),
+            class_label=None if class_label is None else str(class_label),
             width=width,
             height=height,
             steps=body.steps,
@@ -273,12 +336,13 @@ def _rows(body: ImageRequest, settings: IngressSettings) -> list[RequestRow]:
             sampler=body.sampler,
             adapters=[lora] if lora else [],
             lora_scale=body.lora_scale,
+            **(extra or {}),
         )
         for i in range(body.n)
     ]
 
 
-def _adapter_of(body: ImageRequest, settings: IngressSettings) -> str | None:
+def _adapter_of(body: BaseRequest, settings: IngressSettings) -> str | None:
     """The adapter a request names (`lora`, or `model: BASE:ADAPTER`), checked; None: base."""
     from_model = None
     if body.model is not None and body.model != settings.model_id:
@@ -301,22 +365,12 @@ def _adapter_of(body: ImageRequest, settings: IngressSettings) -> str | None:
     return lora
 
 
-@functools.lru_cache(maxsize=16)
-def blank_png(width: int, height: int) -> bytes:
-    """A black PNG of the given size: what a flagged image is returned as."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _auth(digest: str) -> Callable[..., None]:
+def _auth(digests: dict[str, str]) -> Callable[..., None]:
     bearer = HTTPBearer(auto_error=False, description="the key held in the server's api_key_env")
 
     def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
         header = f"Bearer {credentials.credentials}" if credentials else None
-        if not key_matches(header, digest):
+        if key_of(header, digests) is None:
             raise HTTPException(401, NO_KEY, headers={"WWW-Authenticate": "Bearer"})
 
     return check

@@ -27,7 +27,9 @@ from darkroom.platform.engine.generator import ImageGenerator
 from darkroom.platform.engine.rows import RequestRow
 from darkroom.platform.models.runtime import configure_threads
 from darkroom.serve.adapters import ServedAdapters
-from darkroom.serve.spec import ServeSpec
+from darkroom.serve.jobs.replica import ReplicaJobs
+from darkroom.serve.outputs import StoredImages, shaped
+from darkroom.serve.spec import ServeSpec, job_settings
 
 logger = logging.getLogger("ray.serve")
 PENDING = "pending"  # a batch member whose group has not run yet
@@ -69,6 +71,7 @@ class ImageModel:
             preload_adapters=False,  # each when first asked for (ServedAdapters)
         )
         self.conditioning = self.generator.family.conditioning.name
+        self.inputs = self.generator.family.conditioning
         self.class_conditional = self.conditioning == "class"
         self.checker = _safety_checker(self.spec) if self.spec.safety.on else None
         # One thread owns the pipeline: calls never overlap, and the event loop stays free to
@@ -96,10 +99,18 @@ class ImageModel:
         # batch by adapter, so one formed batch can be several pipeline calls in a row
         self._queued: dict[int, float] = {}
         self._tickets = itertools.count()
+        self.jobs = ReplicaJobs(job_settings(self.spec), self.generator.family.name,
+                                self.spec.webhooks.progress_every_s)
+        self.stored = StoredImages(self.spec.outputs.uri) if self.spec.outputs else None
+        self._streams: dict[str, asyncio.Queue] = {}  # stream id -> its previews
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def generate(self, row: RequestRow | dict[str, Any]) -> dict[str, Any]:
-        """One request row in, one answer out (see `_answer`)."""
+    async def generate(self, row: RequestRow | dict[str, Any],
+                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One request row in, one answer out (see `_answer`). `extra`: the row's job (progress,
+        cancellation, its result written to the store), stream (previews) and output format."""
         row = row if isinstance(row, RequestRow) else RequestRow.model_validate(row)
+        self._loop = self._loop or asyncio.get_running_loop()
         if row.adapters is None:  # a served row names its adapters; none named: the base model
             row = row.model_copy(update={"adapters": []})
         if self.class_conditional and row.class_label is None:
@@ -111,8 +122,12 @@ class ImageModel:
                 f"`class_label` is for class-conditional models; {self.spec.model_id} is "
                 f"{self.conditioning}-conditioned: describe the image in `prompt`",
             )
+        problem = self._input_problem(row)
+        if problem:  # the ingress refuses these already when it knows the family
+            return _refused(row, *problem)
         key = self._settings_key(row)  # here, not in the batch: a bad row fails only itself
         # its adapters stay loaded until it is answered, even if Serve drops one meanwhile
+        held = self.jobs.hold(extra)  # its lease kept alive while it is here
         async with self.adapters.held(row.adapters):
             self._batched.set_batch_wait_timeout_s(self._batch_wait_s())
             ticket = next(self._tickets)
@@ -120,14 +135,55 @@ class ImageModel:
             result: Any = PENDING
             try:
                 # consume the whole stream, so no batch future is left unread
-                async for item in self._batched((row, ticket, key)):
+                async for item in self._batched((row, ticket, key, extra)):
                     if not isinstance(item, str):
                         result = item
             finally:  # also when the caller went away before its batch started
                 self._waiting.discard(ticket)
+                self.jobs.release(held)
         if isinstance(result, GroupFailed):
             raise result.error
         return result
+
+    async def generate_stream(self, row: dict[str, Any], extra: dict[str, Any]
+                              ) -> AsyncIterator[dict[str, Any]]:
+        """`generate` as a stream: `{"partial": index, "image": bytes}` for each preview of
+        `extra["preview"]` (count, format), then `{"final": answer}`."""
+        stream = f"stream-{next(self._tickets)}"
+        row = {**row, "row_id": stream}
+        extra = {**extra, "preview": {**extra["preview"], "stream": stream}}
+        queue: asyncio.Queue = asyncio.Queue()
+        self._streams[stream] = queue
+        task = asyncio.get_running_loop().create_task(self.generate(row, extra))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (event := await queue.get()) is not None:
+                yield {"partial": event["index"], "image": event["image"]}
+            yield {"final": task.result()}
+        finally:
+            self._streams.pop(stream, None)
+            task.cancel()
+
+    def _emit(self, stream: str, event: dict[str, Any]) -> None:
+        """From the pipeline thread: a preview for a stream's caller."""
+        queue = self._streams.get(stream)
+        if queue is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    def _input_problem(self, row: RequestRow) -> tuple[str, str] | None:
+        """(field, message) when a row brings input images the model does not take, or lacks
+        one it needs."""
+        needed, optional = self.inputs.inputs, self.inputs.optional
+        who = f"{self.spec.model_id} is {self.inputs.describe()}"
+        if row.image is not None and "image" not in needed + optional:
+            return "image", f"{who}: it edits no images; use POST /v1/images/generations"
+        if row.image is None and "image" in needed:
+            return "image", f"{who}: send the source image to POST /v1/images/edits"
+        if row.mask is not None and "mask" not in needed + optional:
+            return "mask", f"{who}: it takes no mask; leave `mask` out"
+        if row.mask is None and "mask" in needed:
+            return "mask", f"{who}: give `mask`, white (or transparent) where it repaints"
+        return None
 
     def _batch_wait_s(self) -> float:
         """How long a batch that starts forming now may wait for more requests.
@@ -145,40 +201,42 @@ class ImageModel:
         return max(self._wait_s, busy_s)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05, max_concurrent_batches=2)
-    async def _batched(self, items: list[tuple[RequestRow, int, tuple]]
+    async def _batched(self, items: list[tuple[RequestRow, int, tuple, dict | None]]
                        ) -> AsyncIterator[list[Any]]:
-        rows = [row for row, _, _ in items]
-        tickets = [ticket for _, ticket, _ in items]
+        rows = [row for row, _, _, _ in items]
+        tickets = [ticket for _, ticket, _, _ in items]
+        extras = [extra for _, _, _, extra in items]
         groups: dict[tuple, list[int]] = {}
-        for index, (_, _, key) in enumerate(items):
+        for index, (_, _, key, _) in enumerate(items):
             groups.setdefault(key, []).append(index)
         order = sorted(groups, key=_cost)
         calls = {key: next(self._tickets) for key in order}
         for key in order:
             self._queued[calls[key]] = self._seconds_per_work * _cost(key) * len(groups[key])
         try:
-            async for answers in self._run_groups(rows, tickets, groups, order, calls):
+            async for answers in self._run_groups(rows, tickets, extras, groups, order, calls):
                 yield answers
         finally:  # groups that never started (the batch was cancelled) are not ahead anymore
             for call in calls.values():
                 self._queued.pop(call, None)
 
     async def _run_groups(self, rows: list[RequestRow], tickets: list[int],
-                          groups: dict[tuple, list[int]], order: list[tuple],
-                          calls: dict[tuple, int]) -> AsyncIterator[list[Any]]:
+                          extras: list[dict | None], groups: dict[tuple, list[int]],
+                          order: list[tuple], calls: dict[tuple, int]
+                          ) -> AsyncIterator[list[Any]]:
         """Each group through the pipeline in `order`, its callers answered when it is done."""
         loop = asyncio.get_running_loop()
         finished: set[int] = set()
         for key in order:
             members = groups[key]
             work = _cost(key) * len(members)
+            mine = [extras[i] for i in members]
             try:
-                made = await loop.run_in_executor(
+                made, stops = await loop.run_in_executor(
                     self.pipeline, self._generate, [rows[i] for i in members], work,
-                    [tickets[i] for i in members], calls[key],
+                    [tickets[i] for i in members], calls[key], mine, key,
                 )
-                answers = (self._check(made) if self.checker is None
-                           else await loop.run_in_executor(self.safety, self._check, made))
+                answers = await loop.run_in_executor(self.safety, self._check, made, mine, stops)
             except Exception as err:  # a failed group fails only its own callers
                 answers = [GroupFailed(err)] * len(members)
             by_index = dict(zip(members, answers, strict=True))
@@ -207,30 +265,65 @@ class ImageModel:
         )
 
     def _generate(
-        self, rows: list[RequestRow], work: float, tickets: list[int], call: int
-    ) -> list[dict[str, Any]]:
-        """On the pipeline thread: one group through the generator, timed for `_batch_wait_s`."""
+        self, rows: list[RequestRow], work: float, tickets: list[int], call: int,
+        extras: list[dict | None], key: tuple,
+    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        """On the pipeline thread: one group through the generator, timed for `_batch_wait_s`;
+        rows of jobs that no longer want them are left out. Also returns where each job that
+        was cancelled during the call stopped."""
         self._waiting.difference_update(tickets)
         self._queued.pop(call, None)
+        gone = self.jobs.stopped_rows(extras)
+        run = [i for i in range(len(rows)) if i not in gone]
+        stops: dict[str, dict[str, Any]] = {}
+        watched = {rows[i].row_id: extras[i] for i in run if extras[i]}
+        on_step = self.jobs.on_step(watched, self._emit, stops, (key[2], key[3]))
         started = time.monotonic()
         self._busy_until = started + self._seconds_per_work * work
         try:
-            out = contained(self.generator.generate, rows, _failed_row)
+            made = contained(lambda some: self.generator.generate(some, on_step=on_step),
+                             [rows[i] for i in run], _failed_row)
         finally:
             self._busy_until = 0.0
-        if any(row["error"] is None for row in out):  # rows refused up front cost no time
+        if any(row["error"] is None for row in made):  # rows refused up front cost no time
             self._seconds_per_work = (time.monotonic() - started) / max(work, 1)
-        return out
+        out: list[dict[str, Any]] = [_cancelled(rows[i]) for i in range(len(rows))]
+        for i, row in zip(run, made, strict=True):
+            out[i] = row
+        return out, stops
 
-    def _check(self, out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _check(self, out: list[dict[str, Any]], extras: list[dict | None] | None = None,
+               stops: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """On the safety thread: score the group's images; flagged ones are withheld, and so
-        is an image the checker fails on (that image's error)."""
-        made = [i for i, row in enumerate(out) if row["error"] is None]
+        is an image the checker fails on (that image's error). Then each image in its asked
+        format (or kept for a URL), and each job row's answer written to the job store."""
+        extras = extras or [None] * len(out)
+        stops = stops or {}
+        made = [i for i, row in enumerate(out) if row["error"] is None and row["image"]]
         verdicts: dict[int, Verdict] = {}
         if self.checker is not None and made:
             found = contained(self._verdicts, [out[i] for i in made], _unchecked)
             verdicts = dict(zip(made, found, strict=True))
-        return [_answer(row, verdicts.get(i, Verdict())) for i, row in enumerate(out)]
+        answers = []
+        for i, row in enumerate(out):
+            extra = extras[i] or {}
+            answer = row if row.get("cancelled") else _answer(row, verdicts.get(i, Verdict()))
+            job = extra.get("job")
+            stop = stops.get(job["id"]) if job else None
+            if stop:
+                answer = _cancelled(row)
+            try:
+                if extra.get("output"):
+                    answer = shaped(answer, extra["output"], self.stored)
+            except Exception as err:  # the format or the images' store failed: this image's
+                logger.exception("could not shape an image")
+                answer = {**answer, "image": None, "status": 500,
+                          "error": f"the server could not store or encode this image "
+                                   f"({type(err).__name__})"}
+            if job:
+                self.jobs.finish(extra, answer, stop)
+            answers.append(answer)
+        return answers
 
     def _verdicts(self, rows: list[dict[str, Any]]) -> list[Verdict]:
         score = np.asarray(self.checker.score([_decode(row["image"]) for row in rows]),
@@ -274,14 +367,30 @@ def _answer(row: dict[str, Any], verdict: Verdict) -> dict[str, Any]:
         "image": None if verdict.flagged or error else row["image"],
         "error": error,
         "status": status,  # of an error: 400 the row's input, 500 the server failed on it
-        "param": None,  # the request field an error is about, when one is
+        "param": _input_named(error),  # the request field an error is about, when one is
         "seed": row["seed"],
         "width": row["width"],
         "height": row["height"],
         "batch_size": row["batch_size"],
         "flagged": verdict.flagged,
         "safety_score": verdict.score,
+        "steps": row.get("steps"),
+        "seconds": row.get("gen_seconds"),
     }
+
+
+def _input_named(error: str | None) -> str | None:
+    """The input image an error of the generator is about (its messages name it first)."""
+    return next((name for name in ("image", "mask") if (error or "").startswith(f"`{name}`")),
+                None)
+
+
+def _cancelled(row: Any) -> dict[str, Any]:
+    """The answer for a job row whose job no longer wants it (cancelled, or taken over)."""
+    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+    return {"image": None, "error": None, "cancelled": True, "status": 200, "param": None,
+            "seed": get("seed"), "width": get("width"), "height": get("height"),
+            "batch_size": 0, "flagged": False, "safety_score": None}
 
 
 def _refused(row: RequestRow, param: str, message: str) -> dict[str, Any]:

@@ -36,10 +36,13 @@ from darkroom.evals.spec import SafetySpec as EvalSafetySpec
 from darkroom.platform.config import Problem, SpecError, read_yaml_file, try_validate
 from darkroom.platform.errors import UserError
 from darkroom.platform.models.fit import Asked, fit_problems
+from darkroom.platform.models.names import cache_root
 from darkroom.platform.models.runtime import RuntimeSpec
 from darkroom.platform.models.spec import ModelSpec
 from darkroom.platform.samplers import SamplerSpec
+from darkroom.serve.jobs.book import JobSettings
 from darkroom.serve.protocol import MAX_GUIDANCE, MAX_STEPS, Limits
+from darkroom.serve.quotas import Quota
 
 # `darkroom serve` stops within 20 s of a signal: the drain, then removing the app (see commands)
 MAX_DRAIN_S = 12.0
@@ -143,17 +146,108 @@ class SafetySpec(EvalSafetySpec):
     on: bool = Field(True, description="false serves every image unchecked")
 
 
-class AuthSpec(_Spec):
-    """An API key that clients send as `Authorization: Bearer KEY`."""
+def _env_name(name: str, field: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"`{field}` must be an environment variable name, got {name!r}")
+    return name
 
-    api_key_env: str = Field(description="environment variable that holds the key")
+
+class KeySpec(_Spec):
+    """One API key of several: its name (in usage metrics and jobs) and its own quotas."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    env: str = Field(description="environment variable that holds the key")
+    quotas: Quota | None = Field(None, description="instead of the file's `quotas`")
+
+    @field_validator("env")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return _env_name(name, "env")
+
+
+class AuthSpec(_Spec):
+    """API keys that clients send as `Authorization: Bearer KEY`: one (`api_key_env`) or
+    several (`keys`), not both."""
+
+    api_key_env: str | None = Field(None, description="environment variable that holds the key")
+    keys: list[KeySpec] = Field(default_factory=list, max_length=1000)
 
     @field_validator("api_key_env")
     @classmethod
-    def _name(cls, name: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise ValueError(f"`api_key_env` must be an environment variable name, got {name!r}")
-        return name
+    def _name(cls, name: str | None) -> str | None:
+        return None if name is None else _env_name(name, "api_key_env")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> AuthSpec:
+        if (self.api_key_env is None) == (not self.keys):
+            raise ValueError("give `api_key_env` (one key) or `keys` (several), exactly one")
+        names = [k.name for k in self.keys]
+        if len(set(names)) != len(names):
+            raise ValueError(f"key names must differ, got {names}")
+        return self
+
+
+class JobsSpec(_Spec):
+    """Async jobs, idempotency keys and webhook deliveries: where they are kept."""
+
+    store: str | None = Field(
+        None, description="sqlite:///PATH.db (one machine; default: a file under the cache "
+        "folder named after the app) or redis://HOST:PORT/DB (a cluster)")
+    result_ttl_s: float = Field(3600, ge=1, le=30 * 86400,
+                                description="how long a finished job and its images are kept")
+    lease_s: float = Field(30, ge=0.5, le=3600, description="a job whose worker has not "
+                           "answered for this long is taken up again")
+    max_attempts: int = Field(2, ge=1, le=10, description="runs of a job whose worker died, "
+                              "before it fails")
+    idempotency_ttl_s: float = Field(86400, ge=1, le=30 * 86400,
+                                     description="how long an Idempotency-Key is remembered")
+    max_wait_s: float = Field(300, ge=0, le=3600, description="how long a synchronous request "
+                              "through a job (Idempotency-Key, webhook) waits before a 202")
+
+    @field_validator("store")
+    @classmethod
+    def _scheme(cls, uri: str | None) -> str | None:
+        if uri is not None and not re.match(r"^(sqlite:///.+|rediss?://.+)$", uri):
+            raise ValueError(f"`store` must be sqlite:///ABSOLUTE/PATH.db or "
+                             f"redis://HOST:PORT/DB, got {uri!r}")
+        return uri
+
+
+class WebhooksSpec(_Spec):
+    """Signed webhook deliveries (Standard Webhooks) and where they may go."""
+
+    secret_env: str | None = Field(
+        None, description="environment variable with the signing secret (whsec_BASE64 or any "
+        "text); without it requests may not name a webhook")
+    allow_hosts: list[str] = Field(default_factory=list, max_length=1000, description=(
+        "host names (or *.domain) webhooks may go to; empty: any host with a public address"))
+    allow_private: bool = Field(False, description="also loopback, private and link-local "
+                                "addresses (a webhook receiver inside the network)")
+    max_attempts: int = Field(5, ge=1, le=50)
+    backoff_s: float = Field(1.0, ge=0.01, le=MAX_DELAY_S,
+                             description="the first retry's delay; each next one doubles")
+    timeout_s: float = Field(10.0, gt=0, le=300, description="per delivery")
+    progress_every_s: float = Field(1.0, ge=0.05, le=MAX_DELAY_S,
+                                    description="at most one progress event per job this often")
+
+    @field_validator("secret_env")
+    @classmethod
+    def _name(cls, name: str | None) -> str | None:
+        return None if name is None else _env_name(name, "secret_env")
+
+
+class OutputsSpec(_Spec):
+    """Where `response_format: url` images are kept, and how long their URLs work."""
+
+    uri: str = Field(description="a folder or object store (s3://bucket/prefix, gs://...)")
+    url_ttl_s: float = Field(3600, ge=1, le=7 * 86400, description="a URL's lifetime")
+    secret_env: str | None = Field(None, description="environment variable with the URLs' "
+                                   "signing secret; default a random one per deployment")
+
+    @field_validator("secret_env")
+    @classmethod
+    def _name(cls, name: str | None) -> str | None:
+        return None if name is None else _env_name(name, "secret_env")
 
 
 class HttpSpec(_Spec):
@@ -202,6 +296,11 @@ class ServeSpec(_Spec):
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     safety: SafetySpec = Field(default_factory=SafetySpec)
     auth: AuthSpec | None = None
+    quotas: Quota = Field(default_factory=Quota, description="per API key (each ingress "
+                          "replica keeps its own buckets)")
+    jobs: JobsSpec = Field(default_factory=JobsSpec)
+    webhooks: WebhooksSpec = Field(default_factory=WebhooksSpec)
+    outputs: OutputsSpec | None = None
     http: HttpSpec = Field(default_factory=HttpSpec)
     ingress: IngressSpec = Field(default_factory=IngressSpec)
 
@@ -278,15 +377,50 @@ def _section(cls: type[BaseModel], value: Any) -> Any:
         return None
 
 
+def job_settings(spec: ServeSpec) -> JobSettings:
+    """The job book's settings; a store the file leaves unset is a SQLite file under the cache
+    folder of the machine that builds the app (`darkroom serve`'s)."""
+    jobs = spec.jobs
+    store = jobs.store or f"sqlite://{cache_root() / 'serve-jobs' / f'{spec.name}.db'}"
+    return JobSettings(store=store, namespace=f"darkroom:{spec.name}",
+                       result_ttl_s=jobs.result_ttl_s, lease_s=jobs.lease_s,
+                       max_attempts=jobs.max_attempts, idempotency_ttl_s=jobs.idempotency_ttl_s)
+
+
 def api_key_digest(spec: ServeSpec) -> str | None:
-    """SHA-256 of the API key, read where the app is built; the key itself is never shipped."""
-    if spec.auth is None:
+    """SHA-256 of the API key, read where the app is built; the key itself is never shipped.
+    With several keys (`auth.keys`): None (see `api_key_digests`)."""
+    if spec.auth is None or spec.auth.api_key_env is None:
+        api_key_digests(spec)  # every variable must be set
         return None
-    name = spec.auth.api_key_env
+    return _digest("auth.api_key_env", spec.auth.api_key_env)
+
+
+def api_key_digests(spec: ServeSpec) -> dict[str, str]:
+    """SHA-256 of each API key -> its name (the single key's name is "default")."""
+    if spec.auth is None:
+        return {}
+    if spec.auth.api_key_env is not None:
+        return {_digest("auth.api_key_env", spec.auth.api_key_env): "default"}
+    return {_digest(f"auth.keys ({key.name}).env", key.env): key.name for key in spec.auth.keys}
+
+
+def secret(field: str, name: str | None) -> str | None:
+    """The text of a secret's environment variable; None when `name` is None."""
+    if name is None:
+        return None
+    value = os.environ.get(name, "")
+    if not value:
+        raise UserError(f"`{field}` names {name}, which is not set here: export {name}=... "
+                        "before starting the server")
+    return value
+
+
+def _digest(field: str, name: str) -> str:
     key = os.environ.get(name, "")
     if not key:
         raise UserError(
-            f"`auth.api_key_env` names {name}, which is not set here: export {name}=... before "
+            f"`{field}` names {name}, which is not set here: export {name}=... before "
             "starting the server, or remove `auth` to serve without a key"
         )
     return hashlib.sha256(key.encode()).hexdigest()

@@ -827,3 +827,67 @@ def test_a_flow_model_is_served_with_its_own_samplers(serve_url) -> None:
         assert response.status_code == 400 and response.json()["error"]["param"] == "sampler"
     finally:
         serve.delete("flux")
+
+
+# -- image edits ---------------------------------------------------------------------------------
+
+
+def test_the_openai_client_edits_an_image_and_bad_inputs_are_400s(serve_url) -> None:
+    """A tiny inpainting model behind `/v1/images/edits`: the official client's
+    `images.edit(image=..., mask=..., prompt=...)` gets a decodable image of the source's size;
+    a 50,000 x 50,000 PNG header, a truncated image (only the replica's decode finds it) and a
+    mask of the wrong size each get a 400 in OpenAI's shape, naming the field, while neither
+    the ingress nor the model replica grows by more than a few MB; generations are refused."""
+    from openai import OpenAI
+    from ray import serve
+
+    from tests.serve.test_edits import png_header_only
+
+    url = deploy(serve_url, "inpaint", {
+        "model": {"model": "tiny:sd-inpaint"}, "defaults": {"steps": 2},
+        "limits": {"max_side": 64}, "resources": SMALL, "runtime": {"device": "cpu"},
+        "safety": {"on": False},
+    })
+    try:
+        rng = np.random.default_rng(0)
+        source = encode(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+        mask = np.zeros((48, 64), np.uint8)
+        mask[10:30, 20:40] = 255
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        result = client.images.edit(image=("room.png", source, "image/png"),
+                                    mask=("mask.png", encode(mask), "image/png"),
+                                    prompt="a round window", n=2)
+        assert [decode(item.b64_json).shape for item in result.data] == [(48, 64, 3)] * 2
+        refused = httpx.post(f"{url}/v1/images/generations", json={"prompt": "x"}, timeout=60)
+        assert refused.status_code == 400 and "/v1/images/edits" in refused.text
+
+        processes = {"ingress": ray_process("ray::ServeReplica:inpaint:Ingress"),
+                     "model": ray_process("ray::ServeReplica:inpaint:ImageModel")}
+        bad = {
+            "bomb": ({"image": png_header_only(50_000, 50_000), "mask": encode(mask)}, "image"),
+            "truncated": ({"image": source[: len(source) // 2], "mask": encode(mask)}, "image"),
+            "mask size": ({"image": source, "mask": encode(mask[:32])}, "mask"),
+        }
+        for name, (files, param) in bad.items():
+            with PeakRss(processes) as rss:
+                response = httpx.post(f"{url}/v1/images/edits", data={"prompt": "x"},
+                                      files={k: (f"{k}.png", v) for k, v in files.items()},
+                                      timeout=60)
+            grown = {p: round(rss.growth(p) / MiB, 1) for p in processes}
+            print(f"\n{name}: {response.status_code}, peak RSS growth MiB {grown}")
+            assert response.status_code == 400, (name, response.text)
+            assert_error_response(response.json())
+            assert response.json()["error"]["param"] == param, (name, response.text)
+            assert max(grown.values()) < 8, (name, grown)
+        assert "not a readable image" in httpx.post(
+            f"{url}/v1/images/edits", data={"prompt": "x"}, timeout=60,
+            files={"image": ("a.png", source[:-200]), "mask": ("m.png", encode(mask))},
+        ).json()["error"]["message"]
+    finally:
+        serve.delete("inpaint")
+
+
+def encode(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()

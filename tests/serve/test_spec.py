@@ -253,3 +253,31 @@ def test_every_number_in_a_serve_file_is_finite_and_bounded(tmp_path, capsys, pa
         assert main(["serve", str(path_file), "--dry-run"]) == 2, (path, value)
         err = capsys.readouterr().err
         assert f"  {path}" in err and "Traceback" not in err, (path, value, err)
+
+
+@pytest.mark.parametrize(("name", "hub_id", "needed"), [
+    ("kontext.yaml", "black-forest-labs/FLUX.1-Kontext-dev", ("image",)),
+    ("sdxl_inpaint.yaml", "diffusers/stable-diffusion-xl-1.0-inpainting-0.1", ("image", "mask")),
+])
+def test_the_editing_serve_files_are_known_to_edit_before_loading(name, hub_id, needed) -> None:
+    """The front knows from the file alone (no download) that the model edits: generations
+    are refused there, and the body limit has room for the images."""
+    from darkroom.serve.app import _known_family, input_images
+
+    spec = load_spec(ROOT / "configs/serve" / name)
+    assert spec.model.model == hub_id
+    assert input_images(_known_family(spec)).required == needed
+    assert spec.limits.max_request_bytes >= 16 * 2**20
+
+
+def test_an_editing_models_body_limit_defaults_larger_unless_set() -> None:
+    from darkroom.serve.app import _known_family, effective_limits
+    from darkroom.serve.protocol import EDIT_REQUEST_BYTES
+
+    def limit(model: str, limits: dict) -> int:
+        spec = ServeSpec.model_validate({"model": {"model": model}, "limits": limits})
+        return effective_limits(spec, _known_family(spec)).max_request_bytes
+
+    assert limit("tiny:sd", {}) == 2**20
+    assert limit("tiny:sd-inpaint", {}) == EDIT_REQUEST_BYTES
+    assert limit("tiny:flux-kontext", {"max_request_bytes": 2**21}) == 2**21

@@ -10,7 +10,7 @@ GPU out-of-memory), and returns one image row per request row in the Parquet col
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -19,7 +19,14 @@ from darkroom.platform.engine.outputs import Provenance, error_row, image_row
 from darkroom.platform.engine.prepare import DEFAULTS, RowPreparer
 from darkroom.platform.engine.rows import RequestRow
 from darkroom.platform.errors import UserError
-from darkroom.platform.families.calling import Batch, Request, Settings, thaw
+from darkroom.platform.families.calling import (
+    Batch,
+    Request,
+    Settings,
+    StepCallback,
+    step_hooks,
+    thaw,
+)
 from darkroom.platform.families.conditioning import RowError
 from darkroom.platform.models.adapters import Adapters
 from darkroom.platform.models.caching import cache_scope
@@ -112,11 +119,15 @@ class ImageGenerator:
             row["control_image"] = encode_png(np.zeros((8, 8, 3), np.uint8))
         self.generate([row])
 
-    def generate(self, rows: Sequence[RequestRow | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def generate(self, rows: Sequence[RequestRow | Mapping[str, Any]],
+                 on_step: Callable[[list[RequestRow]], StepCallback] | None = None
+                 ) -> list[dict[str, Any]]:
         """Image rows for request rows, in the same order; failed rows carry `error`.
 
         A row that cannot be prepared, or whose group's call raises an unexpected error, fails
-        alone (its `error` says why); the other rows are still generated."""
+        alone (its `error` says why); the other rows are still generated. `on_step(rows)`: the
+        step callback of each pipeline call, given the rows of that call (see
+        `calling.step_hooks`); pipelines that take no step callback run without one."""
         results: list[dict[str, Any] | None] = [None] * len(rows)
         groups: dict[Settings, list[Member]] = {}
         for index, record in enumerate(rows):
@@ -129,7 +140,7 @@ class ImageGenerator:
             groups.setdefault(settings, []).append((index, request, row))
         for settings, members in groups.items():
             for chunk in chunks(members, self._batch_limit(settings)):
-                for index, out in self._run_splitting(settings, chunk):
+                for index, out in self._run_splitting(settings, chunk, on_step):
                     results[index] = out
         return results  # type: ignore[return-value]
 
@@ -164,14 +175,14 @@ class ImageGenerator:
             return self._batch_memory.get(self._batch_key(settings))
         return self.runtime.batch_size
 
-    def _run_splitting(self, settings: Settings, members: list[Member]
+    def _run_splitting(self, settings: Settings, members: list[Member], on_step: Any = None
                        ) -> list[tuple[int, dict[str, Any]]]:
         """Run a group; on CUDA out-of-memory, halve it and retry down to single rows. Any
         other error of the call fails the group's rows with the reason, not the whole call."""
         import torch
 
         try:
-            return self._run(settings, members)
+            return self._run(settings, members, on_step)
         except torch.cuda.OutOfMemoryError as err:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -185,14 +196,14 @@ class ImageGenerator:
                 )
                 return [(index, error_row(row, self.provenance, settings.sampler, reason))]
             half = len(members) // 2
-            return self._run_splitting(settings, members[:half]) + self._run_splitting(
-                settings, members[half:]
-            )
+            return self._run_splitting(settings, members[:half], on_step) + \
+                self._run_splitting(settings, members[half:], on_step)
         except (RowError, UserError) as err:  # what the pipeline refuses about these rows
             return [(index, error_row(row, self.provenance, settings.sampler, str(err)))
                     for index, _, row in members]
 
-    def _run(self, settings: Settings, members: list[Member]) -> list[tuple[int, dict]]:
+    def _run(self, settings: Settings, members: list[Member], on_step: Any = None
+             ) -> list[tuple[int, dict]]:
         import torch
 
         scheduler, scheduler_json = self._scheduler(settings)
@@ -206,7 +217,9 @@ class ImageGenerator:
             requests += [requests[-1]] * (_bucket(len(requests)) - len(requests))
         # CPU generators: the same seed gives the same noise on any device
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in requests]
-        batch = Batch(settings, requests, generators, self.spec, self.loaded.refiner)
+        hooks = step_hooks(type(self.pipe), on_step([row for _, _, row in members])
+                           if on_step else None)
+        batch = Batch(settings, requests, generators, self.spec, self.loaded.refiner, hooks)
         started = time.perf_counter()
         scope = cache_scope(denoiser(self.pipe)) if self.runtime.cache else nullcontext()
         with torch.inference_mode(), scope:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 Frozen = tuple[tuple[str, Any], ...]  # a mapping as sorted (key, value) pairs: hashable
+# called after each denoising step of a pipeline call with (step done, steps, latents); True
+# stops the call between steps (diffusers' `callback_on_step_end` and `interrupt`)
+StepCallback = Callable[[int, int, Any], bool]
 
 
 def freeze(mapping: dict[str, Any] | None) -> Frozen:
@@ -74,6 +77,7 @@ class Batch:
     generators: list[Any]  # torch.Generator, one per request
     spec: Any  # the ModelSpec
     refiner: Any = None  # SDXL's refiner pipeline, when the spec has one
+    hooks: dict[str, Any] = field(default_factory=dict)  # step_hooks(...) of this call
 
     @property
     def prompts(self) -> list[str]:
@@ -91,7 +95,26 @@ class Batch:
         s = self.settings
         return {"prompt": self.prompts, "num_inference_steps": s.steps,
                 "guidance_scale": s.guidance_scale, "generator": self.generators,
-                "width": s.width, "height": s.height, "output_type": "np"}
+                "width": s.width, "height": s.height, "output_type": "np", **self.hooks}
+
+
+def step_hooks(pipeline_class: type, callback: StepCallback | None) -> dict[str, Any]:
+    """The call arguments that run `callback` after each denoising step (and stop the call
+    when it says so), for a pipeline whose `__call__` takes `callback_on_step_end`; none when
+    there is no callback or the pipeline takes none (DiT): no work is added to a call."""
+    if callback is None or "callback_on_step_end" not in call_parameters(pipeline_class):
+        return {}
+
+    def on_step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict:
+        steps = getattr(pipe, "_num_timesteps", None) or index + 1
+        if callback(index + 1, int(steps), tensors.get("latents")):
+            pipe._interrupt = True  # diffusers skips the remaining steps
+        return {}
+
+    hooks: dict[str, Any] = {"callback_on_step_end": on_step_end}
+    if "latents" in getattr(pipeline_class, "_callback_tensor_inputs", ()):
+        hooks["callback_on_step_end_tensor_inputs"] = ["latents"]
+    return hooks
 
 
 def sequence_length(spec: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ def call(pipe: Any, batch: Batch) -> Any:
     kwargs: dict[str, Any] = {
         "prompt": batch.prompts, "image": [r.image for r in batch.requests],
         "num_inference_steps": s.steps, "guidance_scale": s.guidance_scale,
-        "generator": batch.generators, "output_type": "np",
+        "generator": batch.generators, "output_type": "np", **batch.hooks,
     }
     if any(r.mask is not None for r in batch.requests):
         kwargs["mask_image"] = [r.mask for r in batch.requests]

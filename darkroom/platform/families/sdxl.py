@@ -22,6 +22,8 @@ def call(pipe: Any, batch: Batch) -> Any:
         num_inference_steps=batch.settings.steps, guidance_scale=batch.settings.guidance_scale,
         generator=batch.generators, **thaw(batch.settings.call_options),
     )
+    if batch.refiner is None:
+        common.update(batch.hooks)
     size = {"width": batch.settings.width, "height": batch.settings.height}
     if batch.refiner is None:
         return pipe(**common, **size, output_type="np").images
