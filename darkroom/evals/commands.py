@@ -55,6 +55,11 @@ def register(subparsers) -> None:
     c.add_argument("--baseline", metavar="RUN",
                    help="compare every run with this one (a run name, MLflow run id or Darkroom "
                    "run id): difference, 95%% interval, better/worse/no detectable difference")
+    c.add_argument("--correction", default="bh", metavar="bh|holm|none",
+                   help="how --baseline's verdicts are corrected for their number: bh keeps the "
+                   "false-discovery rate over the whole table at 5%% (Benjamini-Hochberg, the "
+                   "default), holm the chance of any false verdict (Holm), none tests each at "
+                   "5%%")
     c.add_argument("--real-baseline", metavar="COUNT", nargs="?", const="auto",
                    help="also score COUNT real images (default: the runs' image count) from the "
                    "runs' own reference against its other images, with the same features: the "
@@ -154,7 +159,8 @@ def run_compare(args: argparse.Namespace) -> int:
     from darkroom.evals.reporting.compare import compare
 
     text, path = compare(args.experiment, args.metric, args.html, args.tracking_uri,
-                         baseline=args.baseline, real=args.real_baseline)
+                         baseline=args.baseline, real=args.real_baseline,
+                         correction=args.correction)
     print(text)
     if path is not None:
         print(f"report: {path}")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from darkroom.evals.metrics.bootstrap import Resample, resample_counts
+from darkroom.evals.metrics.bootstrap import Resample, resample_counts, resampling_units
 from darkroom.evals.metrics.distances import Stats
 from darkroom.evals.units import Part
 
@@ -68,6 +68,10 @@ class RunScores:
     def counts(self, resamples: int, seed: int) -> np.ndarray:
         """Bootstrap counts over the rows: prompts drawn with their images, within classes."""
         return resample_counts(self.groups(), resamples, seed, self.strata())
+
+    def units(self) -> int:
+        """How many independent units its resamples draw (prompts, or images)."""
+        return resampling_units(self.groups(), self.strata())
 
     def take(self, rows: np.ndarray) -> RunScores:
         """The same run restricted to (and ordered by) the given row positions."""

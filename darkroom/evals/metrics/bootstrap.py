@@ -26,10 +26,19 @@ interval off 0 when most resamples sit exactly on it).
 Two runs of one job share prompts and seeds: their difference is resampled with the same counts
 for both (paired), which removes the prompt-to-prompt variation both runs share. Runs that do
 not share them are resampled independently (unpaired).
+
+A difference also gets the p-value of the test that inverts its interval (Efron & Tibshirani
+1993, section 16.4): twice the share of resampled differences, shifted as the interval is, on
+the far side of 0, so that p < 1 - level exactly when the interval leaves out 0 (quantile
+interpolation aside). 500 resamples cannot show a share below 1/500, while a table of many
+verdicts needs smaller p-values to be corrected (`multiplicity.py`); where fewer than
+`TAIL_RESAMPLES` resamples lie beyond 0, the tail is read from the normal distribution with the
+resamples' mean and standard deviation instead.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -68,6 +77,19 @@ def resample_counts(groups: np.ndarray, resamples: int, seed: int,
     return counts
 
 
+def resampling_units(groups: np.ndarray, strata: np.ndarray | None = None) -> int:
+    """How many independent units `resample_counts` draws: the groups (prompts) of each
+    stratum, or its rows where it holds a single group."""
+    groups = np.asarray(groups).astype(str)
+    layer = (np.zeros(len(groups), int) if strata is None
+             else np.unique(np.asarray(strata).astype(str), return_inverse=True)[1])
+    total = 0
+    for stratum in np.unique(layer):
+        members = len(np.unique(groups[layer == stratum]))
+        total += members if members > 1 else int((layer == stratum).sum())
+    return total
+
+
 @dataclass(frozen=True)
 class Interval:
     """A confidence interval at `level` from `resamples` resampled values."""
@@ -100,14 +122,22 @@ def interval(value: float, replicates: np.ndarray, level: float = 0.95,
 BETTER, WORSE, SAME = "better", "worse", "no detectable difference"
 
 
+TAIL_RESAMPLES = 10  # fewer resamples beyond 0 than this: the tail is read from a normal
+
+
 @dataclass(frozen=True)
 class Difference:
-    """A run's value minus the baseline's, its interval and what it means."""
+    """A run's value minus the baseline's, its interval, its p-value and what it means.
+    `adjusted` is the p-value after a correction over a table of verdicts (the raw one until
+    then); `spread` is the resampled differences' standard deviation (its standard error)."""
 
     delta: float
     interval: Interval | None
-    verdict: str  # BETTER | WORSE | SAME (at the interval's level)
+    verdict: str  # BETTER | WORSE | SAME (at the interval's level, or by `adjusted`)
     paired: bool
+    p_value: float = float("nan")
+    adjusted: float = float("nan")
+    spread: float = float("nan")
 
 
 def verdict(ci: Interval | None, higher_is_better: bool) -> str:
@@ -118,12 +148,69 @@ def verdict(ci: Interval | None, higher_is_better: bool) -> str:
     return BETTER if up == higher_is_better else WORSE
 
 
+def verdict_at(delta: float, p: float, alpha: float, higher_is_better: bool) -> str:
+    """Better or worse when the (adjusted) p-value is below `alpha`, else SAME."""
+    if not p < alpha or delta == 0:
+        return SAME
+    return BETTER if (delta > 0) == higher_is_better else WORSE
+
+
+def p_values(deltas: np.ndarray, replicates: np.ndarray, shift: bool = False,
+             units: int | None = None) -> np.ndarray:
+    """Two-sided bootstrap p-values of each `deltas[i]` != 0 from its row of resampled values
+    `replicates[i]` (shifted onto the delta when `shift`, as its interval is): twice the share
+    at or beyond 0 on the side away from the bulk. Where fewer than `TAIL_RESAMPLES` lie there,
+    the tail is read from Student's t with `units` - 1 degrees of freedom (the independent
+    units resampled: prompts, or images) and the resamples' spread scaled by
+    sqrt(units / (units - 1)) as the t statistic's is; from the normal when `units` is not
+    given. NaN where fewer than 10 resamples are finite."""
+    from scipy.special import stdtr
+
+    deltas = np.asarray(deltas, dtype=np.float64)
+    reps = np.atleast_2d(np.asarray(replicates, dtype=np.float64))
+    finite = np.isfinite(reps)
+    count = finite.sum(axis=1)
+    safe = np.where(finite, reps, 0.0)
+    mean = safe.sum(axis=1) / np.maximum(count, 1)
+    if shift:
+        safe = np.where(finite, safe + (deltas - mean)[:, None], 0.0)
+        mean = deltas.copy()
+    spread = np.sqrt((np.where(finite, safe - mean[:, None], 0.0) ** 2).sum(axis=1)
+                     / np.maximum(count - 1, 1))
+    beyond = np.minimum((finite & (safe <= 0)).sum(axis=1), (finite & (safe >= 0)).sum(axis=1))
+    empirical = 2 * beyond / np.maximum(count, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if units is not None and units > 2:
+            z = np.abs(mean) / (spread * np.sqrt(units / (units - 1)))
+            tail = 2 * stdtr(units - 1, -z)
+        else:
+            z = np.abs(mean) / spread
+            tail = np.array([math.erfc(v / math.sqrt(2)) if np.isfinite(v) else 0.0
+                             for v in z])
+    out = np.minimum(1.0, np.where(beyond >= TAIL_RESAMPLES, empirical, tail))
+    still = spread <= 1e-9 * np.maximum(1.0, np.abs(deltas))  # no variation: sure of the sign
+    out = np.where(still, np.where(np.abs(deltas) <= 1e-12, 1.0, 0.0), out)
+    return np.where((count < 10) | ~np.isfinite(deltas), np.nan, out)
+
+
+def p_value(delta: float, replicates: np.ndarray, shift: bool = False,
+            units: int | None = None) -> float:
+    """`p_values` of one difference."""
+    return float(p_values(np.array([delta]), np.asarray(replicates)[None, :], shift, units)[0])
+
+
 def difference(value: float, baseline: float, replicates: np.ndarray,
                baseline_replicates: np.ndarray, higher_is_better: bool, level: float = 0.95,
-               paired: bool = True, shift: bool = False) -> Difference:
-    """(run - baseline) with the percentile interval of the resampled differences; each pair
-    of replicates comes from the same counts (paired) or from independent ones (unpaired)."""
+               paired: bool = True, shift: bool = False, units: int | None = None
+               ) -> Difference:
+    """(run - baseline) with the percentile interval of the resampled differences and its
+    p-value (`units`: the independent units resampled, see `p_values`); each pair of
+    replicates comes from the same counts (paired) or from independent ones (unpaired)."""
     delta = value - baseline
-    ci = interval(delta, np.asarray(replicates) - np.asarray(baseline_replicates), level,
-                  shift=shift)
-    return Difference(delta, ci, verdict(ci, higher_is_better), paired)
+    diffs = np.asarray(replicates, dtype=np.float64) - np.asarray(baseline_replicates,
+                                                                  dtype=np.float64)
+    ci = interval(delta, diffs, level, shift=shift)
+    p = p_value(delta, diffs, shift, units)
+    finite = diffs[np.isfinite(diffs)]
+    spread = float(finite.std(ddof=1)) if len(finite) > 1 else float("nan")
+    return Difference(delta, ci, verdict(ci, higher_is_better), paired, p, p, spread)

@@ -8,9 +8,11 @@ with n-1 and KID's cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged o
 subsets.
 
 `Frechet` and `MMD` compute the same quantities for many weighted resamples of the generated
-rows at once (the reference stays fixed), for bootstrap intervals: the reference's square root
-is taken once, and each resample costs one d x d eigendecomposition (FID) or one pass over the
-kernel matrix (MMD), never a new feature extraction.
+rows at once (the reference stays fixed), for bootstrap intervals, with torch on the
+evaluation's device (`tensors.py`): the reference's square root is taken once, and each
+resample costs the eigenvalues of one symmetric matrix, the smaller of d x d and drawn x drawn
+(FID), or its share of one pass over the kernel matrix in blocks (MMD), never a new feature
+extraction.
 """
 
 from __future__ import annotations
@@ -137,51 +139,82 @@ def _sym_sqrt(matrix: np.ndarray) -> np.ndarray:
 class Frechet:
     """FID of weighted resamples of generated features against fixed reference statistics.
 
-    ||mu - mu_r||^2 + Tr(S) + Tr(S_r) - 2 Tr((S_r^1/2 S S_r^1/2)^1/2) (Heusel et al. 2017); the
-    last trace is that of (S S_r)^1/2, taken from the eigenvalues of a symmetric matrix.
+    ||mu - mu_r||^2 + Tr(S) + Tr(S_r) - 2 Tr((S_r^1/2 S S_r^1/2)^1/2) (Heusel et al. 2017). The
+    reference's square root R is taken once and the rows are moved into its basis once
+    (z = x R); a resample's last trace is then that of (A^T A)^1/2 for its drawn rows of z,
+    centred and weighted by the square root of their counts: the eigenvalues of the smaller of
+    A^T A (d x d) and A A^T (drawn x drawn), which share their nonzero ones. Below d drawn
+    images (2,000 images at 2048-d) the second is smaller, and it has no zero eigenvalues whose
+    round-off would add to the trace. Means and traces are sums over rows, for all resamples in
+    one product; they are taken about the run's mean, which keeps their round-off small.
     """
 
     def __init__(self, features: np.ndarray, ref: Stats) -> None:
-        self.x = np.asarray(features, np.float64)
+        from darkroom.evals.metrics import tensors
+
+        x = np.asarray(features, np.float64)
+        self.count, self.dims = x.shape
+        centre = x.mean(axis=0)
         root = _sym_sqrt(np.asarray(ref.sigma, np.float64))
-        self.z = self.x @ root  # rows in the reference's square-root basis, computed once
-        self.root, self.mu_r = root, np.asarray(ref.mu, np.float64)
+        self.x = tensors.tensor(x - centre)  # float64, about the run's mean
+        self.norms = (self.x**2).sum(dim=1)
+        self.root = tensors.tensor(root)
+        self.z = tensors.tensor(self.x, tensors.precision(self.dims)) @ tensors.tensor(
+            root, tensors.precision(self.dims))  # the rows in the reference's basis
+        self.offset = tensors.tensor(centre - np.asarray(ref.mu, np.float64))
         self.trace_r = float(np.trace(ref.sigma))
 
     def __call__(self, counts: np.ndarray) -> np.ndarray:
         """One FID per row of `counts` (B x n; a row of ones is the plain FID)."""
-        out = np.full(len(counts), np.nan)
-        for b, c in enumerate(np.asarray(counts, np.float64)):
-            total = c.sum()
-            if total < 2 or (c > 0).sum() < 2:
-                continue
-            mu = c @ self.x / total
-            centred = self.x - mu
-            trace = float(c @ (centred**2).sum(axis=1)) / (total - 1)
-            z = self.z - mu @ self.root
-            middle = (z.T * c) @ z / (total - 1)
-            root_trace = np.sqrt(np.clip(np.linalg.eigvalsh(middle), 0, None)).sum()
-            out[b] = ((mu - self.mu_r) ** 2).sum() + trace + self.trace_r - 2 * root_trace
-        return out
+        import torch
+
+        from darkroom.evals.metrics import tensors
+
+        c = tensors.tensor(counts).to(self.x.device)
+        total = c.sum(dim=1)
+        usable = (total >= 2) & ((c > 0).sum(dim=1) >= 2)
+        out = torch.full((len(c),), float("nan"), dtype=torch.float64, device=c.device)
+        if not len(c) or not bool(usable.any()):
+            return tensors.numpy(out)
+        mean = c @ self.x / total[:, None]  # each resample's mean, minus the run's
+        trace = (c @ self.norms - total * (mean**2).sum(dim=1)) / (total - 1)
+        shift = (mean @ self.root).to(self.z.dtype)  # the means in the reference's basis
+        for b in torch.nonzero(usable).flatten().tolist():
+            drawn = torch.nonzero(c[b]).flatten()
+            weights = c[b, drawn].sqrt().to(self.z.dtype)
+            rows = (self.z[drawn] - shift[b]) * weights[:, None]
+            root_trace = tensors.root_trace(rows, float(total[b]) - 1)
+            out[b] = ((mean[b] + self.offset) ** 2).sum() + trace[b] + self.trace_r \
+                - 2 * root_trace
+        return tensors.numpy(out)
 
 
-def polynomial_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """KID's kernel (x.y / d + 1)^3 (Bińkowski et al. 2018)."""
+def _namespace(a):
+    """numpy or torch, whichever `a` belongs to (the kernels take either)."""
+    if type(a).__module__.startswith("torch"):
+        import torch
+
+        return torch
+    return np
+
+
+def polynomial_kernel(a, b):
+    """KID's kernel (x.y / d + 1)^3 (Bińkowski et al. 2018), of numpy arrays or tensors."""
     return (a @ b.T / a.shape[1] + 1.0) ** 3
 
 
-def rbf_kernel(sigma: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def rbf_kernel(sigma: float) -> Callable:
     """The Gaussian RBF kernel exp(-||x - y||^2 / (2 sigma^2)) (CMMD uses sigma 10)."""
 
-    def kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def kernel(a, b):
+        xp = _namespace(a)
         squared = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2 * a @ b.T
-        return np.exp(-np.clip(squared, 0, None) / (2 * sigma**2))
+        return xp.exp(-xp.clip(squared, 0, None) / (2 * sigma**2))
 
     return kernel
 
 
-def mmd2_unbiased(x: np.ndarray, y: np.ndarray,
-                  kernel: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> float:
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray, kernel: Callable) -> float:
     """The unbiased estimate of MMD^2 (Gretton et al. 2012, eq. 3): the within-set means leave
     out i = j, the cross mean keeps every pair."""
     return float(MMD(x, y, kernel)(np.ones((1, len(x))))[0])
@@ -192,37 +225,45 @@ class MMD:
     `y` (Gretton et al. 2012, eq. 3), for KID's cubic kernel or CMMD's Gaussian one.
 
     A resample repeats rows; pairs of a row with its own copies are left out of the within-set
-    mean as i = j is, so a resample stays unbiased. The kernel matrix is computed once, in
-    blocks of rows (memory O(block x n)); each resample then costs O(n^2).
+    mean as i = j is, so a resample stays unbiased. The kernel is evaluated in blocks of rows
+    (memory O(block x n)): once against the reference, and once a call against the generated
+    rows, whose block serves every resample at once (B x n x n sums, in float64).
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray,
-                 kernel: Callable[[np.ndarray, np.ndarray], np.ndarray], block: int = 1024,
+    def __init__(self, x: np.ndarray, y: np.ndarray, kernel: Callable, block: int = 1024,
                  reference_term: bool = True):
-        self.x, self.y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        import torch
+
+        from darkroom.evals.metrics import tensors
+
+        dtype = tensors.precision(np.shape(x)[1])
+        self.x, self.y = tensors.tensor(x, dtype), tensors.tensor(y, dtype)
         self.kernel, self.block = kernel, block
         m = len(self.y)
         self.yy = 0.0  # reference_term=False: a constant left out (differences do not need it)
         if reference_term:
-            within_y = sum(float(kernel(self.y[i:i + block], self.y).sum())
-                           for i in range(0, m, block))
-            diag_y = sum(float(np.diag(kernel(self.y[i:i + block], self.y[i:i + block])).sum())
-                         for i in range(0, m, block))
+            within_y = sum(float(kernel(self.y[s], self.y).double().sum())
+                           for s in tensors.blocks(m, block))
+            diag_y = sum(float(torch.diagonal(kernel(self.y[s], self.y[s])).double().sum())
+                         for s in tensors.blocks(m, block))
             self.yy = (within_y - diag_y) / (m * (m - 1))
         # per generated row: its kernel with itself and its mean kernel with the reference
-        self.diag = np.concatenate([np.diag(kernel(self.x[i:i + block], self.x[i:i + block]))
-                                    for i in range(0, len(self.x), block)])
-        self.cross = np.concatenate([kernel(self.x[i:i + block], self.y).mean(axis=1)
-                                     for i in range(0, len(self.x), block)])
+        n = len(self.x)
+        self.diag = torch.cat([torch.diagonal(kernel(self.x[s], self.x[s])).double()
+                               for s in tensors.blocks(n, block)])
+        self.cross = torch.cat([kernel(self.x[s], self.y).double().mean(dim=1)
+                                for s in tensors.blocks(n, block)])
 
     def __call__(self, counts: np.ndarray) -> np.ndarray:
         """One MMD^2 per row of `counts` (B x n; a row of ones is the plain estimate)."""
-        c = np.asarray(counts, np.float64)
-        quadratic = np.zeros(len(c))
-        for i in range(0, len(self.x), self.block):
-            k = self.kernel(self.x[i:i + self.block], self.x)  # block x n
-            quadratic += ((c[:, i:i + self.block] @ k) * c).sum(axis=1)
-        total = c.sum(axis=1)
-        pairs = total**2 - (c**2).sum(axis=1)  # ordered pairs of distinct rows
-        within = (quadratic - (c**2) @ self.diag) / np.where(pairs > 0, pairs, np.nan)
-        return within + self.yy - 2 * (c @ self.cross) / total
+        from darkroom.evals.metrics import tensors
+
+        c = tensors.tensor(counts).to(self.x.device)
+        quadratic = c.new_zeros(len(c))
+        for s in tensors.blocks(len(self.x), self.block):
+            k = self.kernel(self.x[s], self.x).double()  # block x n
+            quadratic += ((c[:, s] @ k) * c).sum(dim=1)
+        total = c.sum(dim=1)
+        pairs = total**2 - (c**2).sum(dim=1)  # ordered pairs of distinct rows
+        within = (quadratic - (c**2) @ self.diag) / pairs.where(pairs > 0, float("nan"))
+        return tensors.numpy(within + self.yy - 2 * (c @ self.cross) / total)

@@ -7,13 +7,18 @@ run.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics as stats
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from darkroom.evals import registry
+from darkroom.evals.metrics.bootstrap import verdict_at
 from darkroom.evals.metrics.compute import CI_HIGH, CI_LOW, SKILL, higher_is_better
+from darkroom.evals.metrics.multiplicity import CORRECTIONS, adjust
 from darkroom.evals.reporting import human, tracking
 from darkroom.evals.reporting.naming import distinct_names
 from darkroom.evals.reporting.paired import (
@@ -245,11 +250,39 @@ def against_baseline(rows: list[RunRow], base: RunRow, cache: dict[str, RunData 
     return out, notes
 
 
+def correct(comparisons: list[Comparison], method: str, alpha: float) -> int:
+    """Adjust the p-values of every row of the verdict table together (`multiplicity`), and
+    let each verdict follow its adjusted p-value; the number of tests."""
+    rows = [(c, k) for c in comparisons for k in c.differences]
+    raw = np.array([c.differences[k].p_value for c, k in rows], dtype=np.float64)
+    adjusted = adjust(raw, method)
+    for (c, k), p in zip(rows, adjusted, strict=True):
+        d = c.differences[k]
+        c.differences[k] = replace(d, adjusted=float(p),
+                                   verdict=verdict_at(d.delta, p, alpha, higher_is_better(k)))
+    return int(np.isfinite(raw).sum())
+
+
+def baseline_title(base: str, level: float, correction: str, tests: int) -> str:
+    """The verdict table's header: the intervals, the pairing, the correction and the number of
+    tests it was made over."""
+    return (f"against the baseline {base} ({level:.0%} intervals; paired bootstrap over shared "
+            f"prompts and seeds unless noted; {CORRECTIONS[correction].header(tests, 1 - level)};"
+            " p-values from the bootstrap)")
+
+
+def p_text(p: float) -> str:
+    """A p-value to two significant digits (empty when there is none)."""
+    return "" if not math.isfinite(p) else f"{p:.2g}"
+
+
 def baseline_table(comparisons: list[Comparison], key: str) -> tuple[list[str], list[list[str]],
                                                                      list[str]]:
     """One row per run and metric (the ranking metric first): difference ± half-width, the
-    interval, the verdict, paired or not; and each row's verdict."""
-    header = ["run", "metric", "run - baseline", "95% interval", "verdict", "how"]
+    interval, the raw and adjusted p-values, the verdict, paired or not; and each row's
+    verdict."""
+    header = ["run", "metric", "run - baseline", "95% interval", "p", "adjusted p", "verdict",
+              "how"]
     body, verdicts = [], []
     for c in comparisons:
         for k in sorted(c.differences, key=lambda k: (k != key, k)):
@@ -257,13 +290,23 @@ def baseline_table(comparisons: list[Comparison], key: str) -> tuple[list[str], 
             ci = (d.interval.low, d.interval.high) if d.interval else None
             interval = ("" if ci is None else
                         f"[{ci[0]:+.{places(ci)}f}, {ci[1]:+.{places(ci)}f}]")
-            body.append([c.run, k, fmt(d.delta, ci, sign=True), interval, d.verdict,
-                         "paired" if d.paired else "unpaired"])
+            body.append([c.run, k, fmt(d.delta, ci, sign=True), interval, p_text(d.p_value),
+                         p_text(d.adjusted), d.verdict, "paired" if d.paired else "unpaired"])
             verdicts.append(d.verdict)
         for name, reason in c.missing.items():
-            body.append([c.run, name, "missing", "", reason, ""])
+            body.append([c.run, name, "missing", "", "", "", reason, ""])
             verdicts.append("")
     return header, body, verdicts
+
+
+def verdict_records(comparisons: list[Comparison], correction: str) -> list[dict]:
+    """The verdict table as data (logged beside the report): raw and adjusted p-values."""
+    return [{"run": c.run, "key": k, "delta": d.delta,
+             "interval": None if d.interval is None else [d.interval.low, d.interval.high],
+             "p_value": d.p_value, "adjusted_p_value": d.adjusted, "correction": correction,
+             "p_value_from": "bootstrap (inverted percentile interval)", "verdict": d.verdict,
+             "paired": d.paired}
+            for c in comparisons for k, d in c.differences.items()]
 
 
 # -- after an evaluation -------------------------------------------------------------------------
@@ -337,9 +380,13 @@ def parse_real(value: str, rows: list[RunRow], data: RunData) -> int:
 
 def compare(experiment: str, metric: str | None = None, html_path: str | Path | None = None,
             uri: str | None = None, baseline: str | None = None,
-            real: str | None = None) -> tuple[str, Path | None]:
-    """The ranked table as text (and the baseline comparison, and real vs real), and the
-    report's path (also logged to MLflow) if asked for."""
+            real: str | None = None, correction: str = "bh") -> tuple[str, Path | None]:
+    """The ranked table as text (and the baseline comparison with its verdicts corrected over
+    the whole table by `correction`, and real vs real), and the report's path (also logged to
+    MLflow) if asked for."""
+    if correction not in CORRECTIONS:
+        raise UserError(f"--correction: unknown `{correction}` (give bh, holm or none);"
+                        f"{did_you_mean(correction, list(CORRECTIONS))}")
     client = tracking.client(uri)
     rows = load_runs(client, experiment)
     if not rows:
@@ -363,15 +410,17 @@ def compare(experiment: str, metric: str | None = None, html_path: str | Path | 
     skills = skill_tables(rows, key)
     for title, header, body in skills:
         parts += ["", title, format_table(header, body)]
-    against = None
+    against, records = None, []
     if baseline is not None:
         base = find_run(rows, baseline)
         comparisons, notes = against_baseline(rows, base, cache)
+        level = _level(base, cache)
+        tests = correct(comparisons, correction, 1 - level)
         header, body, verdicts = baseline_table(comparisons, key)
         notes += [f"{c.run}: {n}" for c in comparisons for n in c.notes]
-        title = (f"against the baseline {base.display} (95% intervals; paired bootstrap over "
-                 "shared prompts and seeds unless noted)")
+        title = baseline_title(base.display, level, correction, tests)
         against = (title, header, body, verdicts)
+        records = verdict_records(comparisons, correction)
         parts += ["", title, format_table(header, body)]
     if real_row is not None:
         notes.append(f"real vs real: {real_row.count} images drawn from the runs' reference, "
@@ -389,5 +438,13 @@ def compare(experiment: str, metric: str | None = None, html_path: str | Path | 
     path.write_text(page)
     with tracking.run_scope(client, exp, tracking.path_key("compare", experiment), "compare",
                             {tracking.KIND: "compare", "darkroom.compare.metric": key}) as run:
-        tracking.log_files(client, run, {"report.html": page, "table.txt": text + "\n"})
+        files = {"report.html": page, "table.txt": text + "\n"}
+        if against is not None:
+            files["verdicts.json"] = json.dumps(records, indent=1, default=str)
+        tracking.log_files(client, run, files)
     return text, path
+
+
+def _level(base: RunRow, cache: dict[str, RunData | str]) -> float:
+    data = cache.get(base.run_id)
+    return data.spec.bootstrap.level if isinstance(data, RunData) else 0.95

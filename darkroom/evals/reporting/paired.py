@@ -155,13 +155,13 @@ def compare_runs(run: RunData, base: RunData, metrics: list[str], resamples: int
     if why_not is None:
         mine, theirs = run.scores.take(a), base.scores.take(b)
         counts = mine.counts(resamples, seed)
-        other = counts
+        other, units = counts, mine.units()
         if len(a) < max(run.scores.count, base.scores.count):
             notes.append(f"paired over the {len(a)} images both runs have")
     else:
         mine, theirs = run.scores, base.scores
         counts = mine.counts(resamples, seed)
-        other = theirs.counts(resamples, seed + 1)
+        other, units = theirs.counts(resamples, seed + 1), min(mine.units(), theirs.units())
         notes.append(f"unpaired: {why_not}; each run resampled on its own")
     differences: dict[str, Difference] = {}
     missing: dict[str, str] = {}
@@ -181,7 +181,8 @@ def compare_runs(run: RunData, base: RunData, metrics: list[str], resamples: int
             differences[key] = difference(
                 stat.value, baseline[key].value, stat.resample(counts),
                 baseline[key].resample(other), higher_is_better(key), level,
-                paired=why_not is None, shift=stat.drifts or baseline[key].drifts)
+                paired=why_not is None, shift=stat.drifts or baseline[key].drifts,
+                units=units)
     return Comparison(run.name, differences, missing, notes)
 
 

@@ -260,3 +260,55 @@ def test_runs_over_the_rest_api_of_a_real_mlflow_server(logged, tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server's own process group: it and its worker
         server.wait(timeout=30)
+
+
+# -- verdicts over a whole table -----------------------------------------------------------------
+
+
+def test_the_verdict_table_states_its_correction_and_its_tests():
+    """23 runs against a baseline on 7 metrics: the header says which rate is kept and over how
+    many tests; each row keeps its raw and adjusted p-value; a lone small effect that 5% per test
+    would call is no longer called, a large one still is; a missing metric is not a test."""
+    from darkroom.evals.metrics.bootstrap import difference
+    from darkroom.evals.reporting.compare import baseline_table, baseline_title, correct
+    from darkroom.evals.reporting.paired import Comparison
+
+    rng = np.random.default_rng(0)
+    keys = ["fid", "kid", "precision", "recall", "density", "coverage", "class_accuracy"]
+
+    def table():
+        out = []
+        for run in range(23):
+            diffs = {}
+            for j, key in enumerate(keys):
+                effect = 8.0 if (run, j) == (0, 0) else 2.3 if (run, j) == (1, 1) else 0.0
+                reps = rng.normal(effect, 1.0, 500)
+                diffs[key] = difference(effect, 0.0, reps, np.zeros(500), key != "fid",
+                                        units=200)
+            out.append(Comparison(f"run{run}", diffs,
+                                  {"safety": "no checker"} if run == 2 else {}, []))
+        return out
+
+    raw = table()
+    assert raw[1].differences["kid"].p_value < 0.05  # 5% per test would call it
+    for method, strong_only in (("bh", True), ("holm", True), ("none", False)):
+        comparisons = table()
+        assert correct(comparisons, method, 0.05) == 161
+        header, body, verdicts = baseline_table(comparisons, "fid")
+        assert header[4:6] == ["p", "adjusted p"]
+        assert comparisons[0].differences["fid"].verdict == "worse"
+        called_kid = comparisons[1].differences["kid"].verdict != "no detectable difference"
+        assert called_kid is not strong_only, method
+        row = next(r for r in body if r[:2] == ["run1", "kid"])
+        assert float(row[4]) < 0.05 and (float(row[5]) > float(row[4])) is (method != "none")
+        assert next(r for r in body if r[1] == "safety")[4:7] == ["", "", "no checker"]
+    title = baseline_title("base", 0.95, "bh", 161)
+    assert "false-discovery rate at 5% over the 161 tests" in title and "Benjamini" in title
+    assert "family-wise error rate" in baseline_title("base", 0.95, "holm", 161)
+    assert "no correction" in baseline_title("base", 0.95, "none", 161)
+
+
+def test_an_unknown_correction_exits_2(logged, capsys):
+    assert main(["compare", "--experiment", "cmp", "--correction", "bonferoni",
+                 "--tracking-uri", logged["uri"]]) == 2
+    assert "--correction: unknown `bonferoni` (give bh, holm or none)" in capsys.readouterr().err

@@ -56,11 +56,12 @@ def two_jobs(ray_session, tmp_path_factory):
 
 
 def _verdicts(out: str) -> dict[tuple[str, str], tuple[str, str]]:
-    """(run, metric) -> (verdict, paired/unpaired) from the baseline table."""
+    """(run, metric) -> (verdict, paired/unpaired) from the baseline table (whose rows hold
+    the raw and adjusted p-values between the interval and the verdict)."""
     found = {}
     for line in out.splitlines():
-        match = re.match(r"(\S+)\s+(\w+)\s+[+-]\S+( ± \S+)?\s+\[.*?\]\s+(better|worse|no "
-                         r"detectable difference)\s+(paired|unpaired)$", line)
+        match = re.match(r"(\S+)\s+(\w+)\s+[+-]\S+( ± \S+)?\s+\[.*?\]\s+\S+\s+\S+\s+(better|"
+                         r"worse|no detectable difference)\s+(paired|unpaired)$", line)
         if match:
             found[(match.group(1), match.group(2))] = (match.group(4), match.group(5))
     return found
