@@ -87,7 +87,8 @@ def test_a_misplaced_key_is_told_where_it_belongs(tmp_path, capsys):
     path = tmp_path / "job.yaml"
     path.write_text(JOB + "runtime: {dtype: bf16}\n")
     found = run(["validate", str(path)], capsys)
-    assert found["runtime.dtype"] == "unknown key `dtype` here; it belongs under models.N"
+    assert found["runtime.dtype"] == (
+        "unknown key `dtype` here; it belongs under models.N or eval.judge")
 
 
 def test_every_shipped_serve_file_reads_cleanly(monkeypatch):
