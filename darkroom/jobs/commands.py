@@ -107,10 +107,12 @@ def _intermixed(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     from darkroom.jobs.jobfile import load
     from darkroom.jobs.pipeline import run_job
+    from darkroom.platform import console
 
     # the workers read and check the prompt file whole; here only its first rows
     spec = load(args.job, args.overrides, deep=False)
-    result = run_job(spec, dry_run=args.dry_run, evaluate=not args.no_eval)
+    result = run_job(spec, dry_run=args.dry_run, evaluate=not args.no_eval,
+                     log=console.current().log)
     if result.metrics:
         _print_evaluation(result.metrics, spec.tracking.experiment or spec.name,
                           spec.tracking.uri)
