@@ -31,8 +31,8 @@ def test_runs_that_differ_only_in_eta_or_overrides_get_distinct_names():
 def test_compare_tells_runs_of_two_jobs_apart_by_the_same_rule():
     """compare names from the logged params as tracking named the runs from run.json."""
     from darkroom.evals.reporting.compare import RunRow, name_rows
+    from darkroom.evals.reporting.job_log import run_params
     from darkroom.evals.reporting.naming import settings_of
-    from darkroom.evals.reporting.tracking import run_params
     from darkroom.evals.results import RunResult
     from darkroom.platform.data.runinfo import RunInfo
 
