@@ -149,3 +149,16 @@ def test_grid_table_datasets_models_and_intervals_through_a_real_server(server):
     assert "ranking.json" in parent.data.tags["mlflow.loggedArtifacts"]
     ranking = _table(client, parent.info.run_id, "ranking.json")
     assert ranking["run"][0] == "tiny:sd-ddim-s2-g5.0"
+
+
+def test_the_grid_prompts_depend_only_on_the_ids_and_are_spread_over_categories():
+    from darkroom.evals.reporting.views import spread_prompts
+
+    categories = {f"p{i}": ("cat", "dog", "car")[i % 3] for i in range(30)}
+    chosen = spread_prompts(categories, 6)
+    shuffled = dict(reversed(list(categories.items())))  # another run reads them in another order
+    assert spread_prompts(shuffled, 6) == chosen and len(set(chosen)) == 6
+    assert sorted(categories[p] for p in chosen) == ["car", "car", "cat", "cat", "dog", "dog"]
+    assert chosen != [f"p{i}" for i in range(6)]  # by hash, not the file's first rows
+    assert spread_prompts(categories, 100) == spread_prompts(shuffled, 100)
+    assert len(spread_prompts(categories, 100)) == 30
