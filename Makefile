@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/darkroom run configs/jobs/quickstart.yaml
+	$(BIN)/darkroom run configs/jobs/quickstart.yaml --no-table
 	$(BIN)/darkroom compare --experiment quickstart --metric fid --html outputs/quickstart/report.html \
 		--real-baseline builtin:digits:digits:500
 	@echo

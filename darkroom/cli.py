@@ -25,6 +25,8 @@ COMMAND_MODULES = [
 
 # commands that may load weights from the model hub: they check once whether it is reachable
 HUB_COMMANDS = {"run", "eval", "gate", "replay", "serve"}
+VERBOSE_HELP = ("also show Ray's logs and progress bars, its known-harmless warnings and a line "
+                "per file written")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,10 +39,14 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The `darkroom` parser, with every part's subcommands registered."""
     parser = _Parser(prog="darkroom", description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", "-v", action="store_true", help=VERBOSE_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    for command in subparsers.choices.values():  # also after the command: `darkroom run X -v`
+        command.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                             help=VERBOSE_HELP)
     return parser
 
 
@@ -51,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pydantic import BaseModel, ValidationError
 
     args = build_parser().parse_args(argv)
+    from darkroom.platform import console
+
+    console.configure(verbose=args.verbose)
     try:
         if args.command in HUB_COMMANDS and not getattr(args, "dry_run", False):
             from darkroom.platform.offline import detect_offline

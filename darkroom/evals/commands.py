@@ -64,6 +64,9 @@ def register(subparsers) -> None:
                    help="also score COUNT real images (default: the runs' image count) from the "
                    "runs' own reference against its other images, with the same features: the "
                    "floor a run of that size is measured against")
+    c.add_argument("--format", dest="output", default="table",
+                   choices=("table", "markdown", "csv", "json"),
+                   help="table (fits 120 columns, wrapped), markdown, csv or json")
     c.set_defaults(handler=run_compare)
 
 
@@ -160,7 +163,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
     text, path = compare(args.experiment, args.metric, args.html, args.tracking_uri,
                          baseline=args.baseline, real=args.real_baseline,
-                         correction=args.correction)
+                         correction=args.correction, output=args.output)
     print(text)
     if path is not None:
         print(f"report: {path}")

@@ -20,6 +20,7 @@ from darkroom.evals.metrics.compute import statistics, with_intervals
 from darkroom.evals.outputs import SpecRows, image_hashes, read_rows, read_timing, spec_rows
 from darkroom.evals.reference import reference_stats
 from darkroom.evals.reporting import tracking as track
+from darkroom.evals.reporting.job_log import log_job
 from darkroom.evals.results import (
     PendingResults,
     RunResult,
@@ -71,8 +72,8 @@ def evaluate_job(job_dir: str | Location, eval_spec: EvalSpec, tracking: Trackin
             result.rows = spec_rows(result.run_dir, result.info, job_spec)[0]
         log.warning("logging the metrics an earlier evaluation computed (%s)", pending.path)
     try:
-        track.log_job(results, protocol, job_dir, tracking, experiment=experiment,
-                      job_spec=job_spec, eval_spec=eval_spec)
+        log_job(results, protocol, job_dir, tracking, experiment=experiment,
+                job_spec=job_spec, eval_spec=eval_spec)
     except Exception as err:  # the store went away (or refused) after the check
         first = (str(err).splitlines() or [""])[0][:300]
         raise track.TrackingFailed(

@@ -169,3 +169,9 @@ class TrackingSpec(BaseModel):
 
     experiment: str | None = Field(None, description="MLflow experiment; default: the job name")
     uri: str | None = Field(None, description="tracking URI; default: MLflow's (sqlite:///mlflow.db)")
+    grid_prompts: int = Field(8, ge=0, le=64, description="prompts in MLflow's image grid, the "
+                              "same for every run of a job, spread over classes or categories")
+    grid_samples: int = Field(2, ge=1, le=8, description="images per grid prompt (the UI's step "
+                              "slider); a run logs at most grid_prompts x grid_samples images")
+    table_rows: int = Field(64, ge=0, le=1000, description="rows of the per-image table with "
+                            "images shown in MLflow; every row is also in images_table.parquet")

@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _job_arguments(run)
     run.add_argument("--dry-run", action="store_true", help="print the plan, generate nothing")
     run.add_argument("--no-eval", action="store_true", help="skip the job's eval: section")
+    run.add_argument("--no-table", action="store_true",
+                     help="evaluate and log, but print no ranked table (`darkroom compare` "
+                          "follows, as in `make demo`)")
     run.set_defaults(handler=_run)
 
     validate = subparsers.add_parser("validate", help="check a job file (no Ray, no models)")
@@ -107,11 +110,13 @@ def _intermixed(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     from darkroom.jobs.jobfile import load
     from darkroom.jobs.pipeline import run_job
+    from darkroom.platform import console
 
     # the workers read and check the prompt file whole; here only its first rows
     spec = load(args.job, args.overrides, deep=False)
-    result = run_job(spec, dry_run=args.dry_run, evaluate=not args.no_eval)
-    if result.metrics:
+    result = run_job(spec, dry_run=args.dry_run, evaluate=not args.no_eval,
+                     log=console.current().log)
+    if result.metrics and not args.no_table:
         _print_evaluation(result.metrics, spec.tracking.experiment or spec.name,
                           spec.tracking.uri)
     return 0

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from darkroom.evals.reporting.naming import run_names
 from darkroom.jobs import failures, output, resume
 from darkroom.jobs.devices import device_problems
 from darkroom.jobs.lease import JobLease
@@ -30,6 +31,7 @@ from darkroom.jobs.prompts import PromptError, count_prompts
 from darkroom.jobs.spec import MAX_ROWS_PER_RUN, JobSpec
 from darkroom.jobs.stream import Prompts, open_prompts
 from darkroom.jobs.workers import GenerateAndWrite, check_block, expand_missing
+from darkroom.platform import console
 from darkroom.platform.cluster import connect_ray
 from darkroom.platform.config import Problem, SpecError
 from darkroom.platform.data import layout, storage
@@ -89,15 +91,17 @@ def run_job(spec: JobSpec, *, dry_run: bool = False, evaluate: bool = True,
         import darkroom.platform.engine.generator  # noqa: F401
 
         connect_ray(log, log_to_driver=True)
-        # 1. Prompts: read and checked on the workers, kept in the object store.
-        prompts = _open_prompts(spec)
-        log(describe(spec, runs, prompts.count).splitlines()[0])
-        # 2. What earlier invocations wrote (files verified on the workers), then the check
-        #    pass: the rows still missing, and no done row whose inputs changed. A refused
-        #    spec leaves the folder (job.yaml included) as it was.
-        states = resume.scan(job_dir, [r.run_id for r in runs], spec.storage_options, log)
-        rows, missing, made = _check(spec, runs, prompts, states)
-        _count_spec_rows(states, rows, missing, made)
+        with console.current().phase("reading prompts", unit="runs") as reading:
+            # 1. Prompts: read and checked on the workers, kept in the object store.
+            prompts = _open_prompts(spec)
+            log(describe(spec, runs, prompts.count).splitlines()[0])
+            # 2. What earlier invocations wrote (files verified on the workers), then the
+            #    check pass: the rows still missing, and no done row whose inputs changed. A
+            #    refused spec leaves the folder (job.yaml included) as it was.
+            states = resume.scan(job_dir, [r.run_id for r in runs], spec.storage_options, log)
+            rows, missing, made = _check(spec, runs, prompts, states)
+            _count_spec_rows(states, rows, missing, made)
+            reading.advance(len(runs))
         lease.check()
         output.write_job_files(job_dir, spec.dump(),
                                [run_info(spec, r, prompts.count) for r in runs])
@@ -123,7 +127,8 @@ def run_job(spec: JobSpec, *, dry_run: bool = False, evaluate: bool = True,
             result.timings[run.run_id] = output.write_timing(job_dir / run.run_id, output.timing(
                 state.images, state.seconds, state.errors))
         result.seconds = time.perf_counter() - started
-        log(summary(runs, result))
+        log(summary(runs, result, run_names({r.run_id: run_info(spec, r, prompts.count)
+                                             for r in runs})))
         errors = sum(t["errors"] for t in result.timings.values())
         if errors > allowed:
             raise JobFailed(
@@ -252,7 +257,9 @@ def _one_pass(spec: JobSpec, runs: list[Run], prompts: Prompts,
     ds = dataset(spec, runs, prompts, _done(states, runs), invocation, todo,
                  lease_token=lease.token)
     try:
-        return _tally(ds, states, failed, allowed, result, log, lease), None
+        with console.current().phase(f"generating {runs[0].model.label}", todo,
+                                     "images") as progress:
+            return _tally(ds, states, failed, allowed, result, log, lease, progress), None
     except Exception as err:
         lost = failures.lost_work(err)
         if lost is None:
@@ -282,7 +289,8 @@ def _after_loss(spec: JobSpec, runs: list[Run], states: dict[str, resume.RunStat
 
 
 def _tally(ds: Any, states: dict[str, resume.RunState], failed: int, allowed: int,
-           result: JobResult, log: Callable[[str], None], lease: JobLease) -> int:
+           result: JobResult, log: Callable[[str], None], lease: JobLease,
+           progress: console.Phase) -> int:
     """Count what one pass's workers wrote, as they report it; returns the failed rows."""
     for batch in _results(ds):
         lease.check()
@@ -294,12 +302,13 @@ def _tally(ds: Any, states: dict[str, resume.RunState], failed: int, allowed: in
                 state.seconds += row["seconds"]
                 result.new[row["run_id"]] = result.new.get(row["run_id"], 0) + row["rows"]
                 result.generated += row["rows"]
-                log(f"  {row['run_id']}: wrote {row['rows']} image row(s)")
+                console.current().detail(f"  {row['run_id']}: wrote {row['rows']} image row(s)")
             else:
                 state.errors += row["rows"]
                 result.failed += row["rows"]
                 failed += row["rows"]
                 log(f"  {row['run_id']}: {row['rows']} row(s) failed ({row['error']})")
+            progress.advance(row["rows"])
         if failed > allowed:
             raise JobFailed(
                 f"{failed} row(s) failed, more than the error budget allows ({allowed}); "
@@ -361,22 +370,24 @@ def _results(ds: Any) -> Iterator[Any]:
     return ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def summary(runs: list[Run], result: JobResult) -> str:
-    """The table printed at the end of `darkroom run`: one line per run."""
-    lines = [f"{'run':<14}{'model':<20}{'sampler':<20}{'steps':>6}{'guidance':>9}{'images':>8}"
-             f"{'new':>6}{'errors':>7}{'seconds':>9}{'images/s':>10}"]
+def summary(runs: list[Run], result: JobResult, names: dict[str, str] | None = None) -> str:
+    """The table printed at the end of `darkroom run`: one line per run, named as MLflow and
+    `darkroom compare` name it (`names`, run id -> name), with its folder."""
+    names = names or {r.run_id: r.run_id for r in runs}
+    width = max(len("run"), *(len(names[r.run_id]) for r in runs)) + 2
+    lines = [f"{'run':<{width}}{'images':>7}{'new':>6}{'errors':>7}{'seconds':>9}"
+             f"{'images/s':>10}  folder"]
     for run in runs:
         timing = result.timings.get(run.run_id, {})
         rate = timing.get("images_per_s")
         lines.append(
-            f"{run.run_id:<14}{run.model.label[:19]:<20}{run.sampler.name[:19]:<20}{run.steps:>6}"
-            f"{run.guidance_scale:>9g}{timing.get('images', 0):>8}"
-            f"{result.new.get(run.run_id, 0):>6}"
-            f"{timing.get('errors', 0):>7}"
+            f"{names[run.run_id]:<{width}}{timing.get('images', 0):>7}"
+            f"{result.new.get(run.run_id, 0):>6}{timing.get('errors', 0):>7}"
             f"{timing.get('seconds', 0):>9.2f}{'-' if rate is None else f'{rate:.1f}':>10}"
+            f"  {run.run_id}"
         )
     lines.append(f"{result.generated} image(s) generated, {result.failed} failed, in "
-                 f"{result.seconds:.1f} s (seconds per run: actor time)")
+                 f"{result.seconds:.1f} s (seconds per run: actor time) in {result.job_dir}")
     if result.losses:
         lines += ["lost and redone:", *(f"  {loss}" for loss in result.losses),
                   f"  {result.redone} row(s) were made in new passes on the nodes that remain; "

@@ -1,7 +1,9 @@
 """Joining Ray: a private local instance unless RAY_ADDRESS names a cluster, with its token.
 
 Without RAY_ADDRESS every command starts its own local Ray (`address="local"`): a cluster that
-`ray start` left running on this machine is never joined by accident. With RAY_ADDRESS the
+`ray start` left running on this machine is never joined by accident. Ray's INFO logs, Ray
+Data's progress and the lines of Ray's core known to be harmless stay off the console
+(`quiet_ray`; its files keep them) unless the command runs with `--verbose`. With RAY_ADDRESS the
 cluster's auth token is sent when there is one. Ray 2.60's `ray start` turns on token
 authentication by default; the token is read the way Ray itself reads it: $RAY_AUTH_TOKEN, the
 file named by $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token (copy it from the head node).
@@ -9,13 +11,17 @@ file named by $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token (copy it from the head 
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from darkroom.platform import console
 from darkroom.platform.errors import UserError
 
 TOKEN_HELP = (
@@ -26,6 +32,14 @@ TOKEN_HELP = (
 # (one a second; Ray's default of 20 is spent in full also when the cluster has refused the
 # token). RAY_gcs_server_port_wait_time_s, when set, overrides the attempts.
 CONNECT_SECONDS = 5
+# What Ray's C++ core prints on the driver's stderr that is known not to be a failure.
+HARMLESS = (
+    # Every Ray Data actor pool with restarts gets it (ray-project/ray#57733): the pool's
+    # constructor arguments live as long as its dataset, so its restarts do work
+    b"has constructor arguments in the object store and max_restarts > 0",
+)
+# Ray's own log messages that only echo what `quiet_ray` asked for.
+HARMLESS_LOGS = ("Progress bars disabled",)
 
 
 def read_token() -> str | None:
@@ -70,6 +84,7 @@ def connect_ray(log: Callable[[str], None] = print, **init_options: Any) -> bool
 
     if ray.is_initialized():
         return bool(address)
+    quiet_ray(console.current().verbose)
     if not address:
         # "local": never join a cluster that `ray start` left running on this machine
         ray.init(address="local", include_dashboard=False, **init_options)
@@ -114,3 +129,68 @@ def _join_failure(address: str, err: BaseException) -> str:
     return (f"cannot join the Ray cluster at RAY_ADDRESS={address} "
             f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); is it up, "
             f"and is this its GCS address (port 6379 by default)? {TOKEN_HELP}")
+
+
+def quiet_ray(verbose: bool = False) -> None:
+    """Before `ray.init`: Ray's and Ray Data's console logs at WARNING and above (their log
+    files keep everything), Ray Data's progress bars off (the console shows its own), and the
+    HARMLESS lines of Ray's core dropped from stderr. `verbose` leaves Ray as it is."""
+    if verbose:
+        return
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler).__name__ != "SessionFileHandler":  # the console, not the file
+                handler.setLevel(max(handler.level, logging.WARNING))
+                handler.addFilter(_not_harmless)
+    StderrFilter.install(HARMLESS)
+
+
+def _not_harmless(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(HARMLESS_LOGS)
+
+
+class StderrFilter:
+    """File descriptor 2 through a pipe that drops lines holding any of `patterns`: Ray's core
+    writes to the descriptor itself, past Python's `sys.stderr`. One per process; undone at
+    exit."""
+
+    installed: StderrFilter | None = None
+
+    def __init__(self, patterns: tuple[bytes, ...]) -> None:
+        self.patterns = patterns
+        self.saved = os.dup(2)
+        read, write = os.pipe()
+        sys.stderr.flush()
+        os.dup2(write, 2)
+        os.close(write)
+        self.thread = threading.Thread(target=self._pump, args=(read,), daemon=True,
+                                       name="darkroom-stderr-filter")
+        self.thread.start()
+
+    @classmethod
+    def install(cls, patterns: tuple[bytes, ...]) -> None:
+        """Filter stderr from now until the process exits (once)."""
+        if cls.installed is None:
+            cls.installed = cls(patterns)
+            atexit.register(cls.installed.close)
+
+    def _pump(self, read: int) -> None:
+        with os.fdopen(read, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(1 << 16):
+                # a line of Ray's core is one write (shorter than the pipe's atomic size)
+                kept = [line for line in chunk.splitlines(keepends=True)
+                        if not any(p in line for p in self.patterns)]
+                if kept:
+                    os.write(self.saved, b"".join(kept))
+
+    def close(self) -> None:
+        """Put stderr back and let the pump write what it still holds."""
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self.saved, 2)  # the pipe's last writer: its reader ends
+        self.thread.join(timeout=2)

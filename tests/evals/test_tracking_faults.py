@@ -26,8 +26,9 @@ def free_port() -> int:
 
 
 def eval_command(job_dir: Path, uri: str) -> list[str]:
+    """`--verbose`: Ray's "Started a local Ray instance" line marks where scoring begins."""
     return [sys.executable, "-m", "darkroom", "eval", str(job_dir), "--metrics", "safety",
-            "--tracking-uri", uri, "--json"]
+            "--tracking-uri", uri, "--json", "--verbose"]
 
 
 def quiet_env() -> dict[str, str]:

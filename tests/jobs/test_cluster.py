@@ -106,7 +106,8 @@ def test_submit_entrypoint_checks_the_clusters_python(tmp_path):
 
 def test_run_and_eval_never_join_a_running_cluster_by_accident(ray_cluster, tmp_path):
     """A cluster that `ray start` left running on this machine, and no RAY_ADDRESS: `darkroom run`
-    (with its eval) starts a private Ray and leaves the cluster alone."""
+    (with its eval) starts a private Ray and leaves the cluster alone. Ray's own lines say so,
+    shown with `--verbose` and hidden without it."""
     root, token = ray_cluster()
     (tmp_path / "job.yaml").write_text(json.dumps({
         "name": "alone", "output": str(tmp_path / "out"),
@@ -117,12 +118,16 @@ def test_run_and_eval_never_join_a_running_cluster_by_accident(ray_cluster, tmp_
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
     }))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    done = subprocess.run([sys.executable, "-m", "darkroom", "run", str(tmp_path / "job.yaml")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "darkroom", "run", str(tmp_path / "job.yaml"),
+                           "--verbose"], env=env, capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert "Started a local Ray instance" in output
     assert "Connecting to existing Ray cluster" not in output
+    quiet = subprocess.run([sys.executable, "-m", "darkroom", "run", str(tmp_path / "job.yaml")],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0, (quiet.stdout + quiet.stderr)[-3000:]
+    assert "Started a local Ray instance" not in quiet.stdout + quiet.stderr
     import httpx
 
     auth = {"Authorization": f"Bearer {token.read_text().strip()}"}

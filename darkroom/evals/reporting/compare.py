@@ -7,7 +7,6 @@ run.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics as stats
 from dataclasses import dataclass, field, replace
@@ -19,7 +18,7 @@ from darkroom.evals import registry
 from darkroom.evals.metrics.bootstrap import verdict_at
 from darkroom.evals.metrics.compute import CI_HIGH, CI_LOW, SKILL, higher_is_better
 from darkroom.evals.metrics.multiplicity import CORRECTIONS, adjust
-from darkroom.evals.reporting import human, tracking
+from darkroom.evals.reporting import formats, human, tracking
 from darkroom.evals.reporting.naming import distinct_names
 from darkroom.evals.reporting.paired import (
     Comparison,
@@ -30,6 +29,7 @@ from darkroom.evals.reporting.paired import (
     real_baseline,
 )
 from darkroom.evals.reporting.report_html import SPEED, report_html
+from darkroom.evals.reporting.tables import fmt, format_table, places  # noqa: F401 (re-exported)
 from darkroom.platform.data import storage
 from darkroom.platform.errors import UserError, did_you_mean
 
@@ -61,24 +61,6 @@ class RunRow:
     def shown(self, key: str) -> str:
         """`value ± half-width` (or the value alone, or `missing`)."""
         return fmt(self.value(key), self.interval(key))
-
-
-def places(ci: tuple[float, float], digits: int = 4) -> int:
-    """Decimal places that show two significant digits of an interval's half-width."""
-    half = (ci[1] - ci[0]) / 2
-    return min(6, max(0, 1 - math.floor(math.log10(half)))) if half > 0 else digits
-
-
-def fmt(value: float | None, ci: tuple[float, float] | None = None, digits: int = 4,
-        sign: bool = False) -> str:
-    """A value with ± half its interval, to two significant digits of the half-width."""
-    if value is None:
-        return "missing"
-    plus = "+" if sign else ""
-    if ci is None:
-        return f"{value:{plus}.{digits}f}" if digits else str(int(value))
-    shown = places(ci, digits)
-    return f"{value:{plus}.{shown}f} ± {(ci[1] - ci[0]) / 2:.{shown}f}"
 
 
 def load_runs(client, experiment: str) -> list[RunRow]:
@@ -130,15 +112,21 @@ def rank(rows: list[RunRow], key: str) -> list[RunRow]:
     return sorted(rows, key=lambda r: (r.value(key) is None, sign * (r.value(key) or 0.0)))
 
 
-def table_rows(rows: list[RunRow], key: str, real: RealBaseline | None = None
-               ) -> tuple[list[str], list[list[str]]]:
-    """The table's header and cells: run params, the ranking metric, images/s, then the
-    other quality metrics some run has (each as value ± half its interval); absent values read
-    `missing`; the real-vs-real baseline last."""
+def metric_columns(rows: list[RunRow], key: str) -> list[str]:
+    """The table's metrics: the ranking one, images/s, then the other quality metrics some run
+    has, per-category FID and the human-preference rankings."""
     extra = [k for k in QUALITY if k != key and any(r.value(k) is not None for r in rows)]
     extra += sorted({k for r in rows for k in r.metrics
                      if k.startswith("fid_category.") and not k.endswith((CI_LOW, CI_HIGH))})
     extra += [k for k in human.columns(rows) if k != key]  # from rating rounds (arena)
+    return [key, SPEED, *extra]
+
+
+def table_rows(rows: list[RunRow], key: str, real: RealBaseline | None = None
+               ) -> tuple[list[str], list[list[str]]]:
+    """The table's header and cells: run params, then `metric_columns` (each as value ± half
+    its interval); absent values read `missing`; the real-vs-real baseline last."""
+    extra = metric_columns(rows, key)[2:]
     header = ["run", "model", "sampler", "steps", "guidance", "images", key, SPEED, *extra]
     body = []
     for r in rows:
@@ -176,14 +164,6 @@ def skill_tables(rows: list[RunRow], key: str) -> list[tuple[str, list[str], lis
         tables.append((f"{base} per skill (value ± half its 95% interval)", ["run", *skills],
                        body))
     return tables
-
-
-def format_table(header: list[str], body: list[list[str]]) -> str:
-    """The table as plain text: columns padded to width, a dashed rule under the header."""
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *body, strict=True)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in [header, ["-" * w for w in widths], *body]]
-    return "\n".join(lines)
 
 
 # -- against a baseline -------------------------------------------------------------------------
@@ -290,23 +270,15 @@ def baseline_table(comparisons: list[Comparison], key: str) -> tuple[list[str], 
             ci = (d.interval.low, d.interval.high) if d.interval else None
             interval = ("" if ci is None else
                         f"[{ci[0]:+.{places(ci)}f}, {ci[1]:+.{places(ci)}f}]")
-            body.append([c.run, k, fmt(d.delta, ci, sign=True), interval, p_text(d.p_value),
-                         p_text(d.adjusted), d.verdict, "paired" if d.paired else "unpaired"])
+            # the difference to the interval's places; the interval beside it says the rest
+            delta = fmt(d.delta, sign=True) if ci is None else f"{d.delta:+.{places(ci)}f}"
+            body.append([c.run, k, delta, interval, p_text(d.p_value), p_text(d.adjusted),
+                         d.verdict, "paired" if d.paired else "unpaired"])
             verdicts.append(d.verdict)
         for name, reason in c.missing.items():
             body.append([c.run, name, "missing", "", "", "", reason, ""])
             verdicts.append("")
     return header, body, verdicts
-
-
-def verdict_records(comparisons: list[Comparison], correction: str) -> list[dict]:
-    """The verdict table as data (logged beside the report): raw and adjusted p-values."""
-    return [{"run": c.run, "key": k, "delta": d.delta,
-             "interval": None if d.interval is None else [d.interval.low, d.interval.high],
-             "p_value": d.p_value, "adjusted_p_value": d.adjusted, "correction": correction,
-             "p_value_from": "bootstrap (inverted percentile interval)", "verdict": d.verdict,
-             "paired": d.paired}
-            for c in comparisons for k, d in c.differences.items()]
 
 
 # -- after an evaluation -------------------------------------------------------------------------
@@ -380,10 +352,13 @@ def parse_real(value: str, rows: list[RunRow], data: RunData) -> int:
 
 def compare(experiment: str, metric: str | None = None, html_path: str | Path | None = None,
             uri: str | None = None, baseline: str | None = None,
-            real: str | None = None, correction: str = "bh") -> tuple[str, Path | None]:
-    """The ranked table as text (and the baseline comparison with its verdicts corrected over
-    the whole table by `correction`, and real vs real), and the report's path (also logged to
-    MLflow) if asked for."""
+            real: str | None = None, correction: str = "bh", output: str = "table"
+            ) -> tuple[str, Path | None]:
+    """The ranked table (and the baseline comparison with its verdicts corrected over the whole
+    table by `correction`, and real vs real) in the `output` format (`tables.FORMATS`), and the
+    report's path if asked for. With --html or --baseline the report and the verdicts are also
+    logged to MLflow: to the experiment's `compare` run and to the parent run of each job whose
+    runs were compared."""
     if correction not in CORRECTIONS:
         raise UserError(f"--correction: unknown `{correction}` (give bh, holm or none);"
                         f"{did_you_mean(correction, list(CORRECTIONS))}")
@@ -409,8 +384,8 @@ def compare(experiment: str, metric: str | None = None, html_path: str | Path | 
     parts.append(format_table(*table))
     skills = skill_tables(rows, key)
     for title, header, body in skills:
-        parts += ["", title, format_table(header, body)]
-    against, records = None, []
+        parts += ["", title, format_table(header, body, keep=1)]
+    against, comparisons = None, []
     if baseline is not None:
         base = find_run(rows, baseline)
         comparisons, notes = against_baseline(rows, base, cache)
@@ -420,29 +395,29 @@ def compare(experiment: str, metric: str | None = None, html_path: str | Path | 
         notes += [f"{c.run}: {n}" for c in comparisons for n in c.notes]
         title = baseline_title(base.display, level, correction, tests)
         against = (title, header, body, verdicts)
-        records = verdict_records(comparisons, correction)
-        parts += ["", title, format_table(header, body)]
+        parts += ["", title, format_table(header, body, keep=2)]
     if real_row is not None:
         notes.append(f"real vs real: {real_row.count} images drawn from the runs' reference, "
                      f"measured against its other {real_row.others} with the same features: "
                      "the floor for a run of that size")
     parts += [f"note: {n}" for n in notes]
     text = "\n".join(parts)
-    if html_path is None:
-        return text, None
-    path = Path(html_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    exp = tracking.experiment_id(client, experiment)
-    page = report_html(client, experiment, rows, key, table, against, real_row,
-                       human.section(client, exp), skills)
-    path.write_text(page)
-    with tracking.run_scope(client, exp, tracking.path_key("compare", experiment), "compare",
-                            {tracking.KIND: "compare", "darkroom.compare.metric": key}) as run:
-        files = {"report.html": page, "table.txt": text + "\n"}
-        if against is not None:
-            files["verdicts.json"] = json.dumps(records, indent=1, default=str)
-        tracking.log_files(client, run, files)
-    return text, path
+    columns = metric_columns(rows, key)
+    records = formats.baseline_records(comparisons, key, correction)
+    shown = formats.render(output, text, table, against,
+                           formats.run_records(rows, columns, real_row), records, notes,
+                           experiment, key)
+    page, path = None, None
+    if html_path is not None:
+        path = Path(html_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        exp = tracking.experiment_id(client, experiment)
+        page = report_html(client, experiment, rows, key, table, against, real_row,
+                           human.section(client, exp), skills)
+        path.write_text(page)
+    if page is not None or against is not None:
+        formats.log_comparison(client, experiment, rows, key, text, page, records)
+    return shown, path
 
 
 def _level(base: RunRow, cache: dict[str, RunData | str]) -> float:

@@ -1,4 +1,5 @@
-"""MLflow logging: an experiment per job, a parent run per job invocation, a child per sweep point.
+"""MLflow logging: an experiment per job, a parent run per job invocation, a child per sweep point
+(the job's runs are logged by `job_log`; these are the store's helpers).
 
 Runs are found again by a `darkroom.key` tag (the output folder's path, and for a parent also the
 job spec's hash), so evaluating the same output again updates its run instead of adding one.
@@ -16,22 +17,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from darkroom.evals import registry
-from darkroom.evals.metrics.compute import CI_HIGH, CI_LOW
-from darkroom.evals.outputs import first_value
-from darkroom.evals.reporting.contact_sheets import contact_sheet_png
-from darkroom.evals.reporting.naming import run_names, settings_of
-from darkroom.evals.results import RunResult
-from darkroom.evals.spec import EvalSpec, TrackingSpec
-from darkroom.platform.data import layout
-from darkroom.platform.data.runinfo import RunInfo, read_run_info
-
 KIND = "darkroom.kind"  # job | run | compare
 KEY = "darkroom.key"
 MISSING = "darkroom.missing."
 PARENT = "mlflow.parentRunId"
 # MLflow 3 asks what an experiment is for and shows GenAI views until told; these are model runs.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# MLflow 3.17's UI takes the kind from its "workflow type" (GenAI unless a link or the
+# sidebar's switch says otherwise, kept in the browser), not from the tag: links that open an
+# experiment on its runs say so.
+WORKFLOW = "workflowType=machine_learning"
 VERSIONED = ["darkroom", "torch", "diffusers", "transformers", "ray", "mlflow", "clean-fid",
              "torchmetrics", "nudenet"]
 
@@ -179,21 +174,33 @@ def log_params(mlflow_client, run_id: str, params: Mapping[str, Any]) -> list[st
 
 
 def log_metrics(mlflow_client, run_id: str, metrics: Mapping[str, float],
-                missing: Mapping[str, str], missing_keys: Sequence[str] = ()) -> None:
+                missing: Mapping[str, str], missing_keys: Sequence[str] = (), *,
+                model_id: str | None = None, timestamp: int | None = None,
+                dataset: tuple[str, str] | None = None) -> None:
     """Log the numbers; tag each missing metric with its reason and clear stale missing tags.
 
     A missing metric whose key an earlier evaluation logged gets NaN as its latest value, so the
-    old number does not pass for the current one (MLflow cannot delete a metric).
+    old number does not pass for the current one (MLflow cannot delete a metric). With
+    `model_id` the finite values are also the logged model's (with `dataset`, the name and
+    digest of the prompt set they were measured on); a NaN never is (MLflow would store 0).
     """
     import math
     import time
 
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
+    now = timestamp or int(time.time() * 1000)
     run = mlflow_client.get_run(run_id)
     stale = {k: math.nan for k in missing_keys if k in run.data.metrics}
-    values = [Metric(k, float(v), now, 0) for k, v in {**stale, **metrics}.items()]
+    name, digest = dataset or (None, None)
+
+    def metric(key: str, value: float) -> Metric:
+        if model_id is None or not math.isfinite(value):
+            return Metric(key, value, now, 0)
+        return Metric(key, value, now, 0, model_id=model_id, dataset_name=name,
+                      dataset_digest=digest, run_id=run_id)
+
+    values = [metric(k, float(v)) for k, v in {**stale, **metrics}.items()]
     if values:
         mlflow_client.log_batch(run_id, metrics=values)
     tags = run.data.tags
@@ -204,16 +211,51 @@ def log_metrics(mlflow_client, run_id: str, metrics: Mapping[str, float],
         mlflow_client.set_tag(run_id, MISSING + name, reason[:5000])
 
 
+def write_files(folder: Path, files: Mapping[str, bytes | str]) -> None:
+    """Each named file (a relative path) under `folder`."""
+    for name, content in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+
+
 def log_files(mlflow_client, run_id: str, files: Mapping[str, bytes | str]) -> None:
     """Write each named file to a temporary folder and log them all as the run's artifacts."""
     with tempfile.TemporaryDirectory(prefix="darkroom-artifacts-") as folder:
-        for name, content in files.items():
-            path = Path(folder) / name
-            if isinstance(content, bytes):
-                path.write_bytes(content)
-            else:
-                path.write_text(content)
+        write_files(Path(folder), files)
         mlflow_client.log_artifacts(run_id, folder)
+
+
+LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"
+
+
+def table_json(records: Sequence[Mapping[str, Any]]) -> str:
+    """Records in MLflow's table format (pandas' `split` orientation, as `log_table` writes)."""
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    return json.dumps({"columns": columns, "data": [[r.get(c) for c in columns]
+                                                    for r in records]}, default=str)
+
+
+def mark_tables(mlflow_client, run_id: str, paths: Sequence[str]) -> None:
+    """List the artifacts at `paths` as tables for MLflow's UI (`mlflow.loggedArtifacts`), as
+    `log_table` does, keeping those already listed."""
+    tags = mlflow_client.get_run(run_id).data.tags
+    listed = json.loads(tags.get(LOGGED_ARTIFACTS, "[]"))
+    wanted = listed + [{"path": p, "type": "table"} for p in paths
+                       if {"path": p, "type": "table"} not in listed]
+    if wanted != listed:
+        mlflow_client.set_tag(run_id, LOGGED_ARTIFACTS, json.dumps(wanted))
+
+
+def log_table(mlflow_client, run_id: str, path: str, records: Sequence[Mapping[str, Any]]
+              ) -> None:
+    """A table (no images) the UI can sort and filter, replaced on every call (`log_table`
+    appends to an existing one: evaluating again would double it)."""
+    log_files(mlflow_client, run_id, {path: table_json(records)})
+    mark_tables(mlflow_client, run_id, [path])
 
 
 def finish(mlflow_client, run_id: str, ok: bool = True) -> None:
@@ -224,83 +266,3 @@ def finish(mlflow_client, run_id: str, ok: bool = True) -> None:
 def to_json(value: Any) -> str:
     """`value` as indented sorted-key JSON with a final newline; non-JSON values as str()."""
     return json.dumps(value, indent=2, sort_keys=True, default=str) + "\n"
-
-
-# -- a job's evaluation in MLflow ------------------------------------------------------------
-
-
-def log_job(results: list[RunResult], protocol: dict, job_dir: Path, tracking_spec: TrackingSpec,
-            *, experiment: str, job_spec: dict, eval_spec: EvalSpec) -> None:
-    """A parent run for this invocation (job folder + spec hash), a child run per result;
-    requests bounded (`bounded_requests`)."""
-    with bounded_requests():
-        _log_job(results, protocol, job_dir, tracking_spec, experiment=experiment,
-                 job_spec=job_spec, eval_spec=eval_spec)
-
-
-def _log_job(results: list[RunResult], protocol: dict, job_dir: Path,
-             tracking_spec: TrackingSpec, *, experiment: str, job_spec: dict,
-             eval_spec: EvalSpec) -> None:
-    mlflow_client = client(tracking_spec.uri)
-    exp = experiment_id(mlflow_client, tracking_spec.experiment or experiment)
-    digest = spec_hash(job_spec)
-    stamped = {f"darkroom.version.{k}": v for k, v in versions().items()}
-    key, name = path_key("job", job_dir, digest), f"{job_dir.name}-{digest[:8]}"
-    tags = {KIND: "job", "darkroom.spec_hash": digest, "darkroom.output": job_dir, **stamped}
-    names = run_names({d.name: read_run_info(d) for d in layout.run_dirs(job_dir)}
-                      | {r.run_id: r.info for r in results})
-    with run_scope(mlflow_client, exp, key, name, tags) as parent:
-        log_params(mlflow_client, parent, {"job": job_dir.name, "runs": len(results)})
-        for result in results:
-            result.mlflow_run_id = _log_run(mlflow_client, exp, parent, result, protocol,
-                                            job_spec, digest, stamped, eval_spec,
-                                            names[result.run_id])
-        log_files(mlflow_client, parent, {
-            "job_spec.json": to_json(job_spec),
-            "metrics.json": to_json([r.summary() for r in results]),
-            "eval_protocol.json": to_json(protocol),
-        })
-
-
-def _log_run(mlflow_client, exp: str, parent: str, result: RunResult, protocol: dict,
-             job_spec: dict, digest: str, stamped: dict, eval_spec: EvalSpec, name: str) -> str:
-    info = result.info
-    tags = {KIND: "run", PARENT: parent, "darkroom.run_id": result.run_id,
-            "darkroom.spec_hash": digest, "darkroom.output": result.run_dir, **stamped,
-            "darkroom.eval.feature_extractor": eval_spec.feature_extractor,
-            "darkroom.eval.backend": eval_spec.backend}
-    with run_scope(mlflow_client, exp, path_key("run", result.run_dir), name, tags) as run:
-        changed = log_params(mlflow_client, run, run_params(info, result))
-        if changed:
-            result.warnings.append(f"params changed since this run was first logged (kept the "
-                                   f"first values): {', '.join(changed)}")
-        metrics = dict(result.metrics)
-        if result.timing.get("images_per_s"):
-            metrics["images_per_s"] = result.timing["images_per_s"]
-        if result.timing.get("images"):
-            metrics["seconds_per_image"] = result.timing["seconds"] / result.timing["images"]
-        metrics["images"] = result.count
-        metrics["rows_unreadable"] = len(result.unreadable)
-        keys = [registry.metrics()[m].key for m in result.missing]
-        stale = [key + end for key in keys for end in ("", CI_LOW, CI_HIGH) if "*" not in key]
-        log_metrics(mlflow_client, run, metrics, result.missing, stale)
-        mlflow_client.set_tag(run, "darkroom.warnings", "\n".join(result.warnings)[:5000] or "none")
-        log_files(mlflow_client, run, {
-            "contact_sheet.png": contact_sheet_png(result.run_dir, eval_spec.contact_sheet,
-                                                   result.rows),
-            "job_spec.json": to_json(job_spec),
-            "run.json": to_json(info.dump()),
-            "metrics.json": to_json({**result.summary(), "logged": metrics}),
-            "eval_protocol.json": to_json(protocol),
-        })
-    return run
-
-
-def run_params(info: RunInfo, result: RunResult) -> dict[str, Any]:
-    """A run's MLflow params, from its run.json (the settings its name is made of, and more)."""
-    return {
-        **settings_of(info),
-        "model.revision": info.model.revision or first_value(result.run_dir, "model_revision"),
-        "images_per_prompt": info.images_per_prompt, "prompt_count": info.prompt_count,
-        "image_count": result.count,
-    }

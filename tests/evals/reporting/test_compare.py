@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from darkroom.cli import main
+from darkroom.evals.reporting.job_log import log_job
 from darkroom.evals.reporting.report_html import pareto_front
-from darkroom.evals.reporting.tracking import log_job
 from darkroom.evals.results import RunResult
 from darkroom.evals.spec import EvalSpec, TrackingSpec
 from darkroom.platform.data import layout

@@ -3,6 +3,7 @@ same prompts and seeds (paired), and two runs that differ only in the job seed (
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -56,15 +57,10 @@ def two_jobs(ray_session, tmp_path_factory):
 
 
 def _verdicts(out: str) -> dict[tuple[str, str], tuple[str, str]]:
-    """(run, metric) -> (verdict, paired/unpaired) from the baseline table (whose rows hold
-    the raw and adjusted p-values between the interval and the verdict)."""
-    found = {}
-    for line in out.splitlines():
-        match = re.match(r"(\S+)\s+(\w+)\s+[+-]\S+( ± \S+)?\s+\[.*?\]\s+\S+\s+\S+\s+(better|"
-                         r"worse|no detectable difference)\s+(paired|unpaired)$", line)
-        if match:
-            found[(match.group(1), match.group(2))] = (match.group(4), match.group(5))
-    return found
+    """(run, metric) -> (verdict, paired/unpaired) from `compare --format json`'s baseline."""
+    records = json.loads(out)["baseline"]
+    return {(r["run"], r["metric"]): (r["verdict"], "paired" if r.get("paired") else "unpaired")
+            for r in records if r["verdict"] != "missing"}
 
 
 @pytest.mark.ray
@@ -82,7 +78,10 @@ def test_compare_separates_guidance_and_not_the_seed(two_jobs, capsys):
                  "digits-dit-ddim-s10-g4.0"):
         line = next(x for x in out.splitlines() if x.startswith(name + " "))
         assert re.search(r"\d ± \d", line), line
-    verdicts = _verdicts(out)
+    code = main(["compare", "--experiment", "paired", "--tracking-uri", two_jobs["uri"],
+                 "--baseline", "digits-dit-ddim-s10-g1.5-seed0", "--format", "json"])
+    verdicts = _verdicts(capsys.readouterr().out)
+    assert code == 0
     assert verdicts[("digits-dit-ddim-s10-g4.0", "fid")] == ("worse", "paired")
     assert verdicts[("digits-dit-ddim-s10-g4.0", "recall")] == ("worse", "paired")
     # another job seed: FID and KID see no difference (every metric is compared, unpaired; a
