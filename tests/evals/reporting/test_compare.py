@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import csv
 import io
 import json
 import os
@@ -312,3 +313,24 @@ def test_an_unknown_correction_exits_2(logged, capsys):
     assert main(["compare", "--experiment", "cmp", "--correction", "bonferoni",
                  "--tracking-uri", logged["uri"]]) == 2
     assert "--correction: unknown `bonferoni` (give bh, holm or none)" in capsys.readouterr().err
+
+
+def test_compare_prints_each_format(logged, capsys):
+    """The same ranking as a 120-column table, Markdown, CSV and JSON."""
+    order = ["tiny:sd-ddim-s2-g5.0", "tiny:sd-euler-s2-g5.0", "tiny:sd-ddim-s1-g5.0"]
+    printed = {}
+    for output in ("table", "markdown", "csv", "json"):
+        assert main(["compare", "--experiment", "cmp", "--metric", "fid", "--format", output,
+                     "--tracking-uri", logged["uri"]]) == 0
+        printed[output] = capsys.readouterr().out
+    assert all(len(line) <= 120 for line in printed["table"].splitlines()), printed["table"]
+    rows = [line for line in printed["markdown"].splitlines() if line.startswith("| tiny:")]
+    assert [r.split("|")[1].strip() for r in rows] == order
+    records = list(csv.DictReader(io.StringIO(printed["csv"].split("\n\n")[0])))
+    assert [r["run"] for r in records] == order and float(records[0]["fid"]) == 20.0
+    parsed = json.loads(printed["json"])
+    assert parsed["metric"] == "fid" and [r["run"] for r in parsed["runs"]] == order
+    with pytest.raises(SystemExit) as bad:
+        main(["compare", "--experiment", "cmp", "--format", "yaml", "--tracking-uri",
+              logged["uri"]])
+    assert bad.value.code == 2 and "invalid choice: 'yaml'" in capsys.readouterr().err
